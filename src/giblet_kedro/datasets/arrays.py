@@ -1,0 +1,116 @@
+"""Array datasets: a memory-mappable ``.npy``, a dict of arrays (``.npz`` or safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from kedro.io import AbstractDataset
+from safetensors.numpy import load_file, save_file
+
+from giblet_kedro.datasets.atomic import atomic_path
+
+
+class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
+    """One array in ``.npy`` format; ``load`` memory-maps it read-only by default, so
+    several processes share one copy in the page cache instead of each holding its own."""
+
+    def __init__(self, filepath: str, mmap_mode: Literal["r", "c"] | None = "r",
+                 metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._mmap_mode = mmap_mode
+        self.metadata = metadata
+
+    def load(self) -> np.ndarray:
+        return np.load(self._filepath, mmap_mode=self._mmap_mode, allow_pickle=False)
+
+    def save(self, data: np.ndarray) -> None:
+        with atomic_path(self._filepath) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(data), allow_pickle=False)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "mmap_mode": self._mmap_mode}
+
+
+class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
+    """A dict of named arrays in one ``.npz`` (no pickles: strings are unicode arrays)."""
+
+    def __init__(self, filepath: str, compressed: bool = False, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._compressed = compressed
+        self.metadata = metadata
+
+    def load(self) -> dict[str, np.ndarray]:
+        with np.load(self._filepath, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+
+    def save(self, data: dict[str, np.ndarray]) -> None:
+        writer = np.savez_compressed if self._compressed else np.savez
+        with atomic_path(self._filepath) as tmp, open(tmp, "wb") as handle:
+            writer(handle, **{key: np.asarray(value) for key, value in data.items()})
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "compressed": self._compressed}
+
+
+class SafetensorsDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
+    """A dict of named numeric arrays in one safetensors file (safe to load: no code)."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, np.ndarray]:
+        return load_file(self._filepath)
+
+    def save(self, data: dict[str, np.ndarray]) -> None:
+        with atomic_path(self._filepath) as tmp:
+            save_file({key: np.ascontiguousarray(value) for key, value in data.items()}, tmp)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class CsvTableDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
+    """A table as CSV, written atomically (kedro-datasets' CSVDataset writes in place)."""
+
+    def __init__(self, filepath: str, dtype: dict[str, str] | None = None,
+                 metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._dtype = dtype
+        self.metadata = metadata
+
+    def load(self) -> pd.DataFrame:
+        return pd.read_csv(self._filepath, dtype=self._dtype)
+
+    def save(self, data: pd.DataFrame) -> None:
+        with atomic_path(self._filepath) as tmp:
+            data.to_csv(tmp, index=False)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class ExcelTableDataset(CsvTableDataset):
+    """A table as ``.xlsx`` (openpyxl), written atomically."""
+
+    def load(self) -> pd.DataFrame:
+        return pd.read_excel(self._filepath, dtype=self._dtype)
+
+    def save(self, data: pd.DataFrame) -> None:
+        with atomic_path(self._filepath) as tmp:
+            data.to_excel(tmp, index=False)

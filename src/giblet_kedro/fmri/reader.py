@@ -1,0 +1,169 @@
+"""Stream a 4D NIfTI run in blocks of TRs, restricted to chosen voxels.
+
+A NIfTI volume is stored x-fastest (Fortran order), so each TR is one contiguous run of
+``nx * ny * nz`` values: reading TRs ``[t0, t1)`` is one sequential read, and selecting
+voxels is a column gather on a ``(n_trs, nx*ny*nz)`` view. Nothing larger than one
+block of TRs is ever held, whatever the run length; gzip is decompressed with ISA-L.
+
+Voxel order everywhere in the project is the C order of ``data[mask]`` (nibabel,
+nilearn and the lab's code index that way), so a column here is the same voxel as in
+``image.get_fdata()[mask]``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from isal import igzip
+
+from giblet_kedro.errors import InputDataError
+
+TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """What the header of one 4D run says, read without touching voxel data."""
+
+    label: str
+    path: Path
+    grid: tuple[int, int, int]
+    n_trs: int
+    tr_value: float  # as written in the header (pixdim[4])
+    time_unit: str  # 'sec', 'msec', 'usec' or 'unknown'
+    affine: np.ndarray  # (4, 4), voxel -> mm
+    dtype: np.dtype
+    offset: int  # bytes before the first voxel
+    slope: float
+    inter: float
+
+    @property
+    def n_grid_voxels(self) -> int:
+        return int(np.prod(self.grid))
+
+    @property
+    def tr_seconds(self) -> float:
+        return self.tr_value * TIME_UNIT_SECONDS.get(self.time_unit, 1.0)
+
+
+def read_header(image: nib.Nifti1Image, label: str) -> RunHeader:
+    """Check that ``image`` is a 4D run stored plainly on disk and describe it."""
+    path = Path(image.get_filename() or "<in memory>")
+    shape = image.shape
+    if len(shape) == 5 and shape[4] == 1:
+        shape = shape[:4]
+    if len(shape) != 4:
+        raise InputDataError(
+            f"{label}: {path} has shape {tuple(shape)} ({len(shape)}D); "
+            "accepted: a 4D run of shape (x, y, z, time)"
+        )
+    if shape[3] < 2:
+        raise InputDataError(f"{label}: {path} has {shape[3]} volume(s); a run needs at least 2 TRs")
+    proxy = image.dataobj
+    if not nib.is_proxy(proxy) or getattr(proxy, "order", "F") != "F":
+        raise InputDataError(f"{label}: {path} must be a NIfTI file on disk with its data in file order")
+    dtype = np.dtype(proxy.dtype)
+    if dtype.kind not in "iuf":
+        raise InputDataError(
+            f"{label}: {path} stores voxels as {dtype}; accepted: integer or float voxel types"
+        )
+    zooms = image.header.get_zooms()
+    return RunHeader(
+        label=label,
+        path=path,
+        grid=tuple(int(s) for s in shape[:3]),
+        n_trs=int(shape[3]),
+        tr_value=float(zooms[3]) if len(zooms) > 3 else 0.0,
+        time_unit=image.header.get_xyzt_units()[1],
+        affine=np.asarray(image.affine, dtype=np.float64),
+        dtype=dtype,
+        offset=int(proxy.offset),
+        slope=float(proxy.slope),
+        inter=float(proxy.inter),
+    )
+
+
+def mask_columns(mask: np.ndarray) -> np.ndarray:
+    """File-order (Fortran) flat indices of the mask's voxels, listed in C order.
+
+    ``block[:, mask_columns(mask)]`` on a ``(n_trs, nx*ny*nz)`` block equals
+    ``data[mask].T`` for the 4D array ``data``.
+    """
+    ijk = np.argwhere(mask)  # C order
+    nx, ny, _ = mask.shape
+    return (ijk[:, 0] + nx * (ijk[:, 1] + ny * ijk[:, 2])).astype(np.intp)
+
+
+def _open(path: Path) -> io.BufferedIOBase:
+    if path.name.endswith(".gz"):
+        return igzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _read_exactly(handle, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = handle.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def iter_blocks(
+    header: RunHeader,
+    start: int,
+    stop: int,
+    block_trs: int,
+    columns: np.ndarray | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(t0, block)`` for TRs ``[start, stop)`` of one run.
+
+    Parameters
+    ----------
+    header : RunHeader
+        From :func:`read_header`.
+    start, stop : int
+        TR range in file indices (``0 <= start < stop <= header.n_trs``).
+    block_trs : int
+        TRs per block; memory is ``block_trs * n_grid_voxels * itemsize`` bytes.
+    columns : ndarray of int, optional
+        Flat file-order voxel indices (see :func:`mask_columns`); all voxels if None.
+
+    Yields
+    ------
+    t0 : int
+        File index of the block's first TR.
+    block : ndarray, shape (n, n_columns), float32
+        Scaled voxel values (NIfTI ``scl_slope``/``scl_inter`` applied).
+    """
+    if not 0 <= start < stop <= header.n_trs:
+        raise ValueError(f"TR range [{start}, {stop}) outside run of {header.n_trs} TRs")
+    volume_bytes = header.n_grid_voxels * header.dtype.itemsize
+    buffer = bytearray(min(block_trs, stop - start) * volume_bytes)
+    scaled = header.slope != 1.0 or header.inter != 0.0
+    try:
+        with _open(header.path) as handle:
+            handle.seek(header.offset + start * volume_bytes)
+            for t0 in range(start, stop, block_trs):
+                n = min(block_trs, stop - t0)
+                view = memoryview(buffer)[: n * volume_bytes]
+                if _read_exactly(handle, view) != len(view):
+                    raise InputDataError(
+                        f"{header.label}: {header.path} is truncated: the header promises "
+                        f"{header.n_trs} TRs but the data end before TR {t0 + n}"
+                    )
+                raw = np.frombuffer(view, dtype=header.dtype).reshape(n, header.n_grid_voxels)
+                block = raw[:, columns] if columns is not None else raw
+                block = block.astype(np.float32, copy=columns is None)
+                if scaled:
+                    block *= np.float32(header.slope)
+                    block += np.float32(header.inter)
+                yield t0, block
+    except (OSError, EOFError) as exc:
+        raise InputDataError(f"{header.label}: cannot read voxel data of {header.path}: {exc}") from None

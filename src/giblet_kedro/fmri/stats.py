@@ -1,0 +1,179 @@
+"""Per-subject voxel statistics in one streaming pass, and the brain mask.
+
+The mean and std of each voxel are computed over the training TRs only, block by block,
+by merging per-block moments (Chan et al., 1979) in float64: memory is a few vectors per
+subject, whatever the run length, and the result equals numpy's two-pass ``mean``/``std``
+to float64 rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from giblet_kedro.errors import InputDataError
+from giblet_kedro.fmri.reader import RunHeader, iter_blocks
+
+log = logging.getLogger(__name__)
+
+
+class RunningMoments:
+    """Count, mean and sum of squared deviations of columns, updated block by block."""
+
+    def __init__(self, n_columns: int):
+        self.count = 0
+        self.mean = np.zeros(n_columns, dtype=np.float64)
+        self.m2 = np.zeros(n_columns, dtype=np.float64)
+
+    def update(self, block: np.ndarray) -> None:
+        """Merge a ``(n_rows, n_columns)`` block."""
+        n = block.shape[0]
+        if n == 0:
+            return
+        block_mean = block.mean(axis=0, dtype=np.float64)
+        centered = block - block_mean
+        block_m2 = np.einsum("ij,ij->j", centered, centered)
+        total = self.count + n
+        delta = block_mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += block_m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def std(self, ddof: int) -> np.ndarray:
+        if self.count - ddof <= 0:
+            raise ValueError(f"{self.count} samples cannot give a std with ddof={ddof}")
+        return np.sqrt(self.m2 / (self.count - ddof))
+
+
+@dataclass
+class SubjectMoments:
+    """One subject's statistics over the voxels that were read (its ``columns``).
+
+    mean, std : (n_columns,) float64, over the training TRs.
+    nonfinite : (n_columns,) bool, any NaN/inf in the crop.
+    early_std : (n_columns,) float64 or None, std over the first TRs (lab mask rule).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    nonfinite: np.ndarray
+    early_std: np.ndarray | None
+
+
+def subject_moments(
+    header: RunHeader,
+    crop: tuple[int, int],
+    train: np.ndarray,
+    ddof: int,
+    block_trs: int,
+    columns: np.ndarray | None = None,
+    early_trs: int | None = None,
+) -> SubjectMoments:
+    """Stream one run once and return its per-voxel statistics.
+
+    Parameters
+    ----------
+    header : the run.
+    crop : ``(start, stop)`` file TR indices; nothing outside is read.
+    train : sorted crop-relative indices of training TRs.
+    ddof : degrees of freedom of the std.
+    block_trs : TRs read at a time.
+    columns : voxels to read (file-order flat indices); all if None.
+    early_trs : also compute the std over the first ``early_trs`` TRs of the crop.
+    """
+    start, stop = crop
+    n_columns = header.n_grid_voxels if columns is None else len(columns)
+    train_moments = RunningMoments(n_columns)
+    early = RunningMoments(n_columns) if early_trs else None
+    nonfinite = np.zeros(n_columns, dtype=bool)
+    is_train = np.zeros(stop - start, dtype=bool)
+    is_train[train] = True
+    check_finite = header.dtype.kind == "f"
+    for t0, block in iter_blocks(header, start, stop, block_trs, columns):
+        rows = slice(t0 - start, t0 - start + block.shape[0])
+        if check_finite:
+            nonfinite |= ~np.isfinite(block).all(axis=0)
+        selected = is_train[rows]
+        train_moments.update(block if selected.all() else block[selected])
+        if early is not None and rows.start < early_trs:
+            early.update(block[: early_trs - rows.start])
+    return SubjectMoments(
+        mean=train_moments.mean,
+        std=train_moments.std(ddof),
+        nonfinite=nonfinite,
+        early_std=early.std(ddof) if early is not None else None,
+    )
+
+
+def _ijk(columns_selected: np.ndarray, grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    i, j, k = np.unravel_index(int(columns_selected), grid, order="F")
+    return int(i), int(j), int(k)
+
+
+def check_not_flat(subject: str, moments: SubjectMoments, path) -> None:
+    """A subject constant in every voxel (e.g. an all-zero file) is an error, not data."""
+    usable = (moments.std > 0) & ~moments.nonfinite
+    if not usable.any():
+        raise InputDataError(
+            f"subject {subject!r} ({path}): every voxel is constant (or non-finite) over the "
+            "training TRs, e.g. an all-zero file; it carries no signal to z-score. Remove the "
+            "subject from fmri.subjects (or replace the file)"
+        )
+
+
+def auto_mask(moments: dict[str, SubjectMoments], grid: tuple[int, int, int]) -> np.ndarray:
+    """Voxels with finite values and nonzero training std in every subject.
+
+    Returns a boolean ``grid`` array. Voxels dropped for NaN/inf are logged per subject.
+    """
+    keep = np.ones(int(np.prod(grid)), dtype=bool)
+    for subject, m in moments.items():
+        if m.nonfinite.any():
+            log.warning("subject %r: %d voxels hold NaN/inf and are left out of the auto mask",
+                        subject, int(m.nonfinite.sum()))
+        keep &= (m.std > 0) & ~m.nonfinite
+    if not keep.any():
+        raise InputDataError("the auto mask is empty: no voxel varies in every subject")
+    return keep.reshape(grid, order="F")
+
+
+def lab_mask(moments: dict[str, SubjectMoments], grid: tuple[int, int, int],
+             percentile: float, min_subject_fraction: float) -> np.ndarray:
+    """The lab's rule: early std above the subject's ``percentile`` of nonzero early stds,
+    in at least ``min_subject_fraction`` of subjects."""
+    votes = np.zeros(int(np.prod(grid)), dtype=np.int32)
+    for subject, m in moments.items():
+        early = np.where(m.nonfinite, 0.0, m.early_std)
+        nonzero = early[early > 0]
+        if nonzero.size == 0:
+            raise InputDataError(f"subject {subject!r}: no voxel varies over the first TRs (lab mask rule)")
+        votes += early > np.percentile(nonzero, percentile)
+    needed = math.ceil(min_subject_fraction * len(moments) - 1e-9)
+    keep = votes >= needed
+    if not keep.any():
+        raise InputDataError("the lab mask is empty: no voxel passes the rule in enough subjects")
+    return keep.reshape(grid, order="F")
+
+
+def check_mask_usable(mask_columns_flat: np.ndarray, moments: dict[str, SubjectMoments],
+                      grid: tuple[int, int, int], mask_kind: str, indexed: bool) -> None:
+    """Inside a given mask every voxel must be finite and vary in every subject.
+
+    ``indexed``: moments were read on ``mask_columns_flat`` only (a mask file), rather
+    than on the whole grid.
+    """
+    for subject, m in moments.items():
+        std = m.std if indexed else m.std[mask_columns_flat]
+        bad_nonfinite = m.nonfinite if indexed else m.nonfinite[mask_columns_flat]
+        for bad, what in ((bad_nonfinite, "hold NaN/inf values"),
+                          (std == 0, "have zero variance over the training TRs")):
+            if bad.any():
+                first = _ijk(mask_columns_flat[np.flatnonzero(bad)[0]], grid)
+                raise InputDataError(
+                    f"subject {subject!r}: {int(bad.sum())} voxels inside the {mask_kind} mask {what} "
+                    f"(first at voxel i,j,k = {first}); they cannot be z-scored. Use a mask that "
+                    "excludes them, or fmri.mask: auto (voxels that vary in every subject)"
+                )

@@ -1,0 +1,1 @@
+from giblet_kedro.pipelines.demo_data import pipeline  # noqa: F401

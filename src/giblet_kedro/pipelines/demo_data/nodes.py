@@ -1,0 +1,94 @@
+"""The demo-data node: the whole synthetic experiment from the spec's ``demo`` section."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from giblet_kedro.datasets.movie import Movie
+from giblet_kedro.demo.generate import (
+    AUDIO_FEATURES,
+    REGIONS,
+    SCENES,
+    VIDEO_FEATURES,
+    brain_layout,
+    demo_affine,
+    ground_truth_map,
+    make_stimulus,
+    per_tr_features,
+    render_audio,
+    render_frames,
+    shared_response,
+    subject_run,
+)
+from giblet_kedro.errors import SpecError
+from giblet_kedro.spec.schema import DemoSpec, FmriSpec
+
+log = logging.getLogger(__name__)
+
+
+def generate_demo(
+    demo: DemoSpec | None, fmri: FmriSpec, experiment: dict[str, Any]
+) -> tuple[dict[str, nib.Nifti1Image], dict[str, nib.Nifti1Image], Movie, pd.DataFrame, dict[str, np.ndarray]]:
+    """Generate the movie, annotations, subjects' runs (and held-out runs) and the truth.
+
+    Returns ``(runs, heldout_runs, movie, annotations, ground_truth)``. Annotations use
+    the Sherlock table's column names. Held-out runs are new runs of the same subjects
+    on a fresh stretch of stimulus (its features are in the ground truth).
+    """
+    if demo is None:
+        raise SpecError(
+            f"experiment {experiment['name']!r} ({experiment['spec_file']}) has no 'demo' section, "
+            "so there is no demo data to generate; its fMRI files must already exist"
+        )
+    rng = np.random.default_rng(demo.seed)
+    duration = demo.n_trs * demo.tr
+    log.info("demo: %d subjects, %d TRs of %g s, grid %s", len(fmri.subject_ids), demo.n_trs, demo.tr, demo.grid)
+
+    stimulus = make_stimulus(rng, duration, demo.fps)
+    movie = Movie(frames=render_frames(stimulus, demo.frame_size), fps=demo.fps,
+                  audio=render_audio(stimulus, demo.audio_rate, rng), sample_rate=demo.audio_rate)
+    annotations = pd.DataFrame({
+        "Start Time (s)": stimulus.scenes["start_s"].round(2),
+        "End Time (s)": stimulus.scenes["end_s"].round(2),
+        "Scene Details - A Level": [SCENES[i] for i in stimulus.scenes["scene"]],
+    })
+
+    labels = brain_layout(demo.grid)
+    weights = ground_truth_map(labels, rng)
+    features = per_tr_features(stimulus, demo.tr, demo.n_trs)
+    response = shared_response(features, weights, demo.tr)
+    affine = demo_affine(demo.grid, demo.voxel_size_mm)
+
+    heldout_n = max(demo.n_trs // 2, 20)
+    heldout_stimulus = make_stimulus(rng, heldout_n * demo.tr, demo.fps)
+    heldout_features = per_tr_features(heldout_stimulus, demo.tr, heldout_n)
+    heldout_response = shared_response(heldout_features, weights, demo.tr)
+
+    runs, heldout = {}, {}
+    for index, sid in enumerate(fmri.subject_ids):
+        # Seeded per subject, so a subject's run and held-out run share its baseline/gain.
+        subject_seed = [demo.seed, index]
+        runs[sid] = subject_run(response, labels, np.random.default_rng(subject_seed), demo.noise,
+                                affine, demo.tr)
+        if sid in fmri.heldout:
+            heldout[sid] = subject_run(heldout_response, labels, np.random.default_rng(subject_seed),
+                                       demo.noise, affine, demo.tr)
+
+    truth = {
+        "region_labels": labels,
+        "region_names": np.array([f"{code}:{name}" for code, name in REGIONS.items()]),
+        "weights": weights,
+        "feature_names": np.array([*VIDEO_FEATURES, *AUDIO_FEATURES, *(f"scene_{i}" for i in range(len(SCENES)))]),
+        "features_tr": features,
+        "shared_response": response.astype(np.float32),
+        "heldout_features_tr": heldout_features,
+        "heldout_shared_response": heldout_response.astype(np.float32),
+        "affine": affine,
+        "noise": np.array(demo.noise),
+    }
+    return runs, heldout, movie, annotations, truth

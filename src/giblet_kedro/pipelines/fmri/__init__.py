@@ -1,0 +1,1 @@
+from giblet_kedro.pipelines.fmri import pipeline  # noqa: F401

@@ -1,0 +1,189 @@
+"""Compile a spec: resolve its paths, fingerprint every stage, place every cache.
+
+The compiled experiment is what the catalog and parameters see (through the resolvers
+in :mod:`giblet_kedro.spec.resolvers`): node parameters are sections of the resolved
+spec, and each stage's outputs live under ``data/<layer>/<stage>/<fingerprint>/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from giblet_kedro.paths import data_dir, raw_dir
+from giblet_kedro.spec.fingerprint import DigestCache, code_version, hash_payload
+from giblet_kedro.spec.load import load_spec
+from giblet_kedro.spec.schema import ExperimentSpec
+
+DEMO_PLACEHOLDER = "{demo}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A cached stage: where its outputs live and which code produces them."""
+
+    name: str
+    layer: str
+    code_modules: tuple[str, ...]
+
+    def cache_root(self) -> Path:
+        return data_dir() / self.layer / self.name
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("demo", "01_raw", ("giblet_kedro.pipelines.demo_data.nodes", "giblet_kedro.demo.generate")),
+        Stage(
+            "fmri_stats",
+            "03_primary",
+            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.stats", "giblet_kedro.fmri.checks", "giblet_kedro.fmri.split",
+             "giblet_kedro.pipelines.fmri.nodes"),
+        ),
+        Stage(
+            "fmri_tensor",
+            "05_model_input",
+            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.pipelines.fmri.nodes"),
+        ),
+        Stage(
+            "fmri_heldout",
+            "05_model_input",
+            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.pipelines.fmri.nodes"),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class CompiledExperiment:
+    """A validated spec with resolved paths, stage fingerprints and cache folders."""
+
+    spec: ExperimentSpec
+    spec_file: Path
+    fingerprints: dict[str, str]
+    stage_inputs: dict[str, dict[str, Any]] = field(repr=False)
+
+    def cache_dir(self, stage: str) -> Path:
+        # A spec without a demo section still names a (never written) demo folder, so the
+        # catalog resolves; the demo node refuses to run for such a spec.
+        return STAGES[stage].cache_root() / self.fingerprints.get(stage, "no-demo-section")
+
+    def params(self, section: str) -> Any:
+        """A spec section as plain JSON-like data (what a node parameter receives)."""
+        if section == "experiment":
+            return {"name": self.spec.name, "seed": self.spec.seed, "spec_file": str(self.spec_file),
+                    "fingerprints": dict(self.fingerprints)}
+        value = getattr(self.spec, section)
+        return None if value is None else value.model_dump(mode="json")
+
+    def describe(self) -> dict[str, Any]:
+        """The compiled spec with each stage's fingerprint, for display."""
+        return {
+            "spec_file": str(self.spec_file),
+            "spec": self.spec.model_dump(mode="json"),
+            "stages": {
+                name: {"fingerprint": fp, "cache": str(self.cache_dir(name)), "reads": self.stage_inputs[name]}
+                for name, fp in self.fingerprints.items()
+            },
+        }
+
+
+def demo_dir(demo_fingerprint: str) -> Path:
+    return STAGES["demo"].cache_root() / demo_fingerprint
+
+
+def resolve_path(value: str, demo_fingerprint: str | None) -> Path:
+    """Spec path -> absolute path. ``{demo}`` is the demo data folder; relative paths
+    resolve against ``data/01_raw/``; absolute paths are used as given."""
+    if DEMO_PLACEHOLDER in value:
+        assert demo_fingerprint is not None  # the schema guarantees a demo section
+        return Path(value.replace(DEMO_PLACEHOLDER, str(demo_dir(demo_fingerprint)))).resolve()
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (raw_dir() / path).resolve()
+
+
+class _InputFingerprinter:
+    """Fingerprints of raw inputs: demo files by the demo stage, others by content."""
+
+    def __init__(self, demo_fingerprint: str | None):
+        self.demo_fingerprint = demo_fingerprint
+        self.digests = DigestCache(data_dir() / ".giblet" / "digests.json")
+
+    def __call__(self, spec_value: str, resolved: Path, label: str) -> str:
+        if DEMO_PLACEHOLDER in spec_value:
+            return f"demo:{self.demo_fingerprint}:{spec_value}"
+        return self.digests.digest(resolved, label)
+
+
+def _resolve_fmri(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
+    fmri = spec.fmri
+    subjects = {sid: str(resolve_path(p, demo_fp)) for sid, p in fmri.subject_files().items()}
+    heldout = {sid: str(resolve_path(p, demo_fp)) for sid, p in fmri.heldout.items()}
+    mask = fmri.mask if fmri.mask in ("auto", "lab") else str(resolve_path(fmri.mask, demo_fp))
+    return spec.model_copy(update={"fmri": fmri.model_copy(update={"subjects": subjects,
+                                                                   "heldout": heldout, "mask": mask})})
+
+
+def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True) -> CompiledExperiment:
+    """Resolve paths and fingerprint each stage.
+
+    With ``check_files=False`` missing raw files do not raise (their fingerprint is
+    marked missing): used to display a spec or list caches before data exist.
+    """
+    demo_fp = None
+    reads: dict[str, dict[str, Any]] = {}
+    fps: dict[str, str] = {}
+    if spec.demo is not None:
+        demo_files = {
+            "subjects": {s: p for s, p in spec.fmri.subject_files().items() if DEMO_PLACEHOLDER in p},
+            "heldout": {s: p for s, p in spec.fmri.heldout.items() if DEMO_PLACEHOLDER in p},
+            "tr": spec.fmri.tr,
+        }
+        reads["demo"] = {"demo": spec.demo.model_dump(mode="json"), "files": demo_files,
+                         "code": code_version(STAGES["demo"].code_modules)}
+        demo_fp = fps["demo"] = hash_payload(reads["demo"])
+
+    fingerprint_input = _InputFingerprinter(demo_fp)
+
+    def file_fp(spec_value: str, label: str) -> str:
+        resolved = resolve_path(spec_value, demo_fp)
+        try:
+            return fingerprint_input(spec_value, resolved, label)
+        except Exception:
+            if check_files:
+                raise
+            return "missing"
+
+    fmri = spec.fmri
+    subject_fps = {sid: file_fp(p, f"fmri.subjects[{sid!r}]") for sid, p in fmri.subject_files().items()}
+    mask_fp = fmri.mask if fmri.mask in ("auto", "lab") else file_fp(fmri.mask, "fmri.mask")
+    reads["fmri_stats"] = {
+        "subjects": subject_fps,
+        "mask": mask_fp,
+        "lab_mask": fmri.lab_mask.model_dump(mode="json") if fmri.mask == "lab" else None,
+        "tr": fmri.tr,
+        "trs": fmri.trs,
+        "ddof": fmri.zscore.ddof,
+        "split": fmri.split.model_dump(mode="json"),
+        "chunk_trs": fmri.chunk_trs,
+        "code": code_version(STAGES["fmri_stats"].code_modules),
+    }
+    fps["fmri_stats"] = hash_payload(reads["fmri_stats"])
+    reads["fmri_tensor"] = {"fmri_stats": fps["fmri_stats"], "mode": fmri.mode,
+                            "code": code_version(STAGES["fmri_tensor"].code_modules)}
+    fps["fmri_tensor"] = hash_payload(reads["fmri_tensor"])
+    reads["fmri_heldout"] = {
+        "fmri_stats": fps["fmri_stats"],
+        "heldout": {sid: file_fp(p, f"fmri.heldout[{sid!r}]") for sid, p in fmri.heldout.items()},
+        "code": code_version(STAGES["fmri_heldout"].code_modules),
+    }
+    fps["fmri_heldout"] = hash_payload(reads["fmri_heldout"])
+
+    return CompiledExperiment(spec=_resolve_fmri(spec, demo_fp), spec_file=spec_file,
+                              fingerprints=fps, stage_inputs=reads)
+
+
+def compile_experiment(name_or_path: str, check_files: bool = True) -> CompiledExperiment:
+    spec, path = load_spec(name_or_path)
+    return compile_spec(spec, path, check_files=check_files)

@@ -1,0 +1,76 @@
+"""OmegaConf resolvers: how ``catalog.yml`` and ``parameters.yml`` see the compiled spec.
+
+Kedro's custom resolvers cannot read ``parameters``, but they can receive
+``${runtime_params:experiment,...}`` as an argument, so the experiment chosen with
+``--params experiment=NAME_OR_PATH`` reaches them:
+
+- ``${giblet.param:fmri,<experiment>}``: a spec section (paths resolved), for nodes;
+- ``${giblet.cache:fmri_stats,<experiment>}``: the stage's fingerprinted cache folder;
+- ``${giblet.files:fmri.subjects,<experiment>}``: resolved input files, id -> path.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+from giblet_kedro.spec.compile import CompiledExperiment, compile_spec
+from giblet_kedro.spec.load import load_spec
+
+_MEMO: dict[tuple, tuple[CompiledExperiment, tuple]] = {}
+_LOCK = threading.Lock()
+
+
+def _input_signature(result: CompiledExperiment) -> tuple:
+    """(path, size, mtime) of every resolved input file; None for a missing one."""
+    fmri = result.spec.fmri
+    paths = [*fmri.subjects.values(), *fmri.heldout.values()]
+    if fmri.mask not in ("auto", "lab"):
+        paths.append(fmri.mask)
+    signature = []
+    for path in paths:
+        try:
+            stat = Path(path).stat()
+            signature.append((path, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            signature.append((path, None))
+    return tuple(signature)
+
+
+def compiled(experiment: str) -> CompiledExperiment:
+    """Compile ``experiment`` once per process while its spec file and input files are
+    unchanged (a replaced input is re-hashed: digests have their own stat-keyed cache)."""
+    spec, path = load_spec(str(experiment))
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, spec.model_dump_json())
+    with _LOCK:
+        hit = _MEMO.get(key)
+    if hit is not None and _input_signature(hit[0]) == hit[1]:
+        return hit[0]
+    result = compile_spec(spec, path, check_files=False)
+    with _LOCK:
+        _MEMO[key] = (result, _input_signature(result))
+    return result
+
+
+def param(section: str, experiment: str) -> Any:
+    return compiled(experiment).params(section)
+
+
+def cache(stage: str, experiment: str) -> str:
+    return str(compiled(experiment).cache_dir(stage))
+
+
+def files(key: str, experiment: str) -> dict[str, str]:
+    section, _, field = key.partition(".")
+    value = getattr(getattr(compiled(experiment).spec, section), field)
+    return dict(value)
+
+
+RESOLVERS: dict[str, Callable[..., Any]] = {
+    "giblet.param": param,
+    "giblet.cache": cache,
+    "giblet.files": files,
+}

@@ -1,5 +1,8 @@
 """Project settings: the spec resolvers for catalog and parameters."""
 
+import warnings
+
+
 from kedro.config import OmegaConfigLoader
 
 from giblet_kedro.spec.resolvers import RESOLVERS
@@ -10,3 +13,7 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     "custom_resolvers": RESOLVERS,
 }
+
+# Kedro 1.7 itself still calls OmegaConf's deprecated register_new_resolver(); the warning
+# is about Kedro's code, not this project's, and would bury real warnings on every run.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)

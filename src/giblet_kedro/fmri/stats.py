@@ -33,13 +33,15 @@ class RunningMoments:
         n = block.shape[0]
         if n == 0:
             return
-        block_mean = block.mean(axis=0, dtype=np.float64)
-        centered = block - block_mean
-        block_m2 = np.einsum("ij,ij->j", centered, centered)
-        total = self.count + n
-        delta = block_mean - self.mean
-        self.mean += delta * (n / total)
-        self.m2 += block_m2 + delta**2 * (self.count * n / total)
+        # NaN/inf propagate into their own columns only; callers flag those columns.
+        with np.errstate(invalid="ignore", over="ignore"):
+            block_mean = block.mean(axis=0, dtype=np.float64)
+            centered = block - block_mean
+            block_m2 = np.einsum("ij,ij->j", centered, centered)
+            total = self.count + n
+            delta = block_mean - self.mean
+            self.mean += delta * (n / total)
+            self.m2 += block_m2 + delta**2 * (self.count * n / total)
         self.count = total
 
     def std(self, ddof: int) -> np.ndarray:

@@ -116,13 +116,27 @@ class _InputFingerprinter:
         return self.digests.digest(resolved, label)
 
 
-def _resolve_fmri(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
+def _resolve_paths(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
+    """The same spec with every file path absolute (``{demo}`` and ``data/01_raw/`` resolved)."""
+    def resolve(value: str | None) -> str | None:
+        return None if value is None else str(resolve_path(value, demo_fp))
+
     fmri = spec.fmri
-    subjects = {sid: str(resolve_path(p, demo_fp)) for sid, p in fmri.subject_files().items()}
-    heldout = {sid: str(resolve_path(p, demo_fp)) for sid, p in fmri.heldout.items()}
-    mask = fmri.mask if fmri.mask in ("auto", "lab") else str(resolve_path(fmri.mask, demo_fp))
-    return spec.model_copy(update={"fmri": fmri.model_copy(update={"subjects": subjects,
-                                                                   "heldout": heldout, "mask": mask})})
+    update: dict[str, Any] = {"fmri": fmri.model_copy(update={
+        "subjects": {sid: resolve(p) for sid, p in fmri.subject_files().items()},
+        "heldout": {sid: resolve(p) for sid, p in fmri.heldout.items()},
+        "mask": fmri.mask if fmri.mask in ("auto", "lab") else resolve(fmri.mask),
+    })}
+    stim = spec.stimulus
+    if stim is not None:
+        parts = {}
+        for name, keys in (("video", ("path",)), ("audio", ("path", "weights")),
+                           ("text", ("annotations", "weights"))):
+            part = getattr(stim, name)
+            if part is not None:
+                parts[name] = part.model_copy(update={k: resolve(getattr(part, k)) for k in keys})
+        update["stimulus"] = stim.model_copy(update=parts)
+    return spec.model_copy(update=update)
 
 
 def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True) -> CompiledExperiment:
@@ -180,7 +194,7 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
     }
     fps["fmri_heldout"] = hash_payload(reads["fmri_heldout"])
 
-    return CompiledExperiment(spec=_resolve_fmri(spec, demo_fp), spec_file=spec_file,
+    return CompiledExperiment(spec=_resolve_paths(spec, demo_fp), spec_file=spec_file,
                               fingerprints=fps, stage_inputs=reads)
 
 

@@ -238,10 +238,10 @@ class DemoSpec(StrictModel):
     """The synthetic dataset the project generates itself (no downloads).
 
     Files are written under ``data/01_raw/demo/<fingerprint>/``; spec paths refer to
-    that folder as ``{demo}``.
+    that folder as ``{demo}``. One run is generated per subject of ``fmri.subjects``
+    (and per held-out run), all from one stimulus and one ground-truth map.
     """
 
-    n_subjects: Annotated[int, Field(ge=1, le=64)] = 4
     n_trs: Annotated[int, Field(ge=20, le=5000)] = 200
     tr: PositiveFloat = 1.5
     grid: tuple[PositiveInt, PositiveInt, PositiveInt] = (14, 16, 12)

@@ -1,0 +1,111 @@
+"""Fingerprints: what changes a stage's fingerprint, and what must not."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from giblet_kedro.errors import InputDataError
+from giblet_kedro.spec import fingerprint
+from giblet_kedro.spec.compile import compile_spec, resolve_path
+from giblet_kedro.spec.load import parse_spec
+from tests.conftest import random_runs, write_run
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, rng):
+    """A project folder with two subjects' runs under data/01_raw/."""
+    monkeypatch.setenv("GIBLET_PROJECT_ROOT", str(tmp_path))
+    for sid, data in zip(("01", "02"), random_runs(rng, 2)):
+        write_run(tmp_path / "data" / "01_raw" / f"sub-{sid}.nii.gz", data)
+    return tmp_path
+
+
+def compile_text(project, **overrides) -> dict[str, str]:
+    fields = {"mode": "cross_subject", "ddof": 1, "val": 0.1}
+    fields.update(overrides)
+    text = textwrap.dedent(f"""
+        name: t
+        fmri:
+          subjects: {{"01": sub-01.nii.gz, "02": sub-02.nii.gz}}
+          tr: 1.5
+          mode: {fields['mode']}
+          zscore: {{ddof: {fields['ddof']}}}
+          split: {{val: {fields['val']}, test: 0.1}}
+        model: {{hidden: {fields.get('hidden', 1024)}}}
+    """)
+    return compile_spec(parse_spec(text), project / "t.yml").fingerprints
+
+
+def test_relative_paths_resolve_against_raw_folder(project):
+    assert resolve_path("sub-01.nii.gz", None) == (project / "data" / "01_raw" / "sub-01.nii.gz").resolve()
+    assert resolve_path("/abs/x.nii.gz", None).as_posix() == "/abs/x.nii.gz"
+
+
+def test_same_spec_same_fingerprints(project):
+    assert compile_text(project) == compile_text(project)
+
+
+def test_mode_changes_the_tensor_but_not_the_per_subject_stats(project):
+    base, other = compile_text(project), compile_text(project, mode="per_subject")
+    assert other["fmri_stats"] == base["fmri_stats"]
+    assert other["fmri_tensor"] != base["fmri_tensor"]
+
+
+def test_ddof_and_split_change_stats_and_everything_downstream(project):
+    base = compile_text(project)
+    for change in ({"ddof": 0}, {"val": 0.2}):
+        other = compile_text(project, **change)
+        assert all(other[stage] != base[stage] for stage in ("fmri_stats", "fmri_tensor", "fmri_heldout"))
+
+
+def test_fields_no_fmri_stage_reads_leave_it_alone(project):
+    assert compile_text(project, hidden=64) == compile_text(project)
+
+
+def test_replaced_raw_content_changes_fingerprint_touch_does_not(project, rng):
+    base = compile_text(project)
+    path = project / "data" / "01_raw" / "sub-02.nii.gz"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new mtime
+    assert compile_text(project) == base
+    write_run(path, random_runs(rng, 1)[0])
+    assert compile_text(project)["fmri_stats"] != base["fmri_stats"]
+
+
+def test_unchanged_file_is_not_hashed_again(project, monkeypatch):
+    compile_text(project)
+    calls = []
+    real = fingerprint.hashlib.file_digest
+    monkeypatch.setattr(fingerprint.hashlib, "file_digest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    compile_text(project)
+    assert calls == []
+
+
+def test_missing_input_file_names_the_subject(project):
+    (project / "data" / "01_raw" / "sub-02.nii.gz").unlink()
+    with pytest.raises(InputDataError, match=r"fmri.subjects\['02'\].*not found"):
+        compile_text(project)
+
+
+def test_code_hash_ignores_docstrings_and_comments_but_not_code(tmp_path, monkeypatch):
+    module = tmp_path / "stage_mod.py"
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def code_hash(source):
+        module.write_text(source)
+        fingerprint.module_code_hash.cache_clear()
+        return fingerprint.module_code_hash("stage_mod")
+
+    base = code_hash('def f(x):\n    """Doc."""\n    return x + 1\n')
+    assert code_hash('def f(x):\n    """Other doc."""\n    # a comment\n    return x + 1\n') == base
+    assert code_hash('def f(x):\n    return x + 2\n') != base
+    fingerprint.module_code_hash.cache_clear()
+
+
+def test_hash_payload_is_order_independent():
+    assert fingerprint.hash_payload({"a": 1, "b": [1, 2]}) == fingerprint.hash_payload({"b": [1, 2], "a": 1})
+    assert fingerprint.hash_payload({"a": 1}) != fingerprint.hash_payload({"a": np.float64(1.0000001)})

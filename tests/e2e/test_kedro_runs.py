@@ -1,0 +1,152 @@
+"""End to end through the real `kedro` command, in a throwaway copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, random_runs, write_run
+
+pytestmark = pytest.mark.slow
+KEDRO = str(Path(sys.executable).parent / "kedro")
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "pyproject.toml", root)
+    shutil.copytree(REPO / "conf" / "base", root / "conf" / "base")
+    (root / "conf" / "local").mkdir()
+    (root / "data").mkdir()
+    (root / "src").mkdir()  # Kedro expects a source folder; the package itself is installed
+    return root
+
+
+def kedro(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
+    env.pop("GIBLET_PROJECT_ROOT", None)
+    result = subprocess.run([KEDRO, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == expect, output
+    return result
+
+
+def ran_nodes(result) -> set[str]:
+    return set(re.findall(r"Running node: (\w+)", result.stdout + result.stderr))
+
+
+def outputs(project: Path, pattern: str) -> list[Path]:
+    return sorted(project.glob(f"data/*/{pattern}"))
+
+
+def test_demo_fmri_run_then_cache_reuse_then_mode_change(project):
+    first = kedro(project, "run", "--pipeline=fmri")
+    assert {"generate_demo_data", "compute_fmri_norm_stats", "build_fmri_tensor"} <= ran_nodes(first)
+    stats_file, = outputs(project, "fmri_stats/*/norm_stats.npz")
+    tensor_file, = outputs(project, "fmri_tensor/*/fmri_train.npy")
+    stamp = stats_file.stat().st_mtime_ns
+
+    again = kedro(project, "run", "--pipelines=fmri")
+    assert ran_nodes(again) == set()  # nothing recomputed
+    assert stats_file.stat().st_mtime_ns == stamp
+
+    spec = (project / "conf/base/experiments/demo.yml").read_text()
+    (project / "per_subject.yml").write_text(spec.replace("mode: cross_subject", "mode: per_subject"))
+    changed = kedro(project, "run", "--pipelines=fmri", "--params", "experiment=per_subject.yml")
+    assert ran_nodes(changed) == {"build_fmri_tensor"}  # stats, split, demo data reused
+    assert stats_file.stat().st_mtime_ns == stamp
+    per_subject, = [p for p in outputs(project, "fmri_tensor/*/fmri_train.npy") if p != tensor_file]
+    cross, per = np.load(tensor_file), np.load(per_subject)
+    assert per.shape == (4, *cross.shape)  # 4 subjects x 200 TRs vs 200 TRs
+    np.testing.assert_allclose(per.mean(0), cross, atol=1e-5)
+
+    truth = np.load(next(project.glob("data/01_raw/demo/*/ground_truth.npz")))
+    stats = np.load(stats_file)
+    brain = truth["region_labels"] > 0
+    assert np.array_equal(stats["mask"], brain)
+    region = truth["region_labels"][brain]
+    response = truth["shared_response"]
+    r = np.array([np.corrcoef(cross[:, v], response[:, v])[0, 1] for v in np.flatnonzero(region < 4)])
+    assert np.median(r) > 0.6  # each responsive voxel follows its planted response
+    visual_signal = response[:, region == 1].mean(axis=1)
+    r_silent = [np.corrcoef(cross[:, v], visual_signal)[0, 1] for v in np.flatnonzero(region == 4)]
+    assert np.median(np.abs(r_silent)) < 0.2  # unresponsive voxels carry no planted signal
+
+
+def test_user_data_spec_and_replaced_raw_file(project, rng):
+    raw = project / "data" / "01_raw"
+    for sid, data in zip(("01", "02"), random_runs(rng, 2, n_trs=30)):
+        write_run(raw / f"sub-{sid}.nii.gz", data)
+    spec = project / "mine.yml"
+    spec.write_text('name: mine\nfmri:\n  subjects: {pattern: "sub-{id}.nii.gz", ids: ["01", "02"]}\n  tr: 1.5\n')
+    first = kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}")
+    assert "generate_demo_data" not in ran_nodes(first) and "compute_fmri_norm_stats" in ran_nodes(first)
+    assert ran_nodes(kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}")) == set()
+    write_run(raw / "sub-02.nii.gz", random_runs(rng, 1, n_trs=30)[0])  # new content, same name
+    third = kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}")
+    assert {"compute_fmri_norm_stats", "build_fmri_tensor"} <= ran_nodes(third)
+    assert len(outputs(project, "fmri_stats/*/norm_stats.npz")) == 2
+
+
+def test_bad_spec_is_one_clean_message(project):
+    spec = project / "bad.yml"
+    spec.write_text("name: bad\nfmri:\n  subjects: {'01': a.nii.gz}\n  tr: 1.5\n  mode: per_subjects\n")
+    result = kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}", expect=2)
+    assert "bad.yml" in result.stderr and "fmri.mode" in result.stderr and "per_subject" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not list(project.glob("data/0[2-8]*/*/*"))  # nothing written
+
+
+def test_bad_input_files_are_named_before_any_node_runs(project, rng):
+    raw = project / "data" / "01_raw"
+    write_run(raw / "a.nii.gz", random_runs(rng, 1)[0])
+    (raw / "b.nii.gz").write_bytes(b"not nifti")
+    spec = project / "s.yml"
+    spec.write_text("name: s\nfmri:\n  subjects: {'01': a.nii.gz, '02': b.nii.gz, '03': c.nii.gz}\n  tr: 1.5\n")
+    result = kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}", expect=2)
+    assert "fmri.subjects['03']: file not found" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_error_found_by_a_node_is_one_clean_message(project, rng):
+    raw = project / "data" / "01_raw"
+    runs = random_runs(rng, 2)
+    write_run(raw / "a.nii.gz", runs[0])
+    write_run(raw / "b.nii.gz", np.zeros_like(runs[1]))
+    spec = project / "s.yml"
+    spec.write_text("name: s\nfmri:\n  subjects: {'01': a.nii.gz, '02': b.nii.gz}\n  tr: 1.5\n")
+    result = kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}", expect=2)
+    assert re.search(r"Error: subject '02'.*every voxel is constant", result.stderr)
+    assert not outputs(project, "fmri_stats/*/norm_stats.npz")
+
+
+def test_spec_command_and_cache_pruning(project):
+    kedro(project, "run", "--pipelines=fmri")
+    shown = kedro(project, "giblet", "spec").stdout
+    assert "fmri_stats:" in shown and "fingerprint:" in shown and "/data/03_primary/fmri_stats/" in shown
+    stale = project / "data" / "05_model_input" / "fmri_tensor" / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    (stale / "fmri_train.npy").write_bytes(b"old")
+    listing = kedro(project, "giblet", "caches").stdout
+    assert re.search(r"UNREFERENCED .*0123456789abcdef", listing) and "used by demo" in listing
+    kedro(project, "giblet", "caches", "--prune", "--yes")
+    assert not stale.exists()
+    assert outputs(project, "fmri_tensor/*/fmri_train.npy")  # the used cache is kept
+
+
+def test_viz_build_lists_fmri_datasets_and_nodes(project):
+    kedro(project, "viz", "build")
+    graph = json.loads((project / "build" / "api" / "main").read_text())
+    names = {node["name"] for node in graph["nodes"]}
+    assert {"compute_fmri_norm_stats", "build_fmri_tensor", "fmri_norm_stats", "fmri_train",
+            "fmri_heldout_normalized", "fmri_raw"} <= names
+    assert (project / "build" / "index.html").is_file()

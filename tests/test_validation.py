@@ -7,7 +7,11 @@ import pandas as pd
 import pandera.errors
 import pytest
 
-from giblet_kedro.validation.arrays import validate_fmri_tensor, validate_heldout, validate_norm_stats
+from giblet_kedro.validation.arrays import (
+    validate_fmri_tensor,
+    validate_heldout,
+    validate_norm_stats,
+)
 from giblet_kedro.validation.tables import SubjectTable
 
 

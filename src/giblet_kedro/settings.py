@@ -2,7 +2,6 @@
 
 import warnings
 
-
 from kedro.config import OmegaConfigLoader
 
 from giblet_kedro.spec.resolvers import RESOLVERS

@@ -6,8 +6,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from kedro.io import DatasetError
 
-from giblet_kedro.datasets.arrays import CsvTableDataset, NpyDataset, NpzDataset, SafetensorsDataset
+from giblet_kedro.datasets.arrays import (
+    CsvTableDataset,
+    NpyDataset,
+    NpzDataset,
+    SafetensorsDataset,
+)
 from giblet_kedro.datasets.atomic import atomic_path
 from giblet_kedro.datasets.nifti import NiftiDataset, NiftiRunsDataset
 
@@ -54,7 +60,7 @@ def test_failed_save_through_dataset_leaves_nothing(tmp_path):
         def __array__(self, *args, **kwargs):
             raise RuntimeError("boom")
 
-    with pytest.raises(Exception):
+    with pytest.raises(DatasetError, match="boom"):
         NpzDataset(str(tmp_path / "s.npz")).save({"a": Exploding()})
     assert list(tmp_path.iterdir()) == []
 

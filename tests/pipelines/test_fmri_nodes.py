@@ -131,6 +131,17 @@ def test_given_mask_file(tmp_path, three_subjects):
     assert tensor.shape == (50, mask.sum())
 
 
+def test_lab_mask_through_the_stage(tmp_path, rng):
+    grid, n_trs = (6, 5, 4), 40
+    runs = [d * rng.uniform(0.5, 2.0, size=grid)[..., None] for d in random_runs(rng, 4, grid=grid, n_trs=n_trs)]
+    paths = {f"{i}": str(write_run(tmp_path / f"s{i}.nii.gz", d, dtype=np.float32)) for i, d in enumerate(runs)}
+    _, _, stats, tensor, _ = run_stage(paths, mask="lab", lab_mask={"first_trs": 25, "percentile": 30})
+    early = [nib.load(p).get_fdata()[..., :25].std(axis=3, ddof=1) for p in paths.values()]
+    votes = sum((e > np.percentile(e[e > 0], 30)).astype(int) for e in early)
+    np.testing.assert_array_equal(stats["mask"], votes >= 2)
+    assert str(stats["mask_kind"]) == "lab" and tensor.shape == (40, (votes >= 2).sum())
+
+
 # ------------------------------------------------------------------------ bad input
 def test_zero_variance_voxel_inside_given_mask_names_subject_and_voxel(tmp_path, rng):
     runs = random_runs(rng, 2, grid=(6, 5, 4), n_trs=30)

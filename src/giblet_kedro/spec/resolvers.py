@@ -12,8 +12,8 @@ Kedro's custom resolvers cannot read ``parameters``, but they can receive
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from giblet_kedro.spec.compile import CompiledExperiment, compile_spec

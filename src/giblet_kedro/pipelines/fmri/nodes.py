@@ -13,7 +13,12 @@ import numpy as np
 import pandas as pd
 
 from giblet_kedro.errors import InputDataError
-from giblet_kedro.fmri.checks import check_runs, check_same_space, check_tr, resolve_crop
+from giblet_kedro.fmri.checks import (
+    check_runs,
+    check_same_space,
+    check_tr,
+    resolve_crop,
+)
 from giblet_kedro.fmri.normalize import combine_subjects, zscore_run
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
 from giblet_kedro.fmri.split import split_table, train_rows

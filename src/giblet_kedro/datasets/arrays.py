@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,3 +115,24 @@ class ExcelTableDataset(CsvTableDataset):
     def save(self, data: pd.DataFrame) -> None:
         with atomic_path(self._filepath) as tmp:
             data.to_excel(tmp, index=False)
+
+
+class JsonDataset(AbstractDataset[dict, dict]):
+    """A JSON report, written atomically."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict:
+        return json.loads(self._filepath.read_text())
+
+    def save(self, data: dict) -> None:
+        with atomic_path(self._filepath) as tmp:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

@@ -14,7 +14,7 @@ from typing import Any
 from giblet_kedro.paths import data_dir, raw_dir
 from giblet_kedro.spec.fingerprint import DigestCache, code_version, hash_payload
 from giblet_kedro.spec.load import load_spec
-from giblet_kedro.spec.schema import ExperimentSpec
+from giblet_kedro.spec.schema import ExperimentSpec, StimulusSpec
 
 DEMO_PLACEHOLDER = "{demo}"
 
@@ -46,6 +46,15 @@ STAGES: dict[str, Stage] = {
             "05_model_input",
             ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.pipelines.fmri.nodes"),
         ),
+        Stage("video_frames_tr", "04_feature", ("giblet_kedro.stimulus.video", "giblet_kedro.stimulus.aligned",
+                                                  "giblet_kedro.pipelines.stimulus.nodes")),
+        Stage("audio_codes_tr", "04_feature", ("giblet_kedro.stimulus.audio", "giblet_kedro.stimulus.aligned",
+                                                 "giblet_kedro.pipelines.stimulus.nodes")),
+        Stage("text_embeddings_tr", "04_feature", ("giblet_kedro.stimulus.text", "giblet_kedro.stimulus.aligned",
+                                                     "giblet_kedro.pipelines.stimulus.nodes")),
+        *(Stage(name, "05_model_input", ("giblet_kedro.stimulus.hrf", "giblet_kedro.pipelines.stimulus.nodes"))
+          for name in ("video_features", "audio_codes", "text_embeddings")),
+        Stage("stimulus_alignment", "08_reporting", ("giblet_kedro.pipelines.stimulus.nodes",)),
         Stage(
             "fmri_heldout",
             "05_model_input",
@@ -65,9 +74,9 @@ class CompiledExperiment:
     stage_inputs: dict[str, dict[str, Any]] = field(repr=False)
 
     def cache_dir(self, stage: str) -> Path:
-        # A spec without a demo section still names a (never written) demo folder, so the
-        # catalog resolves; the demo node refuses to run for such a spec.
-        return STAGES[stage].cache_root() / self.fingerprints.get(stage, "no-demo-section")
+        # A stage the spec leaves out (no demo section, no audio, ...) still names a
+        # never-written folder so the catalog resolves; its node refuses to run.
+        return STAGES[stage].cache_root() / self.fingerprints.get(stage, "not-in-spec")
 
     def params(self, section: str) -> Any:
         """A spec section as plain JSON-like data (what a node parameter receives)."""
@@ -87,6 +96,11 @@ class CompiledExperiment:
                 for name, fp in self.fingerprints.items()
             },
         }
+
+
+# TR-aligned extraction stage -> the stage that applies the HRF to it (catalog names).
+FINAL_FEATURES = {"video_frames_tr": "video_features", "audio_codes_tr": "audio_codes",
+                  "text_embeddings_tr": "text_embeddings"}
 
 
 def demo_dir(demo_fingerprint: str) -> Path:
@@ -193,9 +207,50 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
         "code": code_version(STAGES["fmri_heldout"].code_modules),
     }
     fps["fmri_heldout"] = hash_payload(reads["fmri_heldout"])
+    _stimulus_fingerprints(spec, reads, fps, file_fp, subject_fps)
 
     return CompiledExperiment(spec=_resolve_paths(spec, demo_fp), spec_file=spec_file,
                               fingerprints=fps, stage_inputs=reads)
+
+
+def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp, subject_fps: dict) -> None:
+    """Each modality is fingerprinted apart (a changed bandwidth recomputes audio only);
+    the HRF step apart from extraction (a changed HRF never re-decodes the movie).
+
+    Every modality depends on the fMRI TR grid (TR, crop, onset; without a crop the TR
+    count comes from the runs, so their fingerprints stand in for it), never on the
+    fMRI normalisation.
+    """
+    stim, fmri = spec.stimulus or StimulusSpec(), spec.fmri
+    grid = {"tr": fmri.tr, "trs": fmri.trs, "onset_s": stim.onset_s,
+            "runs": None if fmri.trs is not None else subject_fps}
+    weights_fp = lambda part, key: file_fp(part.weights, f"stimulus.{key}.weights") if part.weights else None  # noqa: E731
+    sections = {
+        "video_frames_tr": stim.video and {
+            "movie": file_fp(stim.video.path, "stimulus.video.path"), "size": stim.video.size,
+            "frames_per_tr": stim.video.frames_per_tr},
+        "audio_codes_tr": stim.audio and {
+            "movie": file_fp(stim.audio.path, "stimulus.audio.path"), "model": stim.audio.model,
+            "bandwidth": stim.audio.bandwidth if stim.audio.model != "mel" else None,
+            "weights": weights_fp(stim.audio, "audio"), "chunk_s": stim.audio.chunk_s,
+            "seed": spec.seed if stim.audio.weights is None else None},
+        "text_embeddings_tr": stim.text and {
+            "annotations": file_fp(stim.text.annotations, "stimulus.text.annotations"),
+            "start": stim.text.start, "end": stim.text.end, "columns": stim.text.columns,
+            "model": stim.text.model, "weights": weights_fp(stim.text, "text"),
+            "run_onsets_s": stim.text.run_onsets_s, "seed": spec.seed if stim.text.weights is None else None},
+    }
+    hrf = stim.hrf.model_dump(mode="json")
+    for stage, payload in sections.items():
+        payload = payload or {"absent": True}  # an empty cache, still specific to the grid
+        reads[stage] = {**payload, "grid": grid, "code": code_version(STAGES[stage].code_modules)}
+        fps[stage] = hash_payload(reads[stage])
+        final = FINAL_FEATURES[stage]
+        reads[final] = {stage: fps[stage], "hrf": hrf, "code": code_version(STAGES[final].code_modules)}
+        fps[final] = hash_payload(reads[final])
+    reads["stimulus_alignment"] = {name: fps[name] for name in FINAL_FEATURES.values()} | {
+        "fmri_grid": grid, "code": code_version(STAGES["stimulus_alignment"].code_modules)}
+    fps["stimulus_alignment"] = hash_payload(reads["stimulus_alignment"])
 
 
 def compile_experiment(name_or_path: str, check_files: bool = True) -> CompiledExperiment:

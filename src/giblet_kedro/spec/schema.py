@@ -165,10 +165,13 @@ class VideoSpec(StrictModel):
 
 
 class AudioSpec(StrictModel):
+    """Soundtrack -> EnCodec codes (or ``mel``: a log-mel spectrogram, no weights needed)."""
+
     path: str
     model: Literal["encodec_24khz", "mel"] = "encodec_24khz"
     bandwidth: Literal[1.5, 3.0, 6.0, 12.0, 24.0] = 3.0
     weights: str | None = None
+    chunk_s: Annotated[int, Field(ge=2, le=600)] = 10
 
 
 class TextSpec(StrictModel):
@@ -178,6 +181,8 @@ class TextSpec(StrictModel):
     columns: list[str] = Field(min_length=1)
     model: str = "ViT-B-32"
     weights: str | None = None
+    run_onsets_s: list[NonNegativeFloat] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
 
 
 class HrfSpec(StrictModel):
@@ -186,10 +191,16 @@ class HrfSpec(StrictModel):
 
 
 class StimulusSpec(StrictModel):
+    """The movie the subjects watched. ``onset_s``: movie time at which the fMRI run's
+    first volume began. ``device``: where EnCodec and CLIP run (not part of any
+    fingerprint: results agree to float rounding)."""
+
     video: VideoSpec | None = None
     audio: AudioSpec | None = None
     text: TextSpec | None = None
     hrf: HrfSpec = HrfSpec()
+    onset_s: float = 0.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 # ------------------------------------------------------------- model and training

@@ -68,3 +68,16 @@ def validate_heldout(runs: dict[str, np.ndarray]) -> None:
         widths.add(array.shape[1])
     if len(widths) > 1:
         raise ValueError(f"held-out runs disagree on the number of voxels: {sorted(widths)}")
+
+
+def validate_tr_aligned(aligned) -> None:
+    """A TR-aligned stimulus cache: one row and one validity flag per TR of its grid,
+    finite values, and a grid whose TR count matches."""
+    values, valid, meta = aligned.values, np.asarray(aligned.valid), aligned.meta
+    grid = meta.get("grid") or {}
+    n_trs = grid.get("n_trs")
+    if n_trs is None or values.shape[0] != n_trs or valid.shape != (n_trs,) or valid.dtype != bool:
+        raise ValueError(f"{meta.get('modality', 'stimulus')}: values {values.shape} / valid {valid.shape} "
+                         f"do not match the grid's {n_trs} TRs")
+    if values.dtype.kind == "f" and values.size:
+        _finite(f"{meta.get('modality')} features", np.asarray(values))

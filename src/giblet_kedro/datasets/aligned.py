@@ -1,0 +1,55 @@
+"""A TR-aligned stimulus cache: a folder with ``values.npy`` (memory-mapped on load),
+``valid.npy`` and ``meta.json``, replaced as a whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kedro.io import AbstractDataset
+
+from giblet_kedro.stimulus.aligned import TrAligned
+
+
+class TrAlignedDataset(AbstractDataset[TrAligned, TrAligned]):
+    """Save and load :class:`TrAligned` features; the folder appears complete or not at all."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._folder = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> TrAligned:
+        return TrAligned(
+            values=np.load(self._folder / "values.npy", mmap_mode="r", allow_pickle=False),
+            valid=np.load(self._folder / "valid.npy", allow_pickle=False),
+            meta=json.loads((self._folder / "meta.json").read_text()),
+        )
+
+    def save(self, data: TrAligned) -> None:
+        self._folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self._folder.parent, prefix=f".{self._folder.name}.partial-"))
+        try:
+            np.save(staging / "values.npy", np.ascontiguousarray(data.values), allow_pickle=False)
+            np.save(staging / "valid.npy", np.asarray(data.valid, dtype=bool), allow_pickle=False)
+            (staging / "meta.json").write_text(json.dumps(data.meta, indent=1, sort_keys=True, default=str))
+            if self._folder.exists():  # same fingerprint recomputed (--recompute): swap
+                trash = Path(tempfile.mkdtemp(dir=self._folder.parent, prefix=f".{self._folder.name}.old-"))
+                os.replace(self._folder, trash / "old")
+                os.replace(staging, self._folder)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(staging, self._folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _exists(self) -> bool:
+        return (self._folder / "meta.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._folder)}

@@ -1,0 +1,1 @@
+from giblet_kedro.pipelines.stimulus import pipeline  # noqa: F401

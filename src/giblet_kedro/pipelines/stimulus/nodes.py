@@ -1,0 +1,123 @@
+"""Stimulus stage nodes: movie -> TR-aligned video, audio and text -> HRF -> features.
+
+A modality the spec leaves out yields an explicit empty cache (zero-width values, every
+TR invalid, ``meta["absent"] = True``), so later stages drop it instead of guessing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from giblet_kedro.errors import InputDataError
+from giblet_kedro.spec.schema import FmriSpec, StimulusSpec
+from giblet_kedro.stimulus import hrf
+from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
+from giblet_kedro.stimulus.audio import extract_audio
+from giblet_kedro.stimulus.text import extract_text
+from giblet_kedro.stimulus.video import extract_frames
+
+log = logging.getLogger(__name__)
+
+
+def _grid(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec) -> TrGrid:
+    return TrGrid.from_split(split, fmri.tr, stimulus.onset_s)
+
+
+def _device(stimulus: StimulusSpec) -> str:
+    if stimulus.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if stimulus.device == "cuda" and not torch.cuda.is_available():
+        raise InputDataError("stimulus.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return stimulus.device
+
+
+def _absent(modality: str, grid: TrGrid) -> TrAligned:
+    log.info("stimulus: no %s in the spec; writing an empty %s cache", modality, modality)
+    return TrAligned(values=np.zeros((grid.n_trs, 0), np.float32), valid=np.zeros(grid.n_trs, bool),
+                     meta={"modality": modality, "absent": True, "grid": grid.describe(), "notes": []})
+
+
+def extract_video_frames(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None) -> TrAligned:
+    """Frames of the movie on the TR grid: (n_trs, frames_per_tr, 3, H, W) float32 in [0, 1]."""
+    stimulus = stimulus or StimulusSpec()
+    grid = _grid(split, fmri, stimulus)
+    if stimulus.video is None:
+        return _absent("video", grid)
+    video = stimulus.video
+    return extract_frames(Path(video.path), grid, tuple(video.size), video.frames_per_tr)
+
+
+def extract_audio_codes(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None,
+                        experiment: dict[str, Any]) -> TrAligned:
+    """The soundtrack on the TR grid: EnCodec codes (n_trs, n_codebooks, 112) or log-mel."""
+    stimulus = stimulus or StimulusSpec()
+    grid = _grid(split, fmri, stimulus)
+    if stimulus.audio is None:
+        return _absent("audio", grid)
+    audio = stimulus.audio
+    return extract_audio(Path(audio.path), grid, audio.model, audio.bandwidth, audio.weights,
+                         seed=int(experiment["seed"]), chunk_s=audio.chunk_s, device=_device(stimulus))
+
+
+def extract_text_embeddings(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None,
+                            experiment: dict[str, Any]) -> TrAligned:
+    """Scene annotations on the TR grid: mean CLIP embedding of overlapping segments."""
+    stimulus = stimulus or StimulusSpec()
+    grid = _grid(split, fmri, stimulus)
+    if stimulus.text is None:
+        return _absent("text", grid)
+    text = stimulus.text
+    return extract_text(Path(text.annotations), grid, text.start, text.end, list(text.columns), text.model,
+                        text.weights, seed=int(experiment["seed"]), run_onsets_s=text.run_onsets_s,
+                        batch_size=text.batch_size, device=_device(stimulus))
+
+
+def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
+    """Continuous features: causal convolution with the canonical HRF (``glover``/``spm``)
+    or a shift by ``delay_s`` (``none``). Integer codes: never convolved, only shifted
+    with ``none``."""
+    settings = (stimulus or StimulusSpec()).hrf
+    tr = float(aligned.meta["grid"]["tr"])
+    values, valid = aligned.values, aligned.valid
+    if aligned.meta.get("absent") or values.size == 0:
+        applied = "none (absent)"
+    elif settings.kind == "none" or np.issubdtype(values.dtype, np.integer):
+        values, valid = hrf.shift(np.asarray(values), valid, settings.delay_s if settings.kind == "none" else 0.0, tr)
+        applied = f"shift by {int(round(settings.delay_s / tr)) if settings.kind == 'none' else 0} TRs"
+        if settings.kind != "none":
+            applied += " (integer codes are not convolved; the model sees each TR's own codes)"
+    else:
+        values = hrf.convolve(np.asarray(values), settings.kind, tr)
+        applied = f"causal convolution with nilearn's {settings.kind} HRF"
+    return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": applied})
+
+
+def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAligned,
+                             text: TrAligned) -> dict[str, Any]:
+    """Every modality must sit on exactly the fMRI TR grid of the experiment (same crop,
+    same TR); returns a report, raises on any mismatch."""
+    onsets = split["onset_s"].to_numpy()
+    expected = {"tr": float(onsets[1] - onsets[0]) if len(onsets) > 1 else None,
+                "crop": [int(split["file_tr"].iloc[0]), int(split["file_tr"].iloc[-1]) + 1], "n_trs": len(split)}
+    report: dict[str, Any] = {"fmri_grid": expected, "modalities": {}}
+    for name, aligned in (("video", video), ("audio", audio), ("text", text)):
+        grid = aligned.meta["grid"]
+        problems = [f"{key} {grid[key]} != {expected[key]}" for key in ("crop", "n_trs") if grid[key] != expected[key]]
+        if expected["tr"] is not None and abs(grid["tr"] - expected["tr"]) > 1e-9:
+            problems.append(f"TR {grid['tr']} s != {expected['tr']} s")
+        if aligned.values.shape[0] != len(split):
+            problems.append(f"{aligned.values.shape[0]} rows for {len(split)} TRs")
+        if problems:
+            raise ValueError(f"{name} features are not on the fMRI TR grid: {'; '.join(problems)}")
+        report["modalities"][name] = {
+            "absent": bool(aligned.meta.get("absent", False)), "shape": list(aligned.values.shape),
+            "dtype": str(aligned.values.dtype), "valid_trs": int(np.asarray(aligned.valid).sum()),
+            "onset_s": grid["onset_s"], "tr": grid["tr"], "hrf": aligned.meta.get("hrf"),
+            "notes": aligned.meta.get("notes", [])}
+    return report

@@ -1,0 +1,26 @@
+"""Stimulus stage: movie -> TR-aligned video / audio / text -> HRF -> model-input features."""
+
+from kedro.pipeline import Pipeline, node
+
+from giblet_kedro.pipelines.stimulus.nodes import (
+    apply_hrf,
+    check_stimulus_alignment,
+    extract_audio_codes,
+    extract_text_embeddings,
+    extract_video_frames,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    grid_inputs = ["fmri_split", "params:fmri", "params:stimulus"]
+    return Pipeline([
+        node(extract_video_frames, grid_inputs, "video_frames_tr", name="extract_video_frames"),
+        node(extract_audio_codes, [*grid_inputs, "params:experiment"], "audio_codes_tr", name="extract_audio_codes"),
+        node(extract_text_embeddings, [*grid_inputs, "params:experiment"], "text_embeddings_tr",
+             name="extract_text_embeddings"),
+        node(apply_hrf, ["video_frames_tr", "params:stimulus"], "video_features", name="video_hrf"),
+        node(apply_hrf, ["audio_codes_tr", "params:stimulus"], "audio_codes", name="audio_hrf"),
+        node(apply_hrf, ["text_embeddings_tr", "params:stimulus"], "text_embeddings", name="text_hrf"),
+        node(check_stimulus_alignment, ["fmri_split", "video_features", "audio_codes", "text_embeddings"],
+             "stimulus_alignment", name="check_stimulus_alignment"),
+    ])

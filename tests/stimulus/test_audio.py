@@ -1,0 +1,116 @@
+"""Audio on the TR grid: exactly the model's codebooks, 112 frames per 1.5 s TR, no drift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from giblet_kedro.errors import InputDataError
+from giblet_kedro.stimulus import audio
+from giblet_kedro.stimulus.aligned import TrGrid
+from tests.stimulus.conftest import write_movie
+
+
+def test_half_frame_per_tr_is_dropped_by_timestamp_without_drift():
+    grid = TrGrid(tr=1.5, start=0, stop=400)
+    starts = audio.tr_frame_starts(grid, audio_start_s=0.0)
+    assert audio.frames_per_tr(1.5) == 112
+    # by hand: TR i starts at 112.5 i frames; first frame centre at or after it
+    assert starts[:5].tolist() == [0, 112, 225, 337, 450]
+    expected = np.ceil(np.arange(400) * 112.5 - 0.5 - 1e-9).astype(int)
+    np.testing.assert_array_equal(starts, expected)
+    assert np.abs(starts / 75.0 - np.arange(400) * 1.5).max() <= 1 / 75  # never more than one frame off
+
+
+def test_frames_on_grid_gathers_consecutive_frames_and_pads(rng):
+    frames = np.arange(3 * 400).reshape(3, 400)  # (channels, frames): value = index + 400 * channel
+    values, valid = audio.frames_on_grid(frames, TrGrid(tr=1.5, start=0, stop=4), audio_start_s=0.0)
+    assert values.shape == (4, 3, 112)
+    np.testing.assert_array_equal(values[1, 0], np.arange(112, 224))
+    np.testing.assert_array_equal(values[2, 2], 800 + np.arange(225, 337))
+    assert valid.tolist() == [True, True, True, False]  # TR 3 needs frames 337..448 > 399
+    assert np.all(values[3] == 0)
+
+
+def test_audio_start_offset_moves_the_frames():
+    starts = audio.tr_frame_starts(TrGrid(tr=1.5, start=0, stop=3), audio_start_s=0.2)
+    # TR 1 starts 1.3 s into the audio = 97.5 frames: frame 97's centre is exactly there
+    assert starts.tolist() == [-15, 97, 210]
+
+
+@pytest.mark.parametrize(("bandwidth", "n_q"), [(1.5, 2), (3.0, 4), (6.0, 8), (12.0, 16), (24.0, 32)])
+def test_codebooks_kept_are_exactly_the_bandwidths(bandwidth, n_q):
+    assert audio.n_codebooks(bandwidth) == n_q
+    model = audio.build_encodec(bandwidth, None, seed=0)
+    codes = model.encode(torch.zeros(1, 1, audio.SAMPLE_RATE // 2))[0][0]
+    assert codes.shape[1] == n_q
+
+
+@pytest.fixture
+def tone_movie(tmp_path):
+    return write_movie(tmp_path / "tone.mkv", list(np.arange(60) / 10.0), audio_s=6.0, rate=22050)
+
+
+def test_codes_vary_with_random_weights_and_are_seeded(tone_movie):
+    grid = TrGrid(tr=1.5, start=0, stop=3)
+    first = audio.extract_audio(tone_movie, grid, "encodec_24khz", 3.0, None, seed=0, chunk_s=2)
+    again = audio.extract_audio(tone_movie, grid, "encodec_24khz", 3.0, None, seed=0, chunk_s=2)
+    assert first.values.shape == (3, 4, 112) and first.values.dtype == np.int16
+    assert len(np.unique(first.values)) > 20  # codebooks were initialised: not all zero
+    np.testing.assert_array_equal(first.values, again.values)
+    assert first.meta["n_codebooks"] == 4 and first.meta["frames_per_tr"] == 112
+
+
+def test_local_weights_load_safely_and_give_the_same_codes(tmp_path, tone_movie):
+    samples, rate, _ = audio.decode_soundtrack(tone_movie)
+    wav = audio.to_model_rate(samples, rate)
+    model = audio.build_encodec(6.0, None, seed=3, init_audio=wav)
+    weights = tmp_path / "encodec.th"
+    torch.save(model.state_dict(), weights)
+    loaded = audio.build_encodec(6.0, str(weights), seed=99)
+    with torch.no_grad():
+        np.testing.assert_array_equal(model.encode(wav[None])[0][0].numpy(), loaded.encode(wav[None])[0][0].numpy())
+    with pytest.raises(InputDataError, match="stimulus.audio.weights"):
+        audio.build_encodec(6.0, str(tmp_path / "missing.th"), seed=0)
+
+
+def test_chunked_encoding_matches_whole_file_encoding(tone_movie):
+    samples, rate, _ = audio.decode_soundtrack(tone_movie)
+    wav = audio.to_model_rate(samples, rate)
+    model = audio.build_encodec(3.0, None, seed=0, init_audio=wav)
+    with torch.no_grad():
+        whole = model.encode(wav[None])[0][0][0].numpy()
+    chunked = audio.encode_chunked(model, wav, chunk_s=2, device="cpu")
+    assert chunked.shape == whole.shape
+    assert (chunked == whole).mean() > 0.9  # 1 s of context warms the encoder up
+
+
+def test_resampling_uses_encodecs_helper_in_chunks(rng):
+    from encodec.utils import convert_audio
+
+    samples = rng.standard_normal(44100 * 5).astype(np.float32) * 0.1
+    whole = convert_audio(torch.from_numpy(samples)[None], 44100, audio.SAMPLE_RATE, 1)
+    chunked = audio.to_model_rate(samples, 44100, chunk_s=2)
+    assert chunked.shape == whole.shape
+    np.testing.assert_allclose(chunked.numpy(), whole.numpy(), atol=1e-4)
+
+
+def test_mel_option_needs_no_weights(tone_movie):
+    aligned = audio.extract_audio(tone_movie, TrGrid(tr=1.5, start=0, stop=3), "mel", 3.0, None, seed=0)
+    assert aligned.values.shape == (3, audio.MEL_BANDS, 112) and aligned.values.dtype == np.float32
+    assert np.isfinite(aligned.values).all() and aligned.values.std() > 0
+
+
+def test_movie_without_audio_track_is_named(tmp_path):
+    silent = write_movie(tmp_path / "silent.mkv", [0.0, 0.1, 0.2])
+    with pytest.raises(InputDataError, match=r"stimulus.audio.path: .*silent.mkv has no audio track"):
+        audio.decode_soundtrack(silent)
+
+
+def test_real_soundtrack(real_movie):
+    samples, rate, start = audio.decode_soundtrack(real_movie)
+    assert rate == 44100 and abs(len(samples) / rate - 30.0) < 0.1 and start < 0.05
+    aligned = audio.extract_audio(real_movie, TrGrid(tr=1.5, start=0, stop=20), "encodec_24khz", 1.5, None, seed=0)
+    assert aligned.values.shape == (20, 2, 112) and aligned.valid.all()
+    assert len(np.unique(aligned.values)) > 50

@@ -150,3 +150,26 @@ def test_viz_build_lists_fmri_datasets_and_nodes(project):
     assert {"compute_fmri_norm_stats", "build_fmri_tensor", "fmri_norm_stats", "fmri_train",
             "fmri_heldout_normalized", "fmri_raw"} <= names
     assert (project / "build" / "index.html").is_file()
+
+
+def test_stimulus_stage_caches_per_modality(project):
+    first = kedro(project, "run", "--pipelines=stimulus")
+    assert {"extract_video_frames", "extract_audio_codes", "extract_text_embeddings",
+            "check_stimulus_alignment"} <= ran_nodes(first)
+    report, = project.glob("data/08_reporting/stimulus_alignment/*/stimulus_alignment.json")
+    modalities = json.loads(report.read_text())["modalities"]
+    assert modalities["video"]["shape"] == [200, 3, 3, 36, 64]
+    assert modalities["audio"]["shape"] == [200, 4, 112] and modalities["audio"]["dtype"] == "int16"
+    assert modalities["text"]["shape"] == [200, 512] and modalities["text"]["valid_trs"] == 200
+
+    assert ran_nodes(kedro(project, "run", "--pipelines=stimulus")) == set()
+
+    spec = (project / "conf/base/experiments/demo.yml").read_text()
+    (project / "per_subject.yml").write_text(spec.replace("mode: cross_subject", "mode: per_subject"))
+    assert ran_nodes(kedro(project, "run", "--pipelines=stimulus", "--params", "experiment=per_subject.yml")) == set()
+
+    (project / "bw6.yml").write_text(spec.replace("bandwidth: 3.0", "bandwidth: 6.0"))
+    changed = kedro(project, "run", "--pipelines=stimulus", "--params", "experiment=bw6.yml")
+    assert ran_nodes(changed) == {"extract_audio_codes", "audio_hrf", "check_stimulus_alignment"}
+    codes = [np.load(p, mmap_mode="r") for p in project.glob("data/05_model_input/audio_codes/*/audio_codes/values.npy")]
+    assert sorted(c.shape[1] for c in codes) == [4, 8]  # 3 kbps -> 4 codebooks, 6 kbps -> 8

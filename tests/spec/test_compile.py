@@ -109,3 +109,70 @@ def test_code_hash_ignores_docstrings_and_comments_but_not_code(tmp_path, monkey
 def test_hash_payload_is_order_independent():
     assert fingerprint.hash_payload({"a": 1, "b": [1, 2]}) == fingerprint.hash_payload({"b": [1, 2], "a": 1})
     assert fingerprint.hash_payload({"a": 1}) != fingerprint.hash_payload({"a": np.float64(1.0000001)})
+
+
+def stimulus_fps(project, **changes) -> dict[str, str]:
+    (project / "data" / "01_raw" / "movie.mp4").write_bytes(b"movie bytes")
+    (project / "data" / "01_raw" / "seg.csv").write_text("s,e,t\n0,1,a\n")
+    fields = {"mode": "cross_subject", "bandwidth": 3.0, "hrf": "glover", "size": "[160, 90]", "columns": '["t"]'}
+    fields.update(changes)
+    text = textwrap.dedent(f"""
+        name: t
+        fmri:
+          subjects: {{"01": sub-01.nii.gz, "02": sub-02.nii.gz}}
+          tr: 1.5
+          mode: {fields['mode']}
+        stimulus:
+          video: {{path: movie.mp4, size: {fields['size']}}}
+          audio: {{path: movie.mp4, bandwidth: {fields['bandwidth']}}}
+          text: {{annotations: seg.csv, start: s, end: e, columns: {fields['columns']}}}
+          hrf: {{kind: {fields['hrf']}}}
+    """)
+    return compile_spec(parse_spec(text), project / "t.yml").fingerprints
+
+
+STIMULUS_STAGES = ("video_frames_tr", "audio_codes_tr", "text_embeddings_tr",
+                   "video_features", "audio_codes", "text_embeddings")
+
+
+def changed(a: dict, b: dict) -> set[str]:
+    return {stage for stage in STIMULUS_STAGES if a[stage] != b[stage]}
+
+
+def test_bandwidth_recomputes_audio_only(project):
+    assert changed(stimulus_fps(project), stimulus_fps(project, bandwidth=6.0)) == {"audio_codes_tr", "audio_codes"}
+
+
+def test_fmri_mode_recomputes_no_stimulus_cache(project):
+    assert changed(stimulus_fps(project), stimulus_fps(project, mode="per_subject")) == set()
+
+
+def test_hrf_recomputes_the_hrf_step_not_the_extraction(project):
+    assert changed(stimulus_fps(project), stimulus_fps(project, hrf="spm")) == {
+        "video_features", "audio_codes", "text_embeddings"}
+
+
+def test_each_modality_has_its_own_fingerprint(project):
+    assert changed(stimulus_fps(project), stimulus_fps(project, size="[80, 45]")) == {"video_frames_tr", "video_features"}
+    assert changed(stimulus_fps(project), stimulus_fps(project, columns='["t", "u"]')) == {
+        "text_embeddings_tr", "text_embeddings"}
+
+
+def test_replaced_movie_recomputes_video_and_audio_not_text(project):
+    base = stimulus_fps(project)
+    movie = project / "data" / "01_raw" / "movie.mp4"
+    stat = movie.stat()
+    movie.write_bytes(b"another cut")
+    os.utime(movie, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    fingerprint_after = compile_spec(parse_spec(textwrap.dedent("""
+        name: t
+        fmri:
+          subjects: {"01": sub-01.nii.gz, "02": sub-02.nii.gz}
+          tr: 1.5
+        stimulus:
+          video: {path: movie.mp4, size: [160, 90]}
+          audio: {path: movie.mp4, bandwidth: 3.0}
+          text: {annotations: seg.csv, start: s, end: e, columns: ["t"]}
+          hrf: {kind: glover}
+    """)), project / "t.yml").fingerprints
+    assert changed(base, fingerprint_after) == {"video_frames_tr", "video_features", "audio_codes_tr", "audio_codes"}

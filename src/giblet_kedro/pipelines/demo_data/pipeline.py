@@ -9,7 +9,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         node(
             generate_demo,
-            ["params:demo", "params:fmri", "params:experiment"],
+            ["params:demo", "params:fmri", "params:experiment_info"],
             ["fmri_raw", "fmri_heldout_raw", "demo_movie", "demo_annotations", "demo_ground_truth"],
             name="generate_demo_data",
         ),

@@ -15,8 +15,8 @@ def create_pipeline(**kwargs) -> Pipeline:
     grid_inputs = ["fmri_split", "params:fmri", "params:stimulus"]
     return Pipeline([
         node(extract_video_frames, grid_inputs, "video_frames_tr", name="extract_video_frames"),
-        node(extract_audio_codes, [*grid_inputs, "params:experiment"], "audio_codes_tr", name="extract_audio_codes"),
-        node(extract_text_embeddings, [*grid_inputs, "params:experiment"], "text_embeddings_tr",
+        node(extract_audio_codes, [*grid_inputs, "params:experiment_info"], "audio_codes_tr", name="extract_audio_codes"),
+        node(extract_text_embeddings, [*grid_inputs, "params:experiment_info"], "text_embeddings_tr",
              name="extract_text_embeddings"),
         node(apply_hrf, ["video_frames_tr", "params:stimulus"], "video_features", name="video_hrf"),
         node(apply_hrf, ["audio_codes_tr", "params:stimulus"], "audio_codes", name="audio_hrf"),

@@ -11,8 +11,10 @@ from giblet_kedro.spec.schema import FmriSpec, StimulusSpec
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
 from giblet_kedro.validation.arrays import validate_tr_aligned
 
+GRID = TrGrid(1.5, 0, 10)
 
-def aligned(values, grid=TrGrid(1.5, 0, 10)) -> TrAligned:
+
+def aligned(values, grid: TrGrid = GRID) -> TrAligned:
     return TrAligned(values=values, valid=np.ones(len(values), bool), meta={"grid": grid.describe()})
 
 

@@ -162,6 +162,15 @@ def test_stimulus_stage_caches_per_modality(project):
     assert modalities["audio"]["shape"] == [200, 4, 112] and modalities["audio"]["dtype"] == "int16"
     assert modalities["text"]["shape"] == [200, 512] and modalities["text"]["valid_trs"] == 200
 
+    # ground truth: the demo's square brightness is visible on the TR it was planted on
+    truth = np.load(next(project.glob("data/01_raw/demo/*/ground_truth.npz")))
+    frames = np.load(next(project.glob("data/04_feature/video_frames_tr/*/video_frames_tr/values.npy")))
+    height, width = frames.shape[-2:]
+    green_square = frames[:, :, 1, height // 2 + 1:, : width // 4 - 1].mean(axis=(1, 2, 3))
+    planted = truth["features_tr"][:, 1]
+    assert np.corrcoef(green_square, planted)[0, 1] > 0.95
+    assert np.corrcoef(green_square[1:], planted[:-1])[0, 1] < np.corrcoef(green_square, planted)[0, 1] - 0.02
+
     assert ran_nodes(kedro(project, "run", "--pipelines=stimulus")) == set()
 
     spec = (project / "conf/base/experiments/demo.yml").read_text()

@@ -114,3 +114,8 @@ def test_real_soundtrack(real_movie):
     aligned = audio.extract_audio(real_movie, TrGrid(tr=1.5, start=0, stop=20), "encodec_24khz", 1.5, None, seed=0)
     assert aligned.values.shape == (20, 2, 112) and aligned.valid.all()
     assert len(np.unique(aligned.values)) > 50
+
+
+def test_missing_audio_file_is_named(tmp_path):
+    with pytest.raises(InputDataError, match=r"stimulus.audio.path: file not found: .*gone.mp4"):
+        audio.decode_soundtrack(tmp_path / "gone.mp4")

@@ -104,3 +104,12 @@ def test_shift_delays_rows_and_marks_the_first_invalid():
     values = np.arange(6, dtype=np.int16)[:, None]
     shifted, valid = hrf.shift(values, np.ones(6, bool), delay_s=3.0, tr=1.5)
     assert shifted[:, 0].tolist() == [0, 0, 0, 1, 2, 3] and valid.tolist() == [False, False, True, True, True, True]
+
+
+def test_missing_or_unknown_annotation_files_are_named(tmp_path):
+    with pytest.raises(InputDataError, match=r"stimulus.text.annotations: file not found: .*nope.xlsx"):
+        text.read_segments(tmp_path / "nope.xlsx", "s", "e", ["t"])
+    odd = tmp_path / "notes.docx"
+    odd.write_bytes(b"x")
+    with pytest.raises(InputDataError, match=r"extension '.docx'; accepted: .xlsx, .xls, .csv, .tsv"):
+        text.read_segments(odd, "s", "e", ["t"])

@@ -24,7 +24,8 @@ def project(tmp_path, monkeypatch, rng):
     return tmp_path
 
 
-def compile_text(project, **overrides) -> dict[str, str]:
+def compile_text(project, extra: str = "", **overrides) -> dict[str, str]:
+    """Fingerprints of a two-subject spec; ``extra`` is YAML appended at the top level."""
     fields = {"mode": "cross_subject", "ddof": 1, "val": 0.1}
     fields.update(overrides)
     text = textwrap.dedent(f"""
@@ -36,7 +37,7 @@ def compile_text(project, **overrides) -> dict[str, str]:
           zscore: {{ddof: {fields['ddof']}}}
           split: {{val: {fields['val']}, test: 0.1}}
         model: {{hidden: {fields.get('hidden', 1024)}}}
-    """)
+    """) + textwrap.dedent(extra)
     return compile_spec(parse_spec(text), project / "t.yml").fingerprints
 
 
@@ -112,23 +113,20 @@ def test_hash_payload_is_order_independent():
 
 
 def stimulus_fps(project, **changes) -> dict[str, str]:
-    (project / "data" / "01_raw" / "movie.mp4").write_bytes(b"movie bytes")
-    (project / "data" / "01_raw" / "seg.csv").write_text("s,e,t\n0,1,a\n")
+    raw = project / "data" / "01_raw"
+    if not (raw / "movie.mp4").exists():
+        (raw / "movie.mp4").write_bytes(b"movie bytes")
+        (raw / "seg.csv").write_text("s,e,t\n0,1,a\n")
     fields = {"mode": "cross_subject", "bandwidth": 3.0, "hrf": "glover", "size": "[160, 90]", "columns": '["t"]'}
     fields.update(changes)
-    text = textwrap.dedent(f"""
-        name: t
-        fmri:
-          subjects: {{"01": sub-01.nii.gz, "02": sub-02.nii.gz}}
-          tr: 1.5
-          mode: {fields['mode']}
+    stimulus = f"""
         stimulus:
           video: {{path: movie.mp4, size: {fields['size']}}}
           audio: {{path: movie.mp4, bandwidth: {fields['bandwidth']}}}
           text: {{annotations: seg.csv, start: s, end: e, columns: {fields['columns']}}}
           hrf: {{kind: {fields['hrf']}}}
-    """)
-    return compile_spec(parse_spec(text), project / "t.yml").fingerprints
+    """
+    return compile_text(project, extra=stimulus, mode=fields["mode"])
 
 
 STIMULUS_STAGES = ("video_frames_tr", "audio_codes_tr", "text_embeddings_tr",
@@ -164,15 +162,5 @@ def test_replaced_movie_recomputes_video_and_audio_not_text(project):
     stat = movie.stat()
     movie.write_bytes(b"another cut")
     os.utime(movie, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    fingerprint_after = compile_spec(parse_spec(textwrap.dedent("""
-        name: t
-        fmri:
-          subjects: {"01": sub-01.nii.gz, "02": sub-02.nii.gz}
-          tr: 1.5
-        stimulus:
-          video: {path: movie.mp4, size: [160, 90]}
-          audio: {path: movie.mp4, bandwidth: 3.0}
-          text: {annotations: seg.csv, start: s, end: e, columns: ["t"]}
-          hrf: {kind: glover}
-    """)), project / "t.yml").fingerprints
+    fingerprint_after = stimulus_fps(project)
     assert changed(base, fingerprint_after) == {"video_frames_tr", "video_features", "audio_codes_tr", "audio_codes"}

@@ -23,6 +23,7 @@ import torch
 
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
+from giblet_kedro.stimulus.media import open_media
 from giblet_kedro.stimulus.progress import progress
 from giblet_kedro.stimulus.video import alignment_notes
 
@@ -43,12 +44,7 @@ def decode_soundtrack(path: Path, label: str = "stimulus.audio.path") -> tuple[n
     Returns ``(samples (n,), sample_rate, start_s)`` where ``start_s`` is the movie time
     of the first sample (streams need not start at 0).
     """
-    try:
-        container = av.open(str(path))
-    except FileNotFoundError:
-        raise InputDataError(f"{label}: file not found: {path}") from None
-    except av.FFmpegError as exc:
-        raise InputDataError(f"{label}: {path} is not a readable media file ({exc})") from None
+    container = open_media(path, label)
     try:
         if not container.streams.audio:
             raise InputDataError(

@@ -18,6 +18,7 @@ import numpy as np
 
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
+from giblet_kedro.stimulus.media import open_media
 from giblet_kedro.stimulus.progress import progress
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,7 @@ def sample_times(grid: TrGrid, frames_per_tr: int) -> np.ndarray:
 
 
 def open_video(path: Path, label: str):
-    try:
-        container = av.open(str(path))
-    except FileNotFoundError:
-        raise InputDataError(f"{label}: file not found: {path}") from None
-    except av.FFmpegError as exc:
-        raise InputDataError(f"{label}: {path} is not a readable movie ({exc}); accepted: any format FFmpeg decodes") from None
+    container = open_media(path, label)
     if not container.streams.video:
         container.close()
         raise InputDataError(f"{label}: {path} has no video stream")

@@ -43,24 +43,26 @@ def _absent(modality: str, grid: TrGrid) -> TrAligned:
                      meta={"modality": modality, "absent": True, "grid": grid.describe(), "notes": []})
 
 
+def _modality(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None, name: str):
+    """(the modality's spec or None, the TR grid, the stimulus spec)."""
+    stimulus = stimulus or StimulusSpec()
+    return getattr(stimulus, name), _grid(split, fmri, stimulus), stimulus
+
+
 def extract_video_frames(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None) -> TrAligned:
     """Frames of the movie on the TR grid: (n_trs, frames_per_tr, 3, H, W) float32 in [0, 1]."""
-    stimulus = stimulus or StimulusSpec()
-    grid = _grid(split, fmri, stimulus)
-    if stimulus.video is None:
+    video, grid, _ = _modality(split, fmri, stimulus, "video")
+    if video is None:
         return _absent("video", grid)
-    video = stimulus.video
     return extract_frames(Path(video.path), grid, tuple(video.size), video.frames_per_tr)
 
 
 def extract_audio_codes(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None,
                         experiment: dict[str, Any]) -> TrAligned:
     """The soundtrack on the TR grid: EnCodec codes (n_trs, n_codebooks, 112) or log-mel."""
-    stimulus = stimulus or StimulusSpec()
-    grid = _grid(split, fmri, stimulus)
-    if stimulus.audio is None:
+    audio, grid, stimulus = _modality(split, fmri, stimulus, "audio")
+    if audio is None:
         return _absent("audio", grid)
-    audio = stimulus.audio
     return extract_audio(Path(audio.path), grid, audio.model, audio.bandwidth, audio.weights,
                          seed=int(experiment["seed"]), chunk_s=audio.chunk_s, device=_device(stimulus))
 
@@ -68,11 +70,9 @@ def extract_audio_codes(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusS
 def extract_text_embeddings(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None,
                             experiment: dict[str, Any]) -> TrAligned:
     """Scene annotations on the TR grid: mean CLIP embedding of overlapping segments."""
-    stimulus = stimulus or StimulusSpec()
-    grid = _grid(split, fmri, stimulus)
-    if stimulus.text is None:
+    text, grid, stimulus = _modality(split, fmri, stimulus, "text")
+    if text is None:
         return _absent("text", grid)
-    text = stimulus.text
     return extract_text(Path(text.annotations), grid, text.start, text.end, list(text.columns), text.model,
                         text.weights, seed=int(experiment["seed"]), run_onsets_s=text.run_onsets_s,
                         batch_size=text.batch_size, device=_device(stimulus))

@@ -3,7 +3,7 @@
 - ``demo_data``: generate the demo dataset (run automatically for specs with ``demo:``).
 - ``fmri``: the fMRI stage.
 - ``stimulus``: the stimulus stage (and the fMRI TR grid it aligns to).
-- ``train``: the whole workflow (grows as later stages land).
+- ``train``: the whole workflow: fMRI, stimulus, training, verification.
 - ``__default__``: everything, for ``kedro run`` and lineage review in ``kedro viz``.
 """
 
@@ -11,19 +11,20 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from giblet_kedro.pipelines import demo_data, fmri, stimulus
+from giblet_kedro.pipelines import demo_data, fmri, stimulus, train
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     fmri_pipeline = fmri.pipeline.create_pipeline()
     demo_pipeline = demo_data.pipeline.create_pipeline()
     stimulus_pipeline = stimulus.pipeline.create_pipeline()
+    train_pipeline = train.pipeline.create_pipeline()
     # `stimulus` includes the fMRI nodes its TR grid comes from (Kedro runs what a
     # pipeline lists; cached nodes are skipped).
     return {
         "demo_data": demo_pipeline,
         "fmri": fmri_pipeline,
         "stimulus": fmri_pipeline.only_nodes("inspect_fmri_runs", "split_fmri_trs") + stimulus_pipeline,
-        "train": fmri_pipeline + stimulus_pipeline,
-        "__default__": demo_pipeline + fmri_pipeline + stimulus_pipeline,
+        "train": fmri_pipeline + stimulus_pipeline + train_pipeline,
+        "__default__": demo_pipeline + fmri_pipeline + stimulus_pipeline + train_pipeline,
     }

@@ -136,3 +136,38 @@ class JsonDataset(AbstractDataset[dict, dict]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+class TextDataset(AbstractDataset[str, str]):
+    """A text file (e.g. a Markdown summary), written atomically."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> str:
+        return self._filepath.read_text()
+
+    def save(self, data: str) -> None:
+        with atomic_path(self._filepath) as tmp:
+            tmp.write_text(data)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class FigureDataset(TextDataset):
+    """A matplotlib figure saved as PNG, atomically; loads the PNG's bytes."""
+
+    def load(self) -> bytes:  # type: ignore[override]
+        return self._filepath.read_bytes()
+
+    def save(self, data) -> None:  # type: ignore[override]
+        import matplotlib.pyplot as plt
+
+        with atomic_path(self._filepath) as tmp:
+            data.savefig(tmp, format="png", dpi=110)
+        plt.close(data)

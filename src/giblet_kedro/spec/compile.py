@@ -55,6 +55,10 @@ STAGES: dict[str, Stage] = {
         *(Stage(name, "05_model_input", ("giblet_kedro.stimulus.hrf", "giblet_kedro.pipelines.stimulus.nodes"))
           for name in ("video_features", "audio_codes", "text_embeddings")),
         Stage("stimulus_alignment", "08_reporting", ("giblet_kedro.pipelines.stimulus.nodes",)),
+        Stage("train", "06_models", ("giblet_kedro.models.autoencoder", "giblet_kedro.training.losses",
+                                     "giblet_kedro.training.data", "giblet_kedro.training.ddp",
+                                     "giblet_kedro.pipelines.train.nodes")),
+        Stage("verify", "08_reporting", ("giblet_kedro.pipelines.train.nodes",)),
         Stage(
             "fmri_heldout",
             "05_model_input",
@@ -208,6 +212,7 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
     }
     fps["fmri_heldout"] = hash_payload(reads["fmri_heldout"])
     _stimulus_fingerprints(spec, reads, fps, file_fp, subject_fps)
+    _training_fingerprints(spec, reads, fps)
 
     return CompiledExperiment(spec=_resolve_paths(spec, demo_fp), spec_file=spec_file,
                               fingerprints=fps, stage_inputs=reads)
@@ -251,6 +256,21 @@ def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp
     reads["stimulus_alignment"] = {name: fps[name] for name in FINAL_FEATURES.values()} | {
         "fmri_grid": grid, "code": code_version(STAGES["stimulus_alignment"].code_modules)}
     fps["stimulus_alignment"] = hash_payload(reads["stimulus_alignment"])
+
+
+def _training_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict) -> None:
+    """Training reads the fMRI tensor, the split, the three feature caches and the model,
+    loss and train sections (``devices`` included: the world size changes the batches)."""
+    reads["train"] = {
+        "fmri_stats": fps["fmri_stats"], "fmri_tensor": fps["fmri_tensor"],
+        **{name: fps[name] for name in FINAL_FEATURES.values()},
+        "model": spec.model.model_dump(mode="json"), "loss": spec.loss.model_dump(mode="json"),
+        "train": spec.train.model_dump(mode="json"), "seed": spec.seed,
+        "code": code_version(STAGES["train"].code_modules)}
+    fps["train"] = hash_payload(reads["train"])
+    reads["verify"] = {"train": fps["train"], "verify": spec.verify.model_dump(mode="json"),
+                       "code": code_version(STAGES["verify"].code_modules)}
+    fps["verify"] = hash_payload(reads["verify"])
 
 
 def compile_experiment(name_or_path: str, check_files: bool = True) -> CompiledExperiment:

@@ -228,6 +228,7 @@ class TrainSpec(StrictModel):
     devices: PositiveInt | Literal["auto"] = "auto"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     checkpoint_every: PositiveInt = 10
+    early_stop_patience: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> TrainSpec:
@@ -242,6 +243,7 @@ class TrainSpec(StrictModel):
 class VerifySpec(StrictModel):
     min_loss_drop: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     drop_within_epochs: PositiveInt = 3
+    strict: bool = False
 
 
 # --------------------------------------------------------------------------- demo

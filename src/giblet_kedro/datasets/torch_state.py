@@ -1,0 +1,30 @@
+"""A model state dict: saved atomically, loaded code-free (``weights_only``) and mmap-ed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from kedro.io import AbstractDataset
+
+from giblet_kedro.datasets.atomic import atomic_path
+
+
+class TorchStateDictDataset(AbstractDataset[dict, dict]):
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, torch.Tensor]:
+        return torch.load(self._filepath, map_location="cpu", weights_only=True, mmap=True)
+
+    def save(self, data: dict[str, torch.Tensor]) -> None:
+        with atomic_path(self._filepath) as tmp:
+            torch.save({k: v.detach().cpu().contiguous() for k, v in data.items()}, tmp)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

@@ -1,0 +1,1 @@
+from giblet_kedro.pipelines.train import pipeline  # noqa: F401

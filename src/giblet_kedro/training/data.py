@@ -1,0 +1,78 @@
+"""Training samples, read by path from the memory-mapped caches.
+
+Workers receive file paths, never arrays: each process memory-maps the caches itself, so
+the page cache holds one copy whatever the number of ranks. The stimulus is stored once:
+``per_subject`` indexes (subject, TR) into it instead of copying it per subject (the
+lab's per-subject cache reached 58 GB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from giblet_kedro.training.losses import ModalityStats
+
+MODALITIES = ("video", "audio", "text")
+
+
+@dataclass(frozen=True)
+class ArrayPaths:
+    """Paths of the ``.npy`` caches: fMRI tensor and each present modality's values/valid."""
+
+    fmri: str
+    values: dict[str, str] = field(default_factory=dict)  # modality -> values.npy
+    valid: dict[str, str] = field(default_factory=dict)  # modality -> valid.npy
+
+
+class TrDataset(Dataset):
+    """Samples of the given TR rows.
+
+    ``cross_subject``: one sample per TR (fMRI (n_trs, V)). ``per_subject``: one sample per
+    (subject, TR) (fMRI (S, n_trs, V)); sample ``i`` is subject ``i // n_rows``.
+
+    Each item: ``fmri`` (V,) and continuous modalities standardized with ``stats``;
+    ``audio`` codes as int64 when ``audio_is_codes``; ``<name>_valid`` flags.
+    """
+
+    def __init__(self, paths: ArrayPaths, rows: np.ndarray, mode: str, stats: dict[str, ModalityStats],
+                 audio_is_codes: bool):
+        self.paths, self.rows, self.mode = paths, np.asarray(rows, dtype=np.int64), mode
+        self.stats, self.audio_is_codes = stats, audio_is_codes
+        fmri = np.load(paths.fmri, mmap_mode="r")
+        self.n_subjects = fmri.shape[0] if mode == "per_subject" else 1
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def _open(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:  # opened in the process that reads (after spawn)
+            arrays = {"fmri": np.load(self.paths.fmri, mmap_mode="r")}
+            for name, path in self.paths.values.items():
+                arrays[name] = np.load(path, mmap_mode="r")
+                arrays[f"{name}_valid"] = np.load(self.paths.valid[name])
+            self._arrays = arrays
+        return self._arrays
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.n_subjects
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        arrays = self._open()
+        subject, position = divmod(index, len(self.rows))
+        tr = self.rows[position]
+        fmri = arrays["fmri"][subject, tr] if self.mode == "per_subject" else arrays["fmri"][tr]
+        item = {"fmri": self._standardize("fmri", fmri), "fmri_valid": torch.tensor(True)}
+        for name in self.paths.values:
+            value = arrays[name][tr]
+            if name == "audio" and self.audio_is_codes:
+                item[name] = torch.from_numpy(np.asarray(value, dtype=np.int64))
+            else:
+                item[name] = self._standardize(name, value)
+            item[f"{name}_valid"] = torch.tensor(bool(arrays[f"{name}_valid"][tr]))
+        return item
+
+    def _standardize(self, name: str, value: np.ndarray) -> torch.Tensor:
+        stats = self.stats[name]
+        return torch.from_numpy(((np.asarray(value, dtype=np.float32) - stats.mean) / stats.std).astype(np.float32))

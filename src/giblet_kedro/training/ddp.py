@@ -1,0 +1,321 @@
+"""DistributedDataParallel training: one process per device, launched from a Kedro node.
+
+- Launch: ``torch.multiprocessing.start_processes`` (spawn) with a file-store rendezvous
+  in a temporary folder (no port to collide); if any rank raises, the others are
+  terminated and the job fails with that rank's error. Under ``torchrun`` (several
+  nodes) :func:`main` joins through ``env://`` instead.
+- GPUs: NCCL, bf16 autocast with fp32 master weights. CPU: gloo, fp32.
+- ``DistributedSampler`` (shuffled per epoch, ``drop_last=False``: it pads ranks to equal
+  length), AdamW, per-step linear warmup then cosine decay, gradient clipping.
+- Epoch metrics are all-reduced, so every rank takes the same early-stopping decision
+  (the lab decided per rank; ranks disagreed and hung).
+- Rank 0 alone writes, atomically: ``last.pt`` (everything needed to resume) every
+  ``checkpoint_every`` epochs and at the end, ``best.pt`` (best validation loss; never
+  overwritten by the final weights), ``final.pt`` and ``history.json``. Checkpoints are
+  loaded with ``weights_only=True, mmap=True``: no rank needs a full host copy.
+- Each epoch reseeds every RNG from (seed, epoch, rank), so a resumed run repeats the
+  uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from giblet_kedro.datasets.atomic import atomic_path
+from giblet_kedro.models.autoencoder import ModalityShapes, MultimodalAutoencoder
+from giblet_kedro.training.data import ArrayPaths, TrDataset
+from giblet_kedro.training.losses import ModalityStats, modality_losses, weighted_total
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainJob:
+    """Everything a rank needs, as plain data (pickled to spawned processes, or JSON)."""
+
+    paths: ArrayPaths
+    train_rows: list[int]
+    val_rows: list[int]
+    mode: str
+    stats: dict[str, dict]
+    shapes: ModalityShapes
+    model: dict
+    loss: dict
+    train: dict
+    seed: int
+    run_dir: str
+    world_size: int = 1
+    backend: str = "gloo"
+    device_type: str = "cpu"
+    init_method: str | None = None
+    crash_rank: int | None = field(default=None)  # tests of failure handling only
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainJob:
+        raw = json.loads(text)
+        raw["paths"] = ArrayPaths(**raw["paths"])
+        raw["shapes"] = ModalityShapes(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["shapes"].items()})
+        return cls(**raw)
+
+
+class TrainingFailed(RuntimeError):
+    """A rank failed; the message carries its error."""
+
+
+# ------------------------------------------------------------------------ helpers
+def _seed_everything(seed: int, epoch: int, rank: int) -> None:
+    value = (seed * 1_000_003 + epoch * 1_009 + rank) % (2**31)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup to 1 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> dict:
+    """Memory-mapped, code-free load (safe on untrusted files; no full copy per rank)."""
+    return torch.load(path, map_location=device, weights_only=True, mmap=True)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _reduce_sums(sums: dict[str, float], count: float, device: torch.device) -> tuple[dict[str, float], float]:
+    names = sorted(sums)
+    tensor = torch.tensor([sums[n] for n in names] + [count], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    values = tensor.tolist()
+    return dict(zip(names, values[:-1], strict=True)), values[-1]
+
+
+def _evaluate(model, loader, job: TrainJob, stats, device, autocast) -> dict[str, float]:
+    """Mean of each loss component (and the weighted total) over a loader, all ranks."""
+    model.eval()
+    sums: dict[str, float] = {}
+    count = 0.0
+    with torch.no_grad():
+        for batch in loader:
+            batch = _to_device(batch, device)
+            with autocast():
+                outputs = model({name: batch[name] for name in job.shapes.present()})
+            losses = modality_losses(outputs, batch, stats, job.loss["normalize"], job.shapes.audio_is_codes)
+            size = float(batch["fmri"].shape[0])
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * size
+            count += size
+    sums, count = _reduce_sums(sums, count, device)
+    means = {name: value / max(count, 1.0) for name, value in sums.items()}
+    means["total"] = sum(job.loss["weights"].get(name, 1.0) * value for name, value in means.items())
+    return means
+
+
+# ------------------------------------------------------------------------- worker
+def run_rank(rank: int, job: TrainJob) -> None:
+    """Train on one rank. Joins the process group, trains, writes (rank 0), leaves."""
+    world = job.world_size
+    if job.init_method is not None:
+        dist.init_process_group(job.backend, init_method=job.init_method, rank=rank, world_size=world,
+                                timeout=timedelta(minutes=10))
+    else:  # torchrun: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the environment
+        dist.init_process_group(job.backend, timeout=timedelta(minutes=10))
+        rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        _train(rank, world, job)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(rank: int, world: int, job: TrainJob) -> None:
+    settings = job.train
+    if job.device_type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    use_bf16 = settings["precision"] == "bf16" and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    stats = {name: ModalityStats(**value) for name, value in job.stats.items()}
+    train_set = TrDataset(job.paths, np.asarray(job.train_rows), job.mode, stats, job.shapes.audio_is_codes)
+    val_set = TrDataset(job.paths, np.asarray(job.val_rows), job.mode, stats, job.shapes.audio_is_codes)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=job.seed, drop_last=False)
+    loader = DataLoader(train_set, batch_size=settings["batch_size"], sampler=sampler, num_workers=0)
+    val_loader = DataLoader(val_set, batch_size=settings["batch_size"],
+                            sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False))
+    initial_loader = DataLoader(train_set, batch_size=settings["batch_size"],
+                                sampler=DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=False))
+
+    torch.manual_seed(job.seed)  # identical initial weights on every rank
+    module = MultimodalAutoencoder(job.shapes, job.model["bottleneck"], job.model["hidden"], job.model["dropout"]).to(device)
+    model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    steps_per_epoch, epochs = len(loader), settings["epochs"]
+    warmup = settings["warmup_epochs"] * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, max(warmup, 1) if warmup else 0, epochs * steps_per_epoch))
+
+    run_dir = Path(job.run_dir)
+    history = {"world_size": world, "device": device.type, "precision": "bf16" if use_bf16 else "fp32",
+               "train_samples": len(train_set), "val_samples": len(val_set), "batch_size": settings["batch_size"],
+               "batches_per_epoch": steps_per_epoch, "epochs": [], "initial": None, "resumed_from_epoch": None}
+    start_epoch, best_val, stale = 0, math.inf, 0
+    if (run_dir / "last.pt").exists():
+        state = load_checkpoint(run_dir / "last.pt", device="cpu")
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = json.loads(state["history"])
+        start_epoch, best_val, stale = int(state["epoch"]) + 1, float(state["best_val"]), int(state["stale"])
+        history["resumed_from_epoch"] = start_epoch
+        if rank == 0:
+            log.info("resuming from %s at epoch %d", run_dir / "last.pt", start_epoch + 1)
+    elif history["initial"] is None:
+        history["initial"] = _evaluate(model, initial_loader, job, stats, device, autocast)
+
+    weights = job.loss["weights"]
+    patience = settings.get("early_stop_patience")
+    for epoch in range(start_epoch, epochs):
+        _seed_everything(job.seed, epoch, rank)
+        sampler.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        count, started = 0.0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=rank != 0, unit="batch")
+        for step, batch in enumerate(bar):
+            if job.crash_rank == rank and epoch == start_epoch and step == 1:
+                raise RuntimeError(f"rank {rank}: injected failure (test)")
+            batch = _to_device(batch, device)
+            with autocast():
+                outputs = model({name: batch[name] for name in job.shapes.present()})
+            losses = modality_losses(outputs, batch, stats, job.loss["normalize"], job.shapes.audio_is_codes)
+            total = weighted_total(losses, weights)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if settings.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(module.parameters(), settings["grad_clip"])
+            optimizer.step()
+            scheduler.step()
+            size = float(batch["fmri"].shape[0])
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) * size
+            count += size
+        seconds = time.perf_counter() - started
+        sums, count = _reduce_sums(sums, count, device)
+        train_means = {name: value / max(count, 1.0) for name, value in sums.items()}
+        train_means["total"] = sum(weights.get(n, 1.0) * v for n, v in train_means.items())
+        val_means = _evaluate(model, val_loader, job, stats, device, autocast) if len(val_set) else train_means
+        record = {"epoch": epoch + 1, "train": train_means, "val": val_means, "lr": scheduler.get_last_lr()[0],
+                  "samples_per_s": count / max(seconds, 1e-9), "seconds": seconds, "batches": steps_per_epoch}
+        history["epochs"].append(record)
+        improved = val_means["total"] < best_val  # identical on every rank (all-reduced)
+        best_val, stale = (val_means["total"], 0) if improved else (best_val, stale + 1)
+        stop = patience is not None and stale >= patience
+        last_epoch = epoch == epochs - 1 or stop
+        if rank == 0:
+            _log_epoch(record, epochs, history)
+            if improved:
+                save_checkpoint({"model": module.state_dict(), "epoch": epoch + 1, "val_total": best_val},
+                                run_dir / "best.pt")
+            if (epoch + 1) % settings["checkpoint_every"] == 0 or last_epoch:
+                save_checkpoint({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val": best_val,
+                                 "stale": stale, "history": json.dumps(history)}, run_dir / "last.pt")
+        if stop:
+            if rank == 0:
+                log.info("early stop: validation loss has not improved for %d epochs", patience)
+            history["early_stopped_at"] = epoch + 1
+            break
+    if rank == 0:
+        save_checkpoint(module.state_dict(), run_dir / "final.pt")
+        with atomic_path(run_dir / "history.json") as tmp:
+            tmp.write_text(json.dumps(history, indent=1))
+    dist.barrier()
+
+
+def _log_epoch(record: dict, epochs: int, history: dict) -> None:
+    done = [r["seconds"] for r in history["epochs"]]
+    left = (epochs - record["epoch"]) * (sum(done) / len(done))
+    parts = " ".join(f"{k}={v:.4f}" for k, v in record["train"].items() if k != "total")
+    log.info("epoch %d/%d train %.4f (%s) val %.4f lr %.2e %.0f samples/s, ~%.0f s left",
+             record["epoch"], epochs, record["train"]["total"], parts, record["val"]["total"], record["lr"],
+             record["samples_per_s"], left)
+
+
+# ------------------------------------------------------------------------- launch
+def _spawned(rank: int, job: TrainJob) -> None:
+    # Spawned children re-import Kedro's CLI, whose logging config leaves the root at
+    # WARNING: set this package's level so rank 0's epoch lines are shown.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("giblet_kedro").setLevel(logging.INFO)
+    run_rank(rank, job)
+
+
+def launch(job: TrainJob) -> dict:
+    """Run ``job`` on ``job.world_size`` local processes; return the training history."""
+    import torch.multiprocessing as mp
+
+    Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="giblet-rdzv-") as rendezvous:
+        job = dataclasses.replace(job, init_method=f"file://{rendezvous}/store")
+        try:
+            mp.start_processes(_spawned, args=(job,), nprocs=job.world_size, join=True, start_method="spawn")
+        except mp.ProcessRaisedException as exc:
+            detail = str(exc).strip().splitlines()
+            raise TrainingFailed(f"training failed on a rank: {detail[-1] if detail else exc}\n{exc}") from None
+        except mp.ProcessExitedException as exc:
+            raise TrainingFailed(f"a training rank exited abnormally: {exc}") from None
+    return json.loads((Path(job.run_dir) / "history.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``torchrun ... -m giblet_kedro.training.ddp JOB.json``: one rank of a multi-node job."""
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        raise SystemExit("usage: torchrun [--nnodes N ...] -m giblet_kedro.training.ddp JOB.json")
+    job = TrainJob.from_json(Path(args[0]).read_text())
+    job = dataclasses.replace(job, init_method=None)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_rank(int(os.environ.get("RANK", 0)), job)
+
+
+if __name__ == "__main__":
+    main()

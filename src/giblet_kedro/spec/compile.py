@@ -58,7 +58,7 @@ STAGES: dict[str, Stage] = {
         Stage("train", "06_models", ("giblet_kedro.models.autoencoder", "giblet_kedro.training.losses",
                                      "giblet_kedro.training.data", "giblet_kedro.training.ddp",
                                      "giblet_kedro.pipelines.train.nodes")),
-        Stage("verify", "08_reporting", ("giblet_kedro.pipelines.train.nodes",)),
+        Stage("verify", "08_reporting", ("giblet_kedro.pipelines.train.verify",)),
         Stage(
             "fmri_heldout",
             "05_model_input",

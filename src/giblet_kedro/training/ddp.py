@@ -67,7 +67,7 @@ class TrainJob:
     backend: str = "gloo"
     device_type: str = "cpu"
     init_method: str | None = None
-    crash_rank: int | None = field(default=None)  # tests of failure handling only
+    crash_at: list[int] | None = field(default=None)  # [rank, epoch]: tests of failure handling only
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -221,8 +221,8 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
         count, started = 0.0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=rank != 0, unit="batch")
         for step, batch in enumerate(bar):
-            if job.crash_rank == rank and epoch == start_epoch and step == 1:
-                raise RuntimeError(f"rank {rank}: injected failure (test)")
+            if job.crash_at is not None and job.crash_at == [rank, epoch] and step == 1:
+                raise RuntimeError(f"rank {rank}: injected failure in epoch {epoch + 1} (test)")
             batch = _to_device(batch, device)
             with autocast():
                 outputs = model({name: batch[name] for name in job.shapes.present()})

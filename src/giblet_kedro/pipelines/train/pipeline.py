@@ -2,7 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
-from giblet_kedro.pipelines.train.nodes import compute_loss_stats, train_model, verify_training
+from giblet_kedro.pipelines.train.nodes import compute_loss_stats, train_model
+from giblet_kedro.pipelines.train.verify import verify_training
 
 FEATURES = ["video_features", "audio_codes", "text_embeddings"]
 SPEC = ["params:model", "params:loss", "params:train"]

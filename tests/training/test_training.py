@@ -1,0 +1,181 @@
+"""Losses, DDP equivalence, batch arithmetic, resume and failure handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+from giblet_kedro.models.autoencoder import ModalityShapes, MultimodalAutoencoder
+from giblet_kedro.pipelines.train.verify import expected_batches_per_epoch
+from giblet_kedro.training.data import ArrayPaths
+from giblet_kedro.training.ddp import TrainingFailed, TrainJob, launch, load_checkpoint
+from giblet_kedro.training.losses import (
+    ModalityStats,
+    code_loss,
+    code_stats,
+    continuous_loss,
+    continuous_stats,
+)
+
+
+# ------------------------------------------------------------------------- losses
+def test_variance_normalized_loss_is_mse_over_variance_by_hand(rng):
+    x = rng.normal(3.0, 2.0, size=(50, 7)).astype(np.float32)
+    pred_raw = x + rng.normal(0, 0.5, size=x.shape).astype(np.float32)
+    stats = continuous_stats(x, np.arange(50))
+    assert stats.mean == pytest.approx(x.astype(np.float64).mean()) and stats.std == pytest.approx(x.astype(np.float64).std())
+    standardize = lambda a: torch.from_numpy((a - stats.mean) / stats.std)  # noqa: E731
+    got = continuous_loss(standardize(pred_raw), standardize(x), torch.ones(50, dtype=bool), stats, "variance")
+    by_hand = ((pred_raw.astype(np.float64) - x) ** 2).mean() / x.astype(np.float64).var()
+    assert float(got) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_scaling_a_modality_by_255_leaves_its_normalized_loss_unchanged(rng):
+    x = rng.uniform(0, 1, size=(40, 12)).astype(np.float32)
+    pred = x + rng.normal(0, 0.1, size=x.shape).astype(np.float32)
+    losses = []
+    for scale in (1.0, 255.0):
+        stats = continuous_stats(x * scale, np.arange(40))
+        z = lambda a: torch.from_numpy((a * scale - stats.mean) / stats.std)  # noqa: E731, B023
+        losses.append(float(continuous_loss(z(pred), z(x), torch.ones(40, dtype=bool), stats, "variance")))
+        raw = float(continuous_loss(z(pred), z(x), torch.ones(40, dtype=bool), stats, "none"))
+        assert raw == pytest.approx(((pred - x) ** 2).mean() * scale**2, rel=1e-4)  # raw units grow with scale
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_std_mode_is_the_labs_formula(rng):
+    x = rng.normal(10, 4, size=(30, 5)).astype(np.float32)
+    pred = x + 1.0
+    stats = continuous_stats(x, np.arange(30))
+    z = lambda a: torch.from_numpy((a - stats.mean) / stats.std)  # noqa: E731
+    got = float(continuous_loss(z(pred), z(x), torch.ones(30, dtype=bool), stats, "std"))
+    assert got == pytest.approx(((pred - x) ** 2).mean() / x.std(ddof=1), rel=1e-4)
+
+
+def test_invalid_samples_do_not_count():
+    stats = ModalityStats()
+    target = torch.zeros(4, 3)
+    pred = torch.tensor([[1.0] * 3, [1.0] * 3, [9.0] * 3, [9.0] * 3])
+    assert float(continuous_loss(pred, target, torch.tensor([True, True, False, False]), stats, "variance")) == 1.0
+
+
+def test_code_loss_is_cross_entropy_over_marginal_entropy(rng):
+    codes = rng.integers(0, 8, size=(20, 2, 6))
+    stats = code_stats(codes, np.arange(20))
+    by_hand = []
+    for q in range(2):
+        p = np.bincount(codes[:, q].ravel(), minlength=1024) / codes[:, q].size
+        p = p[p > 0]
+        by_hand.append(-(p * np.log(p)).sum())
+    assert stats.entropy == pytest.approx(np.mean(by_hand))
+    logits = torch.zeros(20, 2, 1024, 6)
+    loss = code_loss(logits, torch.from_numpy(codes), torch.ones(20, dtype=bool), stats, "variance")
+    assert float(loss) == pytest.approx(math.log(1024) / stats.entropy, rel=1e-5)
+
+
+# ------------------------------------------------------------------ batch arithmetic
+@pytest.mark.parametrize(("n", "world", "batch"), [(160, 1, 16), (161, 2, 16), (946, 8, 2), (7, 3, 4), (4730, 4, 32)])
+def test_expected_batches_match_torchs_sampler(n, world, batch):
+    data = TensorDataset(torch.zeros(n))
+    for rank in range(world):
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, drop_last=False)
+        assert len(DataLoader(data, batch_size=batch, sampler=sampler)) == expected_batches_per_epoch(n, world, batch)
+
+
+# ----------------------------------------------------------------------- DDP runs
+def tiny_job(folder, rng, **overrides) -> TrainJob:
+    """A 16-TR job with every modality, written under ``folder`` (created)."""
+    tmp_path = folder
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    n, voxels = 16, 12
+    arrays = {
+        "fmri": rng.standard_normal((n, voxels)).astype(np.float32),
+        "video": rng.uniform(0, 1, (n, 1, 3, 8, 8)).astype(np.float32),
+        "audio": rng.integers(0, 32, (n, 2, 12)).astype(np.int16),
+        "text": rng.standard_normal((n, 16)).astype(np.float32),
+    }
+    paths = {}
+    for name, array in arrays.items():
+        np.save(tmp_path / f"{name}.npy", array)
+        np.save(tmp_path / f"{name}_valid.npy", np.ones(n, bool))
+        paths[name] = str(tmp_path / f"{name}.npy")
+    rows = np.arange(n)
+    stats = {"fmri": continuous_stats(arrays["fmri"], rows).to_dict(),
+             "video": continuous_stats(arrays["video"], rows).to_dict(),
+             "audio": code_stats(arrays["audio"], rows).to_dict(),
+             "text": continuous_stats(arrays["text"], rows).to_dict()}
+    job = TrainJob(
+        paths=ArrayPaths(fmri=paths["fmri"], values={k: paths[k] for k in ("video", "audio", "text")},
+                         valid={k: str(tmp_path / f"{k}_valid.npy") for k in ("video", "audio", "text")}),
+        train_rows=list(range(12)), val_rows=list(range(12, 16)), mode="cross_subject", stats=stats,
+        shapes=ModalityShapes(video=(1, 3, 8, 8), audio=(2, 12), audio_is_codes=True, text=(16,), n_voxels=voxels),
+        model={"bottleneck": 16, "hidden": 16, "dropout": 0.0},
+        loss={"normalize": "variance", "weights": {"fmri": 1.0, "video": 1.0, "audio": 1.0, "text": 1.0}},
+        train={"epochs": 1, "batch_size": 12, "lr": 1e-2, "weight_decay": 0.0, "warmup_epochs": 0, "grad_clip": None,
+               "precision": "fp32", "checkpoint_every": 1, "early_stop_patience": None},
+        seed=0, run_dir=str(tmp_path / "run"))
+    return dataclasses.replace(job, **overrides)
+
+
+def params(path) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in load_checkpoint(path).items()}
+
+
+@pytest.mark.slow
+def test_one_ddp_step_on_two_ranks_equals_one_process_on_the_global_batch(tmp_path):
+    single = tiny_job(tmp_path / "a", np.random.default_rng(0))
+    double = tiny_job(tmp_path / "b", np.random.default_rng(0))
+    launch(single)  # 1 rank, batch 12 = the 12 training samples, one step
+    launch(dataclasses.replace(double, world_size=2, train={**double.train, "batch_size": 6}))  # 2 ranks x 6
+    a, b = params(tmp_path / "a" / "run" / "final.pt"), params(tmp_path / "b" / "run" / "final.pt")
+    torch.manual_seed(single.seed)
+    initial = MultimodalAutoencoder(single.shapes, 16, 16, 0.0).state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
+    assert any(not np.allclose(a[key], initial[key].numpy()) for key in a)  # the step changed the weights
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+    settings = {"epochs": 4, "batch_size": 4, "dropout": 0.2}
+    full = tiny_job(tmp_path / "full", np.random.default_rng(1))
+    full = dataclasses.replace(full, train={**full.train, "epochs": 4, "batch_size": 4},
+                               model={**full.model, "dropout": settings["dropout"]})
+    cut = dataclasses.replace(full, paths=full.paths, run_dir=str(tmp_path / "cut" / "run"))
+    history_full = launch(full)
+    with pytest.raises(TrainingFailed, match="injected failure in epoch 3"):
+        launch(dataclasses.replace(cut, crash_at=[0, 2]))  # dies during epoch 3, after 2 checkpoints
+    history_cut = launch(cut)  # same spec again: resumes
+    assert history_cut["resumed_from_epoch"] == 2
+    a, b = params(tmp_path / "full" / "run" / "final.pt"), params(tmp_path / "cut" / "run" / "final.pt")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert [e["train"]["total"] for e in history_full["epochs"]] == [e["train"]["total"] for e in history_cut["epochs"]]
+
+
+@pytest.mark.slow
+def test_a_crashing_rank_ends_the_job_promptly(tmp_path, rng):
+    job = tiny_job(tmp_path / "c", rng)
+    job = dataclasses.replace(job, world_size=2, crash_at=[1, 0], train={**job.train, "batch_size": 2, "epochs": 3})
+    started = time.perf_counter()
+    with pytest.raises(TrainingFailed, match="rank 1: injected failure"):
+        launch(job)
+    assert time.perf_counter() - started < 60
+
+
+def test_best_checkpoint_is_never_the_final_one_by_accident(tmp_path, rng):
+    job = tiny_job(tmp_path / "d", rng)
+    history = launch(dataclasses.replace(job, train={**job.train, "epochs": 3, "batch_size": 4}))
+    run = tmp_path / "d" / "run"
+    best = load_checkpoint(run / "best.pt")
+    vals = [e["val"]["total"] for e in history["epochs"]]
+    assert best["epoch"] == int(np.argmin(vals)) + 1 and best["val_total"] == pytest.approx(min(vals))
+    assert (run / "final.pt").exists() and (run / "last.pt").exists()

@@ -218,3 +218,44 @@ def caches(prune: bool, yes: bool, extra: tuple[str, ...]) -> None:
     for folder in unreferenced:
         shutil.rmtree(folder)
     click.echo(f"removed {len(unreferenced)} folder(s)")
+
+
+@giblet.command()
+@experiment_option
+def job(experiment: str | None) -> None:
+    """Write the training job file for a multi-node torchrun launch and print its path.
+
+    The fMRI and stimulus caches must exist (run the train pipeline with
+    --to-nodes=compute_loss_stats first). Then on every node:
+    torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT
+    --rdzv-id ID -m giblet_kedro.training.ddp JOB.json
+    """
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from giblet_kedro.pipelines.train.nodes import build_job
+    from giblet_kedro.spec.schema import LossSpec, ModelSpec, TrainSpec
+
+    name = experiment or default_experiment()
+    try:
+        preflight(name)
+        bootstrap_project(project_root())
+        with KedroSession.create(project_path=project_root(), runtime_params={"experiment": name}) as session:
+            context = session.load_context()
+            catalog, params = context.catalog, context.params
+            loaded = {key: catalog.load(key) for key in ("fmri_train", "fmri_split", "loss_stats", "video_features",
+                                                         "audio_codes", "text_embeddings")}
+    except GibletError as exc:
+        _fail(exc)
+    except Exception as exc:  # a missing cache: say which step to run first
+        error = _user_error(exc)
+        if error is not None:
+            _fail(error)
+        _fail(GibletError(f"cannot load the training inputs of {name!r} ({exc}); run "
+                          f"`kedro run --pipelines=train --to-nodes=compute_loss_stats --params experiment={name}` first"))
+    train_job = build_job(*loaded.values(), ModelSpec(**params["model"]), LossSpec(**params["loss"]),
+                          TrainSpec(**params["train"]), int(params["experiment_info"]["seed"]), params["train_run_dir"])
+    path = Path(params["train_run_dir"]) / "job.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(train_job.to_json())
+    click.echo(str(path))

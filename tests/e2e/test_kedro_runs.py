@@ -182,3 +182,21 @@ def test_stimulus_stage_caches_per_modality(project):
     assert ran_nodes(changed) == {"extract_audio_codes", "audio_hrf", "check_stimulus_alignment"}
     codes = [np.load(p, mmap_mode="r") for p in project.glob("data/05_model_input/audio_codes/*/audio_codes/values.npy")]
     assert sorted(c.shape[1] for c in codes) == [4, 8]  # 3 kbps -> 4 codebooks, 6 kbps -> 8
+
+
+def test_train_pipeline_passes_verification_and_resumes(project):
+    first = kedro(project, "run", "--pipelines=train")
+    assert {"train_model", "verify_training"} <= ran_nodes(first)
+    assert re.search(r"epoch 20/20 train [0-9.]+", first.stdout + first.stderr)  # per-epoch lines from rank 0
+    report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
+    failed = [c for c in report["checks"] if not c["pass"]]
+    assert report["passed"], failed
+    names = {c["check"] for c in report["checks"]}
+    assert {"samples per epoch", "batches per epoch", "loss components balanced",
+            "fMRI head beats predicting the mean on val TRs"} <= names
+    assert next(project.glob("data/08_reporting/verify/*/loss_curve.png")).read_bytes()[:4] == b"\x89PNG"
+    import torch
+
+    weights = torch.load(next(project.glob("data/06_models/train/*/model_final.pt")), weights_only=True)
+    assert "fmri_head.weight" in weights
+    assert ran_nodes(kedro(project, "run", "--pipelines=train")) == set()

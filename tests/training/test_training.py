@@ -179,3 +179,62 @@ def test_best_checkpoint_is_never_the_final_one_by_accident(tmp_path, rng):
     vals = [e["val"]["total"] for e in history["epochs"]]
     assert best["epoch"] == int(np.argmin(vals)) + 1 and best["val_total"] == pytest.approx(min(vals))
     assert (run / "final.pt").exists() and (run / "last.pt").exists()
+
+
+def test_per_subject_indexes_subjects_into_one_stimulus_copy(tmp_path, rng):
+    from giblet_kedro.training.data import TrDataset
+
+    fmri = rng.standard_normal((3, 10, 5)).astype(np.float32)  # (subjects, TRs, voxels)
+    text = rng.standard_normal((10, 4)).astype(np.float32)
+    np.save(tmp_path / "fmri.npy", fmri)
+    np.save(tmp_path / "text.npy", text)
+    np.save(tmp_path / "valid.npy", np.ones(10, bool))
+    paths = ArrayPaths(fmri=str(tmp_path / "fmri.npy"), values={"text": str(tmp_path / "text.npy")},
+                       valid={"text": str(tmp_path / "valid.npy")})
+    stats = {"fmri": ModalityStats(0.0, 1.0), "text": ModalityStats(0.0, 1.0)}
+    dataset = TrDataset(paths, np.array([2, 5, 7]), "per_subject", stats, audio_is_codes=False)
+    assert len(dataset) == 9  # 3 subjects x 3 TRs
+    item = dataset[4]  # subject 1, second row -> TR 5
+    np.testing.assert_array_equal(item["fmri"].numpy(), fmri[1, 5])
+    np.testing.assert_array_equal(item["text"].numpy(), text[5])
+    assert dataset._open()["text"].shape == (10, 4)  # the stimulus is read in place, once
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_on_two_local_nodes_matches_the_spawned_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spawned = tiny_job(tmp_path / "spawned", np.random.default_rng(0))
+    launch(dataclasses.replace(spawned, world_size=2, train={**spawned.train, "batch_size": 6, "epochs": 2}))
+    job = tiny_job(tmp_path / "nodes", np.random.default_rng(0))
+    job = dataclasses.replace(job, world_size=2, train={**job.train, "batch_size": 6, "epochs": 2})
+    (tmp_path / "nodes" / "run").mkdir()
+    job_file = tmp_path / "nodes" / "job.json"
+    job_file.write_text(job.to_json())
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "giblet-test",
+                               "--node-rank", str(rank), "-m", "giblet_kedro.training.ddp", str(job_file)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    for node in nodes:
+        output, _ = node.communicate(timeout=300)
+        assert node.returncode == 0, output
+    history = __import__("json").loads((tmp_path / "nodes" / "run" / "history.json").read_text())
+    assert history["world_size"] == 2
+    a, b = params(tmp_path / "spawned" / "run" / "final.pt"), params(tmp_path / "nodes" / "run" / "final.pt")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

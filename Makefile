@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fmri_bench.py
 	$(BIN)/python benchmarks/stimulus_bench.py
+	$(BIN)/python benchmarks/train_bench.py
 
 viz: $(STAMP)
 	$(BIN)/kedro viz build

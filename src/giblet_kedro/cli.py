@@ -253,8 +253,10 @@ def job(experiment: str | None) -> None:
             _fail(error)
         _fail(GibletError(f"cannot load the training inputs of {name!r} ({exc}); run "
                           f"`kedro run --pipelines=train --to-nodes=compute_loss_stats --params experiment={name}` first"))
-    train_job = build_job(*loaded.values(), ModelSpec(**params["model"]), LossSpec(**params["loss"]),
-                          TrainSpec(**params["train"]), int(params["experiment_info"]["seed"]), params["train_run_dir"])
+    # context.params may already hold validated models (Kedro's typed parameters)
+    train_job = build_job(*loaded.values(), ModelSpec.model_validate(params["model"]),
+                          LossSpec.model_validate(params["loss"]), TrainSpec.model_validate(params["train"]),
+                          int(params["experiment_info"]["seed"]), params["train_run_dir"])
     path = Path(params["train_run_dir"]) / "job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(train_job.to_json())

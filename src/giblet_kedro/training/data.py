@@ -59,20 +59,30 @@ class TrDataset(Dataset):
         return len(self.rows) * self.n_subjects
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """A whole batch with one vectorized read per array (the DataLoader calls this
+        with the sampler's indices; pair it with :func:`identity_collate`)."""
         arrays = self._open()
-        subject, position = divmod(index, len(self.rows))
-        tr = self.rows[position]
-        fmri = arrays["fmri"][subject, tr] if self.mode == "per_subject" else arrays["fmri"][tr]
-        item = {"fmri": self._standardize("fmri", fmri), "fmri_valid": torch.tensor(True)}
+        subjects, positions = np.divmod(np.asarray(indices, dtype=np.int64), len(self.rows))
+        trs = self.rows[positions]
+        fmri = arrays["fmri"][subjects, trs] if self.mode == "per_subject" else arrays["fmri"][trs]
+        batch = {"fmri": self._standardize("fmri", fmri), "fmri_valid": torch.ones(len(trs), dtype=torch.bool)}
         for name in self.paths.values:
-            value = arrays[name][tr]
+            values = arrays[name][trs]
             if name == "audio" and self.audio_is_codes:
-                item[name] = torch.from_numpy(np.asarray(value, dtype=np.int64))
+                batch[name] = torch.from_numpy(np.asarray(values, dtype=np.int64))
             else:
-                item[name] = self._standardize(name, value)
-            item[f"{name}_valid"] = torch.tensor(bool(arrays[f"{name}_valid"][tr]))
-        return item
+                batch[name] = self._standardize(name, values)
+            batch[f"{name}_valid"] = torch.from_numpy(np.asarray(arrays[f"{name}_valid"][trs], dtype=bool))
+        return batch
 
     def _standardize(self, name: str, value: np.ndarray) -> torch.Tensor:
         stats = self.stats[name]
         return torch.from_numpy(((np.asarray(value, dtype=np.float32) - stats.mean) / stats.std).astype(np.float32))
+
+
+def identity_collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``TrDataset.__getitems__`` already returns a collated batch."""
+    return batch

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from giblet_kedro.datasets.atomic import atomic_path
 from giblet_kedro.models.autoencoder import ModalityShapes, MultimodalAutoencoder
-from giblet_kedro.training.data import ArrayPaths, TrDataset
+from giblet_kedro.training.data import ArrayPaths, TrDataset, identity_collate
 from giblet_kedro.training.losses import ModalityStats, modality_losses, weighted_total
 
 log = logging.getLogger(__name__)
@@ -178,15 +178,18 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
     train_set = TrDataset(job.paths, np.asarray(job.train_rows), job.mode, stats, job.shapes.audio_is_codes)
     val_set = TrDataset(job.paths, np.asarray(job.val_rows), job.mode, stats, job.shapes.audio_is_codes)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=job.seed, drop_last=False)
-    loader = DataLoader(train_set, batch_size=settings["batch_size"], sampler=sampler, num_workers=0)
-    val_loader = DataLoader(val_set, batch_size=settings["batch_size"],
-                            sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False))
-    initial_loader = DataLoader(train_set, batch_size=settings["batch_size"],
+    batched = {"batch_size": settings["batch_size"], "collate_fn": identity_collate, "num_workers": 0}
+    loader = DataLoader(train_set, sampler=sampler, **batched)
+    val_loader = DataLoader(val_set, sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False),
+                            **batched)
+    initial_loader = DataLoader(train_set, **batched,
                                 sampler=DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=False))
 
     torch.manual_seed(job.seed)  # identical initial weights on every rank
     module = MultimodalAutoencoder(job.shapes, job.model["bottleneck"], job.model["hidden"], job.model["dropout"]).to(device)
-    model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    # One rank has nothing to synchronize: skip DDP's gradient buckets and all-reduces.
+    model = module if world == 1 else DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     steps_per_epoch, epochs = len(loader), settings["epochs"]
     warmup = settings["warmup_epochs"] * steps_per_epoch

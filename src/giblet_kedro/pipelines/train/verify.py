@@ -55,8 +55,7 @@ def _val_fmri_r(weights: dict, job: TrainJob) -> tuple[float, float]:
     predicted, measured = [], []
     with torch.no_grad():
         for start in range(0, len(dataset), 64):
-            items = [dataset[i] for i in range(start, min(start + 64, len(dataset)))]
-            batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+            batch = dataset.__getitems__(list(range(start, min(start + 64, len(dataset)))))
             predicted.append(model({n: batch[n] for n in job.shapes.present()})["fmri"].numpy())
             measured.append(batch["fmri"].numpy())
     pred, true = np.concatenate(predicted), np.concatenate(measured)

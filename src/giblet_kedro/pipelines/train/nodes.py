@@ -72,6 +72,9 @@ def build_job(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict
               audio: TrAligned, text: TrAligned, model: ModelSpec, loss: LossSpec, train: TrainSpec,
               seed: int, run_dir: str) -> TrainJob:
     present = _present(video, audio, text)
+    if not present:
+        raise SpecError("training needs at least one stimulus modality: add stimulus.video, stimulus.audio or "
+                        "stimulus.text to the spec (the fMRI stage alone runs with --pipelines=fmri)")
     mode = "per_subject" if fmri_train.ndim == 3 else "cross_subject"
     world, backend, device_type = _devices(train)
     shapes = ModalityShapes(

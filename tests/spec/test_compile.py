@@ -63,8 +63,9 @@ def test_ddof_and_split_change_stats_and_everything_downstream(project):
         assert all(other[stage] != base[stage] for stage in ("fmri_stats", "fmri_tensor", "fmri_heldout"))
 
 
-def test_fields_no_fmri_stage_reads_leave_it_alone(project):
-    assert compile_text(project, hidden=64) == compile_text(project)
+def test_model_fields_move_training_but_no_data_stage(project):
+    base, other = compile_text(project, hidden=64), compile_text(project)
+    assert {stage for stage in base if base[stage] != other[stage]} == {"train", "verify"}
 
 
 def test_replaced_raw_content_changes_fingerprint_touch_does_not(project, rng):

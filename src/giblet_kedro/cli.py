@@ -110,6 +110,8 @@ def _run(recompute: bool, **kwargs: Any) -> Any:
             kwargs["pipelines"] = requested
     if not recompute:
         kwargs["only_missing_outputs"] = True
+    else:  # training must then start over instead of resuming from its last checkpoint
+        kwargs["params"] = {**params, "recompute": True}
     try:
         result = kedro_run.callback(**kwargs)
     except Exception as exc:  # a user mistake found by a node: one message, no traceback

@@ -238,3 +238,15 @@ def test_torchrun_on_two_local_nodes_matches_the_spawned_run(tmp_path):
     a, b = params(tmp_path / "spawned" / "run" / "final.pt"), params(tmp_path / "nodes" / "run" / "final.pt")
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_early_stopping_is_decided_together_by_all_ranks(tmp_path):
+    job = tiny_job(tmp_path / "e", np.random.default_rng(0))
+    # a learning rate too small to change the validation loss: it stops improving after epoch 1
+    job = dataclasses.replace(job, world_size=2, train={**job.train, "epochs": 6, "batch_size": 2, "lr": 1e-12,
+                                                       "early_stop_patience": 2})
+    started = time.perf_counter()
+    history = launch(job)
+    assert history["early_stopped_at"] == 3 and len(history["epochs"]) == 3  # both ranks stopped, no hang
+    assert time.perf_counter() - started < 120

@@ -96,12 +96,20 @@ def build_job(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict
 
 def train_model(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict, video: TrAligned,
                 audio: TrAligned, text: TrAligned, model: ModelSpec, loss: LossSpec, train: TrainSpec,
-                experiment: dict[str, Any], run_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Train with DDP; returns the final weights (state dict) and the training history."""
+                experiment: dict[str, Any], run_dir: str, fresh: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """Train with DDP; returns the final weights (state dict) and the training history.
+
+    Resumes from ``run_dir/last.pt`` when a previous run of the same spec stopped early;
+    ``fresh`` (``kedro run --recompute``) discards it and starts over.
+    """
     job = build_job(fmri_train, fmri_split, loss_stats, video, audio, text, model, loss, train,
                     int(experiment["seed"]), run_dir)
     log.info("training on %d %s process(es) (%s), %d train / %d val TRs, mode %s", job.world_size,
              job.device_type, job.backend, len(job.train_rows), len(job.val_rows), job.mode)
+    if fresh and (Path(run_dir) / "last.pt").exists():
+        log.info("--recompute: discarding the checkpoints in %s", run_dir)
+        for name in ("last.pt", "best.pt", "final.pt", "history.json"):
+            (Path(run_dir) / name).unlink(missing_ok=True)
     (Path(run_dir) / "job.json").parent.mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "job.json").write_text(job.to_json())  # also the input of a torchrun launch
     history = launch(job)

@@ -13,7 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         node(compute_loss_stats, ["fmri_train", "fmri_split", *FEATURES], "loss_stats", name="compute_loss_stats"),
         node(train_model, ["fmri_train", "fmri_split", "loss_stats", *FEATURES, *SPEC, "params:experiment_info",
-                           "params:train_run_dir"],
+                           "params:train_run_dir", "params:train_fresh"],
              ["model_checkpoint", "training_history"], name="train_model"),
         node(verify_training,
              ["training_history", "fmri_norm_stats", "fmri_split", "fmri_train", "model_checkpoint", "loss_stats",

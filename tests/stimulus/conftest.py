@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -22,7 +23,7 @@ def write_movie(path: Path, times_s: list[float], size=(32, 16), audio_s: float 
     with av.open(str(path), "w", format="matroska") as container:
         video = container.add_stream("mpeg4", rate=1000)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.time_base = av.time_base and __import__("fractions").Fraction(1, 1000)
+        video.time_base = Fraction(1, 1000)  # millisecond timestamps
         video.bit_rate = 4_000_000
         audio = container.add_stream("aac", rate=rate, layout="mono") if audio_s else None
         for index, t in enumerate(times_s):

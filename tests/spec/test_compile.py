@@ -165,3 +165,22 @@ def test_replaced_movie_recomputes_video_and_audio_not_text(project):
     os.utime(movie, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     fingerprint_after = stimulus_fps(project)
     assert changed(base, fingerprint_after) == {"video_frames_tr", "video_features", "audio_codes_tr", "audio_codes"}
+
+
+def test_resolver_memo_notices_a_replaced_stimulus_file(project):
+    """The in-process memo must re-check every input, stimulus files included."""
+    from giblet_kedro.spec import resolvers
+
+    raw = project / "data" / "01_raw"
+    (raw / "movie.mp4").write_bytes(b"first cut")
+    spec_file = project / "exp.yml"
+    spec_file.write_text('name: t\nfmri:\n  subjects: {"01": sub-01.nii.gz}\n  tr: 1.5\n'
+                         'stimulus:\n  video: {path: movie.mp4}\n  audio: {path: movie.mp4}\n')
+    before = dict(resolvers.compiled(str(spec_file)).fingerprints)
+    movie = raw / "movie.mp4"
+    stat = movie.stat()
+    movie.write_bytes(b"second cut, longer")
+    os.utime(movie, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = resolvers.compiled(str(spec_file)).fingerprints
+    assert changed(before, after) == {"video_frames_tr", "video_features", "audio_codes_tr", "audio_codes"}
+    assert after["fmri_stats"] == before["fmri_stats"]

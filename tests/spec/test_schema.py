@@ -145,5 +145,7 @@ def test_models_forbid_extra_keys_everywhere():
                 if isinstance(candidate, type) and hasattr(candidate, "model_fields"):
                     yield from walk(candidate)
 
-    for model in walk(ExperimentSpec):
-        assert model.model_config.get("extra") == "forbid", model.__name__
+    models = {model.__name__: model for model in walk(ExperimentSpec)}
+    assert {"FmriSpec", "SubjectPattern", "AudioSpec", "TextSpec", "TrainSpec", "VerifySpec"} <= set(models)
+    for name, model in models.items():
+        assert model.model_config.get("extra") == "forbid", name

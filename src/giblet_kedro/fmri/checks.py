@@ -44,21 +44,29 @@ def check_tr(header: RunHeader, expected_s: float) -> None:
     raise InputDataError(message)
 
 
+def check_space(what: str, grid: tuple[int, ...], affine: np.ndarray,
+                reference: str, reference_grid: tuple[int, ...], reference_affine: np.ndarray) -> None:
+    """``what`` (a run or a mask) must have ``reference``'s voxel grid and affine
+    (within 1 micrometre); the error names both and the largest difference."""
+    if tuple(grid) != tuple(reference_grid):
+        raise InputDataError(
+            f"{what} has voxel grid {tuple(grid)} but {reference} has {tuple(reference_grid)}; "
+            "everything must be in the same space (resample first)"
+        )
+    if not np.allclose(affine, reference_affine, atol=AFFINE_ATOL_MM, rtol=0):
+        diff = float(np.abs(np.asarray(affine) - reference_affine).max())
+        raise InputDataError(
+            f"{what} has a different affine from {reference} (largest difference {diff:.4g} mm); "
+            f"everything must be in the same space\n"
+            f"  {reference}:\n{np.array2string(np.asarray(reference_affine), precision=3)}\n"
+            f"  {what}:\n{np.array2string(np.asarray(affine), precision=3)}"
+        )
+
+
 def check_same_space(reference: RunHeader, other: RunHeader) -> None:
-    """Same voxel grid and same affine (within 1 micrometre)."""
-    if other.grid != reference.grid:
-        raise InputDataError(
-            f"{other.label}: {other.path} has voxel grid {other.grid} but {reference.label} has "
-            f"{reference.grid}; all runs must be in the same space (resample them first)"
-        )
-    if not np.allclose(other.affine, reference.affine, atol=AFFINE_ATOL_MM, rtol=0):
-        diff = float(np.abs(other.affine - reference.affine).max())
-        raise InputDataError(
-            f"{other.label}: {other.path} has a different affine from {reference.label} "
-            f"(largest difference {diff:.4g} mm); all runs must be in the same space\n"
-            f"  {reference.label}:\n{np.array2string(reference.affine, precision=3)}\n"
-            f"  {other.label}:\n{np.array2string(other.affine, precision=3)}"
-        )
+    """Two runs share one voxel grid and affine."""
+    check_space(f"{other.label}: {other.path}", other.grid, other.affine,
+                reference.label, reference.grid, reference.affine)
 
 
 def resolve_crop(headers: list[RunHeader], trs: tuple[int, int] | None) -> tuple[int, int]:

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from giblet_kedro.errors import InputDataError
 from giblet_kedro.paths import data_dir, raw_dir
 from giblet_kedro.spec.fingerprint import DigestCache, code_version, hash_payload
 from giblet_kedro.spec.load import load_spec
-from giblet_kedro.spec.schema import ExperimentSpec, StimulusSpec
+from giblet_kedro.spec.schema import STIMULUS_FILE_FIELDS, ExperimentSpec, StimulusSpec
 
 DEMO_PLACEHOLDER = "{demo}"
 
@@ -148,8 +149,7 @@ def _resolve_paths(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
     stim = spec.stimulus
     if stim is not None:
         parts = {}
-        for name, keys in (("video", ("path",)), ("audio", ("path", "weights")),
-                           ("text", ("annotations", "weights"))):
+        for name, keys in STIMULUS_FILE_FIELDS.items():
             part = getattr(stim, name)
             if part is not None:
                 parts[name] = part.model_copy(update={k: resolve(getattr(part, k)) for k in keys})
@@ -182,7 +182,7 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
         resolved = resolve_path(spec_value, demo_fp)
         try:
             return fingerprint_input(spec_value, resolved, label)
-        except Exception:
+        except InputDataError:  # missing or unreadable; anything else is a bug and propagates
             if check_files:
                 raise
             return "missing"

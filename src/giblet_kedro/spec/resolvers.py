@@ -24,13 +24,10 @@ _LOCK = threading.Lock()
 
 
 def _input_signature(result: CompiledExperiment) -> tuple:
-    """(path, size, mtime) of every resolved input file; None for a missing one."""
-    fmri = result.spec.fmri
-    paths = [*fmri.subjects.values(), *fmri.heldout.values()]
-    if fmri.mask not in ("auto", "lab"):
-        paths.append(fmri.mask)
+    """(path, size, mtime) of every resolved input file (fMRI and stimulus); None for a
+    missing one."""
     signature = []
-    for path in paths:
+    for path in result.spec.input_files().values():
         try:
             stat = Path(path).stat()
             signature.append((path, stat.st_size, stat.st_mtime_ns))

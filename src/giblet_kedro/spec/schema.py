@@ -267,6 +267,11 @@ class DemoSpec(StrictModel):
 
 
 # --------------------------------------------------------------------- experiment
+# The file-valued fields of each stimulus section (one list: resolution, fingerprints
+# and staleness checks all walk it).
+STIMULUS_FILE_FIELDS = {"video": ("path",), "audio": ("path", "weights"), "text": ("annotations", "weights")}
+
+
 class ExperimentSpec(StrictModel):
     """A whole experiment: what data, which preprocessing, which model, how to train."""
 
@@ -291,7 +296,7 @@ class ExperimentSpec(StrictModel):
                     f"with '{{demo}}/'; these do not: {outside}"
                 )
         if self.demo is None:
-            uses = [p for p in _all_paths(self) if "{demo}" in p]
+            uses = [p for p in self.input_files().values() if "{demo}" in p]
             if uses:
                 raise ValueError(
                     f"paths {uses} use '{{demo}}' but the spec has no 'demo' section; "
@@ -299,16 +304,16 @@ class ExperimentSpec(StrictModel):
                 )
         return self
 
+    def input_files(self) -> dict[str, str]:
+        """Every file the spec reads, keyed by its spec key path (e.g. ``fmri.subjects['01']``)."""
+        files = {f"fmri.subjects[{sid!r}]": p for sid, p in self.fmri.subject_files().items()}
+        files |= {f"fmri.heldout[{sid!r}]": p for sid, p in self.fmri.heldout.items()}
+        files |= {f"fmri.{key}": p for key, p in self.fmri.mask_files.items()}
+        if self.stimulus is not None:
+            for section, keys in STIMULUS_FILE_FIELDS.items():
+                part = getattr(self.stimulus, section)
+                for key in keys if part is not None else ():
+                    if getattr(part, key):
+                        files[f"stimulus.{section}.{key}"] = getattr(part, key)
+        return files
 
-def _all_paths(spec: ExperimentSpec) -> list[str]:
-    paths = list(spec.fmri.subject_files().values()) + list(spec.fmri.heldout.values())
-    if spec.fmri.mask not in ("auto", "lab"):
-        paths.append(spec.fmri.mask)
-    stim = spec.stimulus
-    if stim is not None:
-        for section, keys in (("video", ["path"]), ("audio", ["path", "weights"]),
-                              ("text", ["annotations", "weights"])):
-            part = getattr(stim, section)
-            if part is not None:
-                paths += [getattr(part, k) for k in keys if getattr(part, k)]
-    return paths

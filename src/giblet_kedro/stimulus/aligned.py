@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,21 @@ class TrAligned:
     def __post_init__(self):
         if self.values.shape[0] != self.valid.shape[0]:
             raise ValueError(f"{self.values.shape[0]} rows of values but {self.valid.shape[0]} validity flags")
+
+
+def alignment_notes(modality: str, valid: np.ndarray, grid: TrGrid, duration_s: float) -> list[str]:
+    """Say (and log) what was padded or left unused, in TRs and seconds."""
+    notes = []
+    missing = np.flatnonzero(~valid)
+    if missing.size:
+        notes.append(
+            f"{modality}: the stimulus covers {duration_s:.2f} s but the fMRI grid runs to {grid.end_s:.2f} s; "
+            f"{missing.size} TRs (crop TRs {missing[0]}..{missing[-1]}) have no {modality}: their values are zero "
+            "and they are marked invalid"
+        )
+    if duration_s > grid.end_s + grid.tr:
+        notes.append(f"{modality}: {duration_s - grid.end_s:.2f} s of stimulus after the last TR "
+                     f"({grid.end_s:.2f} s) are not used")
+    for note in notes:
+        log.warning(note)
+    return notes

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from giblet_kedro.errors import InputDataError
-from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
+from giblet_kedro.stimulus.aligned import TrAligned, TrGrid, alignment_notes
 from giblet_kedro.stimulus.media import open_media
 from giblet_kedro.stimulus.progress import progress
-from giblet_kedro.stimulus.video import alignment_notes
 
 log = logging.getLogger(__name__)
 

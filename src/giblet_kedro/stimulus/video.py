@@ -10,18 +10,15 @@ converted (resized with swscale's area filter, scaled to [0, 1]).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import av
 import numpy as np
 
 from giblet_kedro.errors import InputDataError
-from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
+from giblet_kedro.stimulus.aligned import TrAligned, TrGrid, alignment_notes
 from giblet_kedro.stimulus.media import open_media
 from giblet_kedro.stimulus.progress import progress
-
-log = logging.getLogger(__name__)
 
 
 def sample_times(grid: TrGrid, frames_per_tr: int) -> np.ndarray:
@@ -103,21 +100,3 @@ def extract_frames(path: Path, grid: TrGrid, size: tuple[int, int], frames_per_t
               "frames_per_tr": frames_per_tr, "frame_rate": rate, "movie_duration_s": duration,
               "units": "RGB in [0, 1]", "layout": "(n_trs, frames_per_tr, 3, height, width)", "notes": notes},
     )
-
-
-def alignment_notes(modality: str, valid: np.ndarray, grid: TrGrid, duration_s: float) -> list[str]:
-    """Say (and log) what was padded or left unused, in TRs and seconds."""
-    notes = []
-    missing = np.flatnonzero(~valid)
-    if missing.size:
-        notes.append(
-            f"{modality}: the stimulus covers {duration_s:.2f} s but the fMRI grid runs to {grid.end_s:.2f} s; "
-            f"{missing.size} TRs (crop TRs {missing[0]}..{missing[-1]}) have no {modality}: their values are zero "
-            "and they are marked invalid"
-        )
-    if duration_s > grid.end_s + grid.tr:
-        notes.append(f"{modality}: {duration_s - grid.end_s:.2f} s of stimulus after the last TR "
-                     f"({grid.end_s:.2f} s) are not used")
-    for note in notes:
-        log.warning(note)
-    return notes

@@ -13,12 +13,7 @@ import numpy as np
 import pandas as pd
 
 from giblet_kedro.errors import InputDataError
-from giblet_kedro.fmri.checks import (
-    check_runs,
-    check_same_space,
-    check_tr,
-    resolve_crop,
-)
+from giblet_kedro.fmri.checks import check_runs, check_space, check_tr, resolve_crop
 from giblet_kedro.fmri.normalize import combine_subjects, zscore_run
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
 from giblet_kedro.fmri.split import split_table, train_rows
@@ -79,10 +74,7 @@ def _given_mask(mask_file: dict[str, nib.Nifti1Image], reference: RunHeader) -> 
     data = np.asanyarray(image.dataobj)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.shape != reference.grid:
-        raise InputDataError(f"{label} has shape {data.shape}; the runs have grid {reference.grid}")
-    if not np.allclose(image.affine, reference.affine, atol=1e-3, rtol=0):
-        raise InputDataError(f"{label} has a different affine from the runs; resample it to their space")
+    check_space(label, data.shape, image.affine, "the runs", reference.grid, reference.affine)
     mask = np.asarray(data != 0) & np.isfinite(data)
     if not mask.any():
         raise InputDataError(f"{label} selects no voxel (all zero)")
@@ -180,11 +172,8 @@ def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], stats: dict[str,
     for sid in fmri.heldout:
         header = read_header(heldout_runs[sid], f"held-out run of subject {sid!r}")
         check_tr(header, fmri.tr)
-        if header.grid != mask.shape or not np.allclose(header.affine, stats["affine"], atol=1e-3, rtol=0):
-            training = RunHeader(label="the training runs", path=header.path, grid=mask.shape, n_trs=2,
-                                 tr_value=fmri.tr, time_unit="sec", affine=stats["affine"],
-                                 dtype=header.dtype, offset=0, slope=1.0, inter=0.0)
-            check_same_space(training, header)
+        check_space(f"{header.label}: {header.path}", header.grid, header.affine,
+                    "the training runs", mask.shape, stats["affine"])
         normalized = np.empty((header.n_trs, len(columns)), dtype=np.float32)
         zscore_run(header, (0, header.n_trs), columns, stats[f"subject_{sid}_mean"],
                    stats[f"subject_{sid}_std"], fmri.chunk_trs, normalized)

@@ -61,7 +61,7 @@ def _val_fmri_r(weights: dict, job: TrainJob) -> tuple[float, float]:
     pred, true = np.concatenate(predicted), np.concatenate(measured)
     pc, tc = pred - pred.mean(0), true - true.mean(0)
     r = (pc * tc).sum(0) / np.sqrt((pc**2).sum(0) * (tc**2).sum(0) + 1e-12)
-    return float(np.median(r)), float(((pred - true) ** 2).mean() / ((true - 0.0) ** 2).mean())
+    return float(np.median(r)), float(((pred - true) ** 2).mean() / (true**2).mean())
 
 
 def verify_training(history: dict, fmri_norm_stats: dict, fmri_split: pd.DataFrame, fmri_train: np.ndarray,

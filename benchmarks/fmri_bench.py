@@ -8,10 +8,15 @@ Data: 5 subjects x 946 TRs in a 61x73x61 grid (3 mm), 83,138 voxels inside the b
 - giblet: ``kedro run --pipelines=fmri --recompute`` on a spec naming the same files and
   mask: Kedro start-up, validation, both streaming passes and the writes included.
 
+With ``--clean``, both sides also clean every run before the z-score (detrend, a
+0.008 Hz Butterworth high-pass and 6 motion regressors per subject): the baseline with
+``nilearn.signal.clean`` on the whole array, giblet through ``fmri.clean`` (the same
+cleaning, streamed).
+
 Each is measured in a fresh process (wall time, peak RSS of that process); the two
 results are compared for equality. Usage::
 
-    python benchmarks/fmri_bench.py [--subjects 5] [--trs 946] [--repeats 1]
+    python benchmarks/fmri_bench.py [--subjects 5] [--trs 946] [--repeats 1] [--clean]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ GRID = (61, 73, 61)
 N_VOXELS = 83_138
 TR = 1.5
 VAL, TEST = 0.1, 0.1
+HIGH_PASS_HZ = 0.008
 
 
 # ------------------------------------------------------------------------------ data
@@ -102,12 +108,24 @@ def make_data(folder: Path, n_subjects: int, n_trs: int) -> tuple[dict[str, Path
 
 
 # ------------------------------------------------------------------- the two methods
-def baseline(paths: list[str], mask_path: str, out: str) -> None:
-    """The lab's way: whole-file float64 loads, z-score, stack, average."""
+def motion_table(path: Path, n_trs: int, seed: int) -> Path:
+    """Six random-walk motion parameters, one row per volume (SPM's rp_*.txt layout)."""
+    if not path.exists():
+        np.savetxt(path, np.random.default_rng(seed).standard_normal((n_trs, 6)).cumsum(0) * 0.05)
+    return path
+
+
+def baseline(paths: list[str], mask_path: str, out: str, confounds: list[str] | None = None) -> None:
+    """The lab's way: whole-file float64 loads, (nilearn cleaning), z-score, stack, average."""
     mask = nib.load(mask_path).get_fdata() > 0
     zscored = []
-    for path in paths:
+    for index, path in enumerate(paths):
         data = nib.load(path).get_fdata()[mask].T  # (n_trs, n_voxels) float64
+        if confounds:
+            from nilearn import signal
+
+            data = signal.clean(data, detrend=True, standardize=None, confounds=np.loadtxt(confounds[index]),
+                                high_pass=HIGH_PASS_HZ, t_r=TR)
         n_train = data.shape[0] - round(VAL * data.shape[0]) - round(TEST * data.shape[0])
         mean, std = data[:n_train].mean(0), data[:n_train].std(0, ddof=1)
         zscored.append((data - mean) / std)
@@ -135,7 +153,8 @@ def measure_child(command: list[str]) -> None:
     print(json.dumps({"wall_s": wall, "peak_rss_gb": peak_kb / 1024**2}))
 
 
-def giblet_project(paths: dict[str, Path], mask_path: Path, workdir: Path) -> tuple[Path, Path]:
+def giblet_project(paths: dict[str, Path], mask_path: Path, workdir: Path,
+                   confounds: dict[str, Path] | None = None) -> tuple[Path, Path]:
     """A throwaway copy of the project whose spec names the benchmark files."""
     workdir.mkdir(parents=True)
     shutil.copy(REPO / "pyproject.toml", workdir)
@@ -148,6 +167,10 @@ def giblet_project(paths: dict[str, Path], mask_path: Path, workdir: Path) -> tu
         f"name: bench\nfmri:\n  subjects:\n{subjects}\n  mask: {mask_path}\n  tr: {TR}\n"
         f"  zscore: {{ddof: 1}}\n  mode: cross_subject\n  split: {{val: {VAL}, test: {TEST}}}\n"
     )
+    if confounds:
+        files = ", ".join(f'"{sid}": {path}' for sid, path in confounds.items())
+        spec.write_text(spec.read_text() + f"  clean: {{detrend: true, high_pass_hz: {HIGH_PASS_HZ}, "
+                                           f"confounds: {{files: {{{files}}}}}}}\n")
     return workdir, spec
 
 
@@ -157,6 +180,7 @@ def main() -> None:
     parser.add_argument("--trs", type=int, default=946)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each method; the best is kept")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "bench")
+    parser.add_argument("--clean", action="store_true", help="both sides clean each run (nilearn) first")
     parser.add_argument("--measure-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_child:
@@ -167,19 +191,24 @@ def main() -> None:
     print(f"data: {args.subjects} subjects x {args.trs} TRs x {N_VOXELS:,} voxels in {GRID}, int16 + scale, "
           f"gzip ({folder})", flush=True)
     paths, mask_path = make_data(folder, args.subjects, args.trs)
+    confounds = {sid: motion_table(folder / f"rp_{sid}.txt", args.trs, i) for i, sid in enumerate(paths)} \
+        if args.clean else None
+    if args.clean:
+        print(f"cleaning: detrend, {HIGH_PASS_HZ} Hz high-pass, 6 motion regressors per subject", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="giblet-bench-") as tmp:
         tmp = Path(tmp)
         baseline_out = tmp / "baseline.npy"
-        project, spec = giblet_project(paths, mask_path, tmp / "project")
+        project, spec = giblet_project(paths, mask_path, tmp / "project", confounds)
         kedro = str(Path(sys.executable).parent / "kedro")
         env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
         env.pop("GIBLET_PROJECT_ROOT", None)
-        job = {"paths": [str(p) for p in paths.values()], "mask": str(mask_path), "out": str(baseline_out)}
+        job = {"paths": [str(p) for p in paths.values()], "mask": str(mask_path), "out": str(baseline_out),
+               "confounds": [str(p) for p in confounds.values()] if confounds else None}
         baseline_command = [
             sys.executable, "-c",
             "import json, sys; sys.path.insert(0, sys.argv[1]); import fmri_bench as b; "
-            "job = json.loads(sys.argv[2]); b.baseline(job['paths'], job['mask'], job['out'])",
+            "job = json.loads(sys.argv[2]); b.baseline(job['paths'], job['mask'], job['out'], job['confounds'])",
             str(Path(__file__).parent), json.dumps(job),
         ]
         runs = {"baseline (lab's way)": [], "giblet fmri stage (kedro run)": []}

@@ -87,7 +87,7 @@ def main() -> None:
 
     with av.open(str(args.movie)) as container:
         duration = float(container.duration / av.time_base)
-    grid = TrGrid(tr=TR, start=0, stop=int(duration // TR))
+    grid = TrGrid.single(tr=TR, start=0, stop=int(duration // TR))
     rows = []
 
     video_direct = best_of(args.repeats, lambda: direct_video(args.movie))
@@ -109,7 +109,7 @@ def main() -> None:
         table = Path(tmp) / "segments.csv"
         starts = np.arange(args.segments) * 2.0
         pd.DataFrame({"start": starts, "end": starts + 2.0, "scene": texts}).to_csv(table, index=False)
-        text_grid = TrGrid(tr=TR, start=0, stop=int(starts[-1] // TR))
+        text_grid = TrGrid.single(tr=TR, start=0, stop=int(starts[-1] // TR))
         text_direct = best_of(args.repeats, lambda: direct_text(texts))
         text_pipeline = best_of(args.repeats, lambda: text.extract_text(
             table, text_grid, "start", "end", ["scene"], "ViT-B-32", None, seed=0))

@@ -18,8 +18,9 @@ from giblet_kedro.validation.tables import SubjectTable
 def good_stats():
     mask = np.zeros((3, 3, 3), bool)
     mask[1, 1, :] = True
-    return {"subject_ids": np.array(["01"]), "mask": mask, "affine": np.eye(4), "ddof": np.array(1),
-            "train_trs": np.arange(10), "subject_01_mean": np.zeros(3), "subject_01_std": np.ones(3)}
+    return {"subject_ids": np.array(["01"]), "run_ids": np.array(["1"]), "mask": mask, "affine": np.eye(4),
+            "ddof": np.array(1), "train_trs": np.arange(10), "subject_01_mean": np.zeros(3),
+            "subject_01_std": np.ones(3), "subject_01_run_1_mean": np.zeros(3), "subject_01_run_1_std": np.ones(3)}
 
 
 def test_good_stats_pass():
@@ -28,6 +29,7 @@ def test_good_stats_pass():
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("subject_01_std", np.array([1.0, 0.0, 1.0]), "zero entries"),
+    ("subject_01_run_1_std", np.array([1.0, 0.0, 1.0]), "subject_01_run_1_std has zero entries"),
     ("subject_01_mean", np.zeros(4), "shape"),
     ("subject_01_mean", np.array([0, np.nan, 0]), "NaN"),
     ("mask", np.zeros((3, 3, 3), bool), "non-empty"),
@@ -40,10 +42,11 @@ def test_bad_stats_are_rejected(key, value, message):
         validate_norm_stats(stats)
 
 
-def test_stats_missing_a_subject_key():
+@pytest.mark.parametrize("key", ["subject_01_std", "subject_01_run_1_mean"])
+def test_stats_missing_a_subject_key(key):
     stats = good_stats()
-    del stats["subject_01_std"]
-    with pytest.raises(ValueError, match="subject_01_std"):
+    del stats[key]
+    with pytest.raises(ValueError, match=key):
         validate_norm_stats(stats)
 
 
@@ -61,11 +64,14 @@ def test_heldout_validator():
 
 
 def test_subject_table_schema():
-    row = {"subject_id": "01", "path": "a", "nx": 2, "ny": 2, "nz": 2, "n_trs_file": 10, "tr_s": 1.5,
+    row = {"subject_id": "01", "run": "1", "path": "a", "nx": 2, "ny": 2, "nz": 2, "n_trs_file": 10, "tr_s": 1.5,
            "dtype": "int16", "scl_slope": 1.0, "scl_inter": 0.0, "crop_start": 0, "crop_stop": 10}
     SubjectTable.validate(pd.DataFrame([row, {**row, "subject_id": "02"}]))
     with pytest.raises(pandera.errors.SchemaError):
-        SubjectTable.validate(pd.DataFrame([row, row]))  # duplicate subject
+        SubjectTable.validate(pd.DataFrame([row, row]))  # duplicate subject and run
+    SubjectTable.validate(pd.DataFrame([row, {**row, "run": "2", "crop_stop": 8}]))  # runs differ in crop
+    with pytest.raises(pandera.errors.SchemaError):  # one run, two crops
+        SubjectTable.validate(pd.DataFrame([row, {**row, "subject_id": "02", "crop_stop": 8}]))
     with pytest.raises(pandera.errors.SchemaError):
         SubjectTable.validate(pd.DataFrame([row, {**row, "subject_id": "02", "nx": 3}]))  # two grids
     with pytest.raises(pandera.errors.SchemaError):

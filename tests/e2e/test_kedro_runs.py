@@ -97,6 +97,29 @@ def test_user_data_spec_and_replaced_raw_file(project, rng):
     assert len(outputs(project, "fmri_stats/*/norm_stats.npz")) == 2
 
 
+def test_bids_folder_with_confounds_through_kedro_run(project):
+    """A BIDS derivatives folder under data/01_raw: runs, TR and confound tables found by
+    name, cleaned; a confound table that does not fit is named before any node runs."""
+    from tests.spec.test_bids import bids_tree
+
+    root = bids_tree(project / "data" / "01_raw" / "fmriprep")
+    spec = project / "bids.yml"
+    spec.write_text("name: bids\nfmri:\n  bids: {root: fmriprep, task: movie, space: MNI152NLin2009cAsym}\n"
+                    "  split: {by: run, val: 0.2, test: ['2']}\n"
+                    "  clean: {detrend: true, confounds: {columns: [trans_x, trans_y, rot_z, trans_x_derivative1]}}\n")
+    kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}")
+    cleaning = json.loads(next(project.glob("data/03_primary/fmri_stats/*/cleaning.json")).read_text())
+    assert {(r["subject"], r["run"]) for r in cleaning["runs"]} == {("01", "1"), ("01", "2"), ("02", "1"), ("02", "2")}
+    assert np.load(next(project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"))).shape == (60, 18)
+
+    table = next(root.glob("sub-02/func/*run-2_desc-confounds_timeseries.tsv"))
+    table.write_text("\n".join(table.read_text().splitlines()[:-3]) + "\n")  # 3 rows short
+    result = kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}", expect=2)
+    assert re.search(r"Error: subject '02' run '2': fmri.clean.confounds: the confound table has 27 rows but "
+                     r"the run has 30 volumes", result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_bad_spec_is_one_clean_message(project):
     spec = project / "bad.yml"
     spec.write_text("name: bad\nfmri:\n  subjects: {'01': a.nii.gz}\n  tr: 1.5\n  mode: per_subjects\n")
@@ -200,3 +223,32 @@ def test_train_pipeline_passes_verification_and_resumes(project):
     weights = torch.load(next(project.glob("data/06_models/train/*/model_final.pt")), weights_only=True)
     assert "fmri_head.weight" in weights
     assert ran_nodes(kedro(project, "run", "--pipelines=train")) == set()
+
+
+def test_two_run_demo_trains_on_run_1_and_aligns_each_run(project):
+    """The demo scanned as two runs: per-run cleaning and z-scores, split by run, each run
+    on its own part of the movie, and a verification report that follows the split."""
+    result = kedro(project, "run", "--pipelines=train", "--params", "experiment=demo_runs")
+    assert {"compute_fmri_norm_stats", "train_model", "verify_training"} <= ran_nodes(result)
+    split = np.genfromtxt(next(project.glob("data/03_primary/fmri_stats/*/split.csv")), delimiter=",",
+                          names=True, dtype=None, encoding="utf-8")
+    assert split.size == 360 and list(split["run"][[0, 179, 180, 359]]) == [1, 1, 2, 2]
+    assert (split["split"][:162] == "train").all() and (split["split"][162:180] == "val").all()
+    assert (split["split"][180:] == "test").all()
+
+    report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
+    assert report["passed"], [c for c in report["checks"] if not c["pass"]]
+    samples = next(c for c in report["checks"] if c["check"] == "samples per epoch")
+    assert samples["observed"] == 162  # run 1's training TRs only
+
+    cleaning = json.loads(next(project.glob("data/03_primary/fmri_stats/*/cleaning.json")).read_text())
+    assert len(cleaning["runs"]) == 8 and all(0 < r["variance_removed"] < 0.5 for r in cleaning["runs"])
+
+    # each run's frames come from its own part of the movie: the planted brightness matches in both
+    truth = np.load(next(project.glob("data/01_raw/demo/*/ground_truth.npz")))
+    frames = np.load(next(project.glob("data/04_feature/video_frames_tr/*/video_frames_tr/values.npy")))
+    height, width = frames.shape[-2:]
+    green_square = frames[:, :, 1, height // 2 + 1:, : width // 4 - 1].mean(axis=(1, 2, 3))
+    planted = truth["features_tr"][:, 1]
+    for rows in (slice(0, 180), slice(180, 360)):
+        assert np.corrcoef(green_square[rows], planted[rows])[0, 1] > 0.95

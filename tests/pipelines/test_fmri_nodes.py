@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from giblet_kedro.datasets.confounds import ConfoundTablesDataset
+from giblet_kedro.datasets.nifti import NiftiRunsDataset
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.fmri.volume import unmask
 from giblet_kedro.pipelines.fmri.nodes import (
@@ -28,18 +30,22 @@ def fmri_spec(paths: dict[str, str], **fields) -> FmriSpec:
     return FmriSpec(subjects=paths, tr=fields.pop("tr", 1.5), chunk_trs=fields.pop("chunk_trs", 7), **fields)
 
 
-def run_stage(paths, mask_file=None, heldout=None, **fields):
+def run_stage(paths, mask_file=None, heldout=None, with_report=False, **fields):
     """The fMRI pipeline's nodes in order, with catalog validators applied as Kedro would."""
     spec = fmri_spec(paths, heldout=dict(heldout or {}), **fields)
-    runs = {sid: nib.load(p) for sid, p in paths.items()}
+    runs = NiftiRunsDataset(spec.run_files).load()
+    confounds = ConfoundTablesDataset(spec.confound_files).load()
     subjects = SubjectTable.validate(inspect_runs(runs, spec))
     split = validate_split_table(make_split(subjects, spec))
     masks = {"mask": nib.load(mask_file)} if mask_file else {}
-    stats = compute_norm_stats(runs, masks, subjects, split, spec)
+    stats, report = compute_norm_stats(runs, masks, confounds, split, spec)
     validate_norm_stats(stats)
-    tensor = build_fmri_tensor(runs, stats, spec)
+    tensor = build_fmri_tensor(runs, confounds, stats, spec)
     validate_fmri_tensor(tensor)
-    held = normalize_heldout({s: nib.load(p) for s, p in (heldout or {}).items()}, stats, spec)
+    held = normalize_heldout({s: nib.load(p) for s, p in (heldout or {}).items()},
+                             ConfoundTablesDataset(spec.heldout_confound_files).load(), stats, spec)
+    if with_report:
+        return subjects, split, stats, tensor, held, report
     return subjects, split, stats, tensor, held
 
 
@@ -77,7 +83,8 @@ def test_cross_subject_equals_numpy_zscore_then_average(three_subjects, ddof):
     np.testing.assert_allclose(tensor, np.mean(list(z.values()), axis=0), atol=2e-5)
     # stats come from train TRs only: train rows are standardized, val/test rows are not re-fit
     assert np.allclose(tensor[:n_train].mean(0), np.mean([v[:n_train].mean(0) for v in z.values()], 0), atol=1e-5)
-    assert list(stats["train_trs"]) == list(range(5, 5 + n_train))  # file indices, after the crop
+    assert list(stats["train_trs"]) == list(range(n_train))  # rows of the cropped data
+    assert list(stats["run_1_stats_trs"]) == list(range(5, 5 + n_train))  # file indices, after the crop
     assert list(stats["crop"]) == [5, 45] and int(stats["ddof"]) == ddof
 
 
@@ -257,7 +264,7 @@ def test_nitime_real_runs(nitime_data):
 
 
 def test_split_table_is_contiguous_and_validated():
-    table = make_split(pd.DataFrame({"crop_start": [10], "crop_stop": [110]}),
+    table = make_split(pd.DataFrame({"run": ["1"], "crop_start": [10], "crop_stop": [110]}),
                        fmri_spec({"a": "x"}, split={"val": 0.2, "test": 0.1}))
     assert table["split"].tolist() == ["train"] * 70 + ["val"] * 20 + ["test"] * 10
     assert table["file_tr"].iloc[0] == 10 and table["onset_s"].iloc[1] == 1.5

@@ -11,7 +11,7 @@ from giblet_kedro.spec.schema import FmriSpec, StimulusSpec
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
 from giblet_kedro.validation.arrays import validate_tr_aligned
 
-GRID = TrGrid(1.5, 0, 10)
+GRID = TrGrid.single(1.5, 0, 10)
 
 
 def aligned(values, grid: TrGrid = GRID) -> TrAligned:
@@ -47,11 +47,11 @@ def test_alignment_check_rejects_a_stretched_modality():
     split = split_table(0, 10, 1.5, 0.1, 0.1)
     good = aligned(np.zeros((10, 3), np.float32))
     report = check_stimulus_alignment(split, good, good, good)
-    assert report["fmri_grid"] == {"tr": 1.5, "crop": [0, 10], "n_trs": 10}
-    other_crop = aligned(np.zeros((10, 3), np.float32), TrGrid(1.5, 2, 12))
-    with pytest.raises(ValueError, match=r"video features are not on the fMRI TR grid: crop \[2, 12\] != \[0, 10\]"):
+    assert report["fmri_grid"] == {"tr": 1.5, "runs": [{"run": "1", "crop": [0, 10], "n_trs": 10}], "n_trs": 10}
+    other_crop = aligned(np.zeros((10, 3), np.float32), TrGrid.single(1.5, 2, 12))
+    with pytest.raises(ValueError, match=r"video features are not on the fMRI TR grid: run '1': crop \[2, 12\] != \[0, 10\]"):
         check_stimulus_alignment(split, other_crop, good, good)
-    other_tr = aligned(np.zeros((10, 3), np.float32), TrGrid(2.0, 0, 10))
+    other_tr = aligned(np.zeros((10, 3), np.float32), TrGrid.single(2.0, 0, 10))
     with pytest.raises(ValueError, match="TR 2.0 s != 1.5 s"):
         check_stimulus_alignment(split, good, other_tr, good)
 

@@ -184,3 +184,24 @@ def test_resolver_memo_notices_a_replaced_stimulus_file(project):
     after = resolvers.compiled(str(spec_file)).fingerprints
     assert changed(before, after) == {"video_frames_tr", "video_features", "audio_codes_tr", "audio_codes"}
     assert after["fmri_stats"] == before["fmri_stats"]
+
+
+def test_cleaning_settings_and_tables_are_part_of_the_fmri_fingerprint(project, rng):
+    raw = project / "data" / "01_raw"
+    for sid in ("01", "02"):
+        np.savetxt(raw / f"rp_{sid}.txt", rng.standard_normal((40, 6)))
+
+    def cleaned(settings: str) -> dict[str, str]:
+        text = ('name: t\nfmri:\n  subjects: {"01": sub-01.nii.gz, "02": sub-02.nii.gz}\n  tr: 1.5\n'
+                f"  clean: {settings}\n")
+        return compile_spec(parse_spec(text), project / "t.yml").fingerprints
+
+    base = compile_text(project)
+    detrend = cleaned("{detrend: true}")
+    motion = cleaned("{detrend: true, confounds: {pattern: 'rp_{id}.txt'}}")
+    assert len({base["fmri_stats"], detrend["fmri_stats"], motion["fmri_stats"]}) == 3
+    assert motion["fmri_tensor"] != detrend["fmri_tensor"] and motion["fmri_heldout"] != detrend["fmri_heldout"]
+    assert motion["video_frames_tr"] == base["video_frames_tr"]  # cleaning never touches the stimulus
+
+    np.savetxt(raw / "rp_02.txt", rng.standard_normal((40, 6)))  # a replaced confound table
+    assert cleaned("{detrend: true, confounds: {pattern: 'rp_{id}.txt'}}")["fmri_stats"] != motion["fmri_stats"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import typing
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_subject_pattern_expands_ids():
         'subjects: {"01": raw/sub-01.nii.gz, "02": raw/sub-02.nii.gz}',
         'subjects: {pattern: "raw/sub-{id}_bold.nii.gz", ids: ["01", "05"]}'))
     assert isinstance(spec.fmri.subjects, SubjectPattern)
-    assert spec.fmri.subject_files() == {"01": "raw/sub-01_bold.nii.gz", "05": "raw/sub-05_bold.nii.gz"}
+    assert spec.fmri.subject_files() == {"01": {"1": "raw/sub-01_bold.nii.gz"}, "05": {"1": "raw/sub-05_bold.nii.gz"}}
 
 
 @pytest.mark.parametrize(
@@ -138,14 +139,90 @@ def test_missing_spec_path_is_named(tmp_path):
 
 
 def test_models_forbid_extra_keys_everywhere():
+    def types_in(annotation):
+        yield annotation
+        for arg in typing.get_args(annotation):  # unions, Annotated, dict/list parameters
+            yield from types_in(arg)
+
     def walk(model):
         yield model
         for field in model.model_fields.values():
-            for candidate in getattr(field.annotation, "__args__", (field.annotation,)):
+            for candidate in types_in(field.annotation):
                 if isinstance(candidate, type) and hasattr(candidate, "model_fields"):
                     yield from walk(candidate)
 
     models = {model.__name__: model for model in walk(ExperimentSpec)}
-    assert {"FmriSpec", "SubjectPattern", "AudioSpec", "TextSpec", "TrainSpec", "VerifySpec"} <= set(models)
+    assert {"FmriSpec", "SubjectPattern", "RunSpec", "CleanSpec", "ConfoundSpec", "BidsSpec", "AudioSpec",
+            "TextSpec", "TrainSpec", "VerifySpec"} <= set(models)
     for name, model in models.items():
         assert model.model_config.get("extra") == "forbid", name
+
+
+# ------------------------------------------------------------------ several runs
+RUNS = """
+name: t
+fmri:
+  subjects:
+    pattern: "raw/sub-{id}_run-{run}_bold.nii.gz"
+    ids: ["01", "02"]
+    runs: ["1", "2"]
+  tr: 1.5
+"""
+
+
+def test_runs_as_pattern_list_or_mapping_are_the_same_runs():
+    by_pattern = parse_spec(RUNS).fmri
+    by_list = parse_spec(RUNS.replace(
+        '''  subjects:
+    pattern: "raw/sub-{id}_run-{run}_bold.nii.gz"
+    ids: ["01", "02"]
+    runs: ["1", "2"]''',
+        '''  subjects: {"01": [raw/sub-01_run-1_bold.nii.gz, raw/sub-01_run-2_bold.nii.gz],
+             "02": {"1": raw/sub-02_run-1_bold.nii.gz, "2": raw/sub-02_run-2_bold.nii.gz}}''')).fmri
+    assert by_pattern.subject_files() == by_list.subject_files()
+    assert by_pattern.run_ids == ["1", "2"]
+    assert by_pattern.run_files["02/2"] == "raw/sub-02_run-2_bold.nii.gz"
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("runs: [\"1\", \"2\"]", "runs: [\"1\", \"1\"]"), "run ids must be unique"),
+    (("_run-{run}", ""), "must contain '{run}'"),
+    (("    runs: [\"1\", \"2\"]\n", ""), "list the run ids in 'runs'"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  runs: {\"3\": {onset_s: 0}}\n"), "fmri.runs names runs ['3'] that no subject has"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  split: {by: run, val: [], test: [\"3\"]}\n"), "fmri.split names runs ['3']"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  split: {by: run, val: [\"1\"], test: [\"2\"]}\n"), "leaves no run for training"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  split: {by: run, val: [\"2\"], test: [\"2\"]}\n"), "in both val and test"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  split: {by: run, test: 0.1}\n"), "test lists run ids"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  split: {by: run, val: 0.95, test: [\"2\"]}\n"), "val = 0.95 leaves less"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  split: {test: [\"2\"]}\n"), "with by: blocks, val and test are fractions"),
+    (("  tr: 1.5\n", "  tr: 1.5\nstimulus: {video: {path: m.mp4}}\n"), "give fmri.runs[run].onset_s"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  runs: {\"1\": {onset_s: 0}, \"2\": {onset_s: 60}}\n"
+                     "stimulus: {video: {path: m.mp4}, onset_s: 4}\n"), "the movie onset is given twice"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  clean: {high_pass_hz: 0.1, low_pass_hz: 0.05}\n"), "must be below low_pass_hz"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  clean: {filter: cosine, high_pass_hz: 0.01, low_pass_hz: 0.1}\n"),
+     "cosine is a high-pass filter only"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  clean: {confounds: {columns: [a]}}\n"), "needs 'files' or 'pattern'"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  clean: {confounds: {pattern: 'raw/rp_{id}.txt'}}\n"), "must contain '{run}'"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  clean: {confounds: {files: {\"01\": a.txt}}}\n"),
+     "one table per subject and run"),
+    (("  tr: 1.5\n", "  tr: 1.5\n  heldout: {\"01\": r.nii.gz}\n  clean: {confounds: {pattern: 'rp_{id}_{run}.txt'}}\n"),
+     "held-out runs of subjects ['01'] need tables too"),
+    (("  tr: 1.5\n", "  bids: {root: b, task: movie}\n"), "either as 'subjects'"),
+    (("  tr: 1.5\n", ""), "fmri.tr is required"),
+])
+def test_run_and_cleaning_mistakes_are_explained(change, expected):
+    assert expected in spec_error(RUNS.replace(*change))
+
+
+def test_onsets_with_several_runs():
+    spec = parse_spec(RUNS + '  runs: {"1": {onset_s: 0}, "2": {onset_s: 1419}}\nstimulus: {video: {path: m.mp4}}\n')
+    assert spec.run_onsets() == {"1": 0.0, "2": 1419.0}
+    single = parse_spec(MINIMAL + "stimulus: {video: {path: m.mp4}, onset_s: 3.5}\n")
+    assert single.run_onsets() == {"1": 3.5}
+
+
+def test_every_input_file_is_listed_with_its_key():
+    spec = parse_spec(RUNS + "  clean: {confounds: {pattern: 'raw/rp_{id}_{run}.txt', skip_rows: 10}}\n")
+    files = spec.input_files()
+    assert files["fmri.subjects['01']['2']"] == "raw/sub-01_run-2_bold.nii.gz"
+    assert files["fmri.clean.confounds.files['02']['1']"] == "raw/rp_02_1.txt"

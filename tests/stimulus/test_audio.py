@@ -13,7 +13,7 @@ from tests.stimulus.conftest import write_movie
 
 
 def test_half_frame_per_tr_is_dropped_by_timestamp_without_drift():
-    grid = TrGrid(tr=1.5, start=0, stop=400)
+    grid = TrGrid.single(tr=1.5, start=0, stop=400)
     starts = audio.tr_frame_starts(grid, audio_start_s=0.0)
     assert audio.frames_per_tr(1.5) == 112
     # by hand: TR i starts at 112.5 i frames; first frame centre at or after it
@@ -26,7 +26,7 @@ def test_half_frame_per_tr_is_dropped_by_timestamp_without_drift():
 
 def test_frames_on_grid_gathers_consecutive_frames_and_pads(rng):
     frames = np.arange(3 * 400).reshape(3, 400)  # (channels, frames): value = index + 400 * channel
-    values, valid = audio.frames_on_grid(frames, TrGrid(tr=1.5, start=0, stop=4), audio_start_s=0.0)
+    values, valid = audio.frames_on_grid(frames, TrGrid.single(tr=1.5, start=0, stop=4), audio_start_s=0.0)
     assert values.shape == (4, 3, 112)
     np.testing.assert_array_equal(values[1, 0], np.arange(112, 224))
     np.testing.assert_array_equal(values[2, 2], 800 + np.arange(225, 337))
@@ -35,7 +35,7 @@ def test_frames_on_grid_gathers_consecutive_frames_and_pads(rng):
 
 
 def test_audio_start_offset_moves_the_frames():
-    starts = audio.tr_frame_starts(TrGrid(tr=1.5, start=0, stop=3), audio_start_s=0.2)
+    starts = audio.tr_frame_starts(TrGrid.single(tr=1.5, start=0, stop=3), audio_start_s=0.2)
     # TR 1 starts 1.3 s into the audio = 97.5 frames: frame 97's centre is exactly there
     assert starts.tolist() == [-15, 97, 210]
 
@@ -54,7 +54,7 @@ def tone_movie(tmp_path):
 
 
 def test_codes_vary_with_random_weights_and_are_seeded(tone_movie):
-    grid = TrGrid(tr=1.5, start=0, stop=3)
+    grid = TrGrid.single(tr=1.5, start=0, stop=3)
     first = audio.extract_audio(tone_movie, grid, "encodec_24khz", 3.0, None, seed=0, chunk_s=2)
     again = audio.extract_audio(tone_movie, grid, "encodec_24khz", 3.0, None, seed=0, chunk_s=2)
     assert first.values.shape == (3, 4, 112) and first.values.dtype == np.int16
@@ -98,7 +98,7 @@ def test_resampling_uses_encodecs_helper_in_chunks(rng):
 
 
 def test_mel_option_needs_no_weights(tone_movie):
-    aligned = audio.extract_audio(tone_movie, TrGrid(tr=1.5, start=0, stop=3), "mel", 3.0, None, seed=0)
+    aligned = audio.extract_audio(tone_movie, TrGrid.single(tr=1.5, start=0, stop=3), "mel", 3.0, None, seed=0)
     assert aligned.values.shape == (3, audio.MEL_BANDS, 112) and aligned.values.dtype == np.float32
     assert np.isfinite(aligned.values).all() and aligned.values.std() > 0
 
@@ -112,7 +112,7 @@ def test_movie_without_audio_track_is_named(tmp_path):
 def test_real_soundtrack(real_movie):
     samples, rate, start = audio.decode_soundtrack(real_movie)
     assert rate == 44100 and abs(len(samples) / rate - 30.0) < 0.1 and start < 0.05
-    aligned = audio.extract_audio(real_movie, TrGrid(tr=1.5, start=0, stop=20), "encodec_24khz", 1.5, None, seed=0)
+    aligned = audio.extract_audio(real_movie, TrGrid.single(tr=1.5, start=0, stop=20), "encodec_24khz", 1.5, None, seed=0)
     assert aligned.values.shape == (20, 2, 112) and aligned.valid.all()
     assert len(np.unique(aligned.values)) > 50
 

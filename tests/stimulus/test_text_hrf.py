@@ -64,7 +64,7 @@ def test_segments_on_grid_is_the_mean_of_overlapping_by_position():
                              "text": ["a", "b", "a", "c"]})
     embeddings = np.eye(3, dtype=np.float32)  # planted: text k -> e_k
     index = np.array([0, 1, 0, 2])  # segment -> text row, by position
-    values, valid = text.segments_on_grid(segments, embeddings, index, TrGrid(tr=1.5, start=0, stop=6))
+    values, valid = text.segments_on_grid(segments, embeddings, index, TrGrid.single(tr=1.5, start=0, stop=6))
     # TR windows: [0,1.5) [1.5,3) [3,4.5) [4.5,6) [6,7.5) [7.5,9)
     expected = np.array([[1, 0, 0], [2 / 3, 1 / 3, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 1]])
     np.testing.assert_allclose(values, expected, atol=1e-6)
@@ -77,7 +77,7 @@ def test_dropping_a_row_does_not_shift_later_texts(tmp_path):
     segments = text.read_segments(path, "s", "e", ["t"])
     distinct, index = np.unique(segments["text"].to_numpy(), return_inverse=True)
     embeddings = np.stack([np.full(4, i, np.float32) for i in range(len(distinct))])
-    values, _ = text.segments_on_grid(segments, embeddings, index, TrGrid(tr=3.0, start=0, stop=3))
+    values, _ = text.segments_on_grid(segments, embeddings, index, TrGrid.single(tr=3.0, start=0, stop=3))
     assert [distinct[int(v[0])] for v in values] == ["one", "two", "three"]
 
 

@@ -12,7 +12,7 @@ from tests.stimulus.conftest import level, write_movie
 
 
 def test_sample_times_are_sub_window_centres():
-    grid = TrGrid(tr=1.5, start=2, stop=4, onset_s=0.5)
+    grid = TrGrid.single(tr=1.5, start=2, stop=4, onset_s=0.5)
     np.testing.assert_allclose(sample_times(grid, 3), [[3.75, 4.25, 4.75], [5.25, 5.75, 6.25]])
 
 
@@ -29,7 +29,7 @@ def test_each_sample_is_the_frame_on_screen(tmp_path, variable, rng):
     else:
         times = np.arange(60) / 10.0  # 10 fps, 6 s
     path = write_movie(tmp_path / "m.mkv", list(times))
-    grid = TrGrid(tr=1.5, start=0, stop=3)
+    grid = TrGrid.single(tr=1.5, start=0, stop=3)
     aligned = extract_frames(path, grid, (32, 16), 3)
     assert aligned.values.shape == (3, 3, 3, 16, 32) and aligned.values.dtype == np.float32
     assert aligned.valid.all()
@@ -41,7 +41,7 @@ def test_each_sample_is_the_frame_on_screen(tmp_path, variable, rng):
 
 def test_movie_shorter_than_fmri_is_padded_and_said(tmp_path, caplog):
     path = write_movie(tmp_path / "m.mkv", list(np.arange(40) / 10.0))  # 4 s
-    aligned = extract_frames(path, TrGrid(tr=1.5, start=0, stop=5), (32, 16), 2)
+    aligned = extract_frames(path, TrGrid.single(tr=1.5, start=0, stop=5), (32, 16), 2)
     assert aligned.valid.tolist() == [True, True, False, False, False]
     assert np.all(aligned.values[2:] == 0)
     assert "3 TRs (crop TRs 2..4) have no video" in aligned.meta["notes"][0]
@@ -50,14 +50,14 @@ def test_movie_shorter_than_fmri_is_padded_and_said(tmp_path, caplog):
 
 def test_movie_longer_than_fmri_is_trimmed_and_said(tmp_path):
     path = write_movie(tmp_path / "m.mkv", list(np.arange(100) / 10.0))  # 10 s
-    aligned = extract_frames(path, TrGrid(tr=1.5, start=1, stop=3), (32, 16), 1)
+    aligned = extract_frames(path, TrGrid.single(tr=1.5, start=1, stop=3), (32, 16), 1)
     assert aligned.valid.all()
     assert "not used" in aligned.meta["notes"][0]
     assert abs(aligned.values[0, 0].mean() * 255 - level(22)) < 4  # crop start 1 -> t = 2.25 s
 
 
 def test_real_movie_frames(real_movie):
-    aligned = extract_frames(real_movie, TrGrid(tr=1.5, start=0, stop=20), (160, 90), 3)
+    aligned = extract_frames(real_movie, TrGrid.single(tr=1.5, start=0, stop=20), (160, 90), 3)
     assert aligned.values.shape == (20, 3, 3, 90, 160) and aligned.valid.all()
     assert 0.0 <= aligned.values.min() and aligned.values.max() <= 1.0 and aligned.values.std() > 0.05
     assert aligned.meta["frame_rate"] == 24.0
@@ -65,8 +65,8 @@ def test_real_movie_frames(real_movie):
 
 def test_missing_and_unreadable_video_are_named(tmp_path):
     with pytest.raises(InputDataError, match="stimulus.video.path: file not found"):
-        extract_frames(tmp_path / "nope.mp4", TrGrid(1.5, 0, 2), (8, 8), 1)
+        extract_frames(tmp_path / "nope.mp4", TrGrid.single(1.5, 0, 2), (8, 8), 1)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a movie at all")
     with pytest.raises(InputDataError, match=r"bad.mp4 is not a readable movie"):
-        extract_frames(bad, TrGrid(1.5, 0, 2), (8, 8), 1)
+        extract_frames(bad, TrGrid.single(1.5, 0, 2), (8, 8), 1)

@@ -69,11 +69,12 @@ def check_same_space(reference: RunHeader, other: RunHeader) -> None:
                 reference.label, reference.grid, reference.affine)
 
 
-def resolve_crop(headers: list[RunHeader], trs: tuple[int, int] | None) -> tuple[int, int]:
-    """The TR range every subject contributes, as ``(start, stop)`` file indices.
+def resolve_crop(headers: list[RunHeader], trs: tuple[int, int] | None, key: str = "fmri.trs") -> tuple[int, int]:
+    """The TR range every subject contributes to one run, as ``(start, stop)`` file indices.
 
-    With a crop, every run must reach ``stop``; without one, all runs must have the same
-    number of TRs (a silent truncation to the shortest would misalign the stimulus).
+    With a crop (spec key ``key``), every subject's run must reach ``stop``; without one,
+    all must have the same number of TRs (a silent truncation to the shortest would
+    misalign the stimulus).
     """
     if trs is not None:
         start, stop = trs
@@ -81,7 +82,7 @@ def resolve_crop(headers: list[RunHeader], trs: tuple[int, int] | None) -> tuple
         if short:
             listing = ", ".join(f"{h.label} has {h.n_trs}" for h in short)
             raise InputDataError(
-                f"fmri.trs asks for TRs [{start}, {stop}) but {listing}; "
+                f"{key} asks for TRs [{start}, {stop}) but {listing}; "
                 f"accepted: stop <= {min(h.n_trs for h in headers)}"
             )
         return start, stop
@@ -89,7 +90,7 @@ def resolve_crop(headers: list[RunHeader], trs: tuple[int, int] | None) -> tuple
     if len(set(counts.values())) > 1:
         listing = ", ".join(f"{label}: {n}" for label, n in counts.items())
         raise InputDataError(
-            f"subjects have different numbers of TRs ({listing}); give fmri.trs: [start, stop] "
+            f"subjects have different numbers of TRs ({listing}); give {key}: [start, stop] "
             f"to use the same TRs from each (at most {min(counts.values())})"
         )
     return 0, headers[0].n_trs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,35 +44,76 @@ def zscore_run(
             out[rows] = block
 
 
+@dataclass(frozen=True)
+class RunSource:
+    """One subject's run and what normalizes it.
+
+    crop : ``(start, stop)`` file TR indices.
+    mean, std : (n_voxels,) the statistics it is z-scored with.
+    operator : (n, n) cleaning operator (see :mod:`giblet_kedro.fmri.clean`), or None.
+    """
+
+    header: RunHeader
+    crop: tuple[int, int]
+    mean: np.ndarray
+    std: np.ndarray
+    operator: np.ndarray | None = None
+
+    @property
+    def n_trs(self) -> int:
+        return self.crop[1] - self.crop[0]
+
+
+def normalize_source(source: RunSource, columns: np.ndarray, block_trs: int, out: np.ndarray,
+                     accumulate: bool = False) -> None:
+    """Clean (if it has an operator) and z-score one run into ``out`` ((n_trs, n_voxels) float32)."""
+    if source.operator is None:
+        zscore_run(source.header, source.crop, columns, source.mean, source.std, block_trs, out, accumulate)
+        return
+    from giblet_kedro.fmri.clean import clean_run
+
+    cleaned = clean_run(source.header, source.crop, columns, source.operator, block_trs)
+    cleaned -= source.mean.astype(np.float32)
+    cleaned *= (1.0 / source.std).astype(np.float32)
+    if accumulate:
+        out += cleaned
+    else:
+        out[...] = cleaned
+
+
 def combine_subjects(
-    headers: Sequence[RunHeader],
-    crop: tuple[int, int],
+    subjects: Sequence[Sequence[RunSource]],
     columns: np.ndarray,
-    means: Sequence[np.ndarray],
-    stds: Sequence[np.ndarray],
     mode: str,
     block_trs: int,
 ) -> np.ndarray:
-    """Z-score every subject with its own statistics, then combine.
+    """Normalize every subject's runs with their own statistics, concatenate each subject's
+    runs in time, then combine subjects.
+
+    Parameters
+    ----------
+    subjects : per subject, its runs in concatenation order (the same crops for all).
 
     Returns
     -------
     ndarray, float32
         ``cross_subject``: the across-subject mean, shape (n_trs, n_voxels);
-        ``per_subject``: subjects kept apart, shape (n_subjects, n_trs, n_voxels).
-        Only one subject's block is in flight at a time.
+        ``per_subject``: subjects kept apart, shape (n_subjects, n_trs, n_voxels), where
+        ``n_trs`` is the sum of the runs' cropped TRs. One run is in flight at a time.
     """
-    n_trs = crop[1] - crop[0]
-    n_voxels = len(columns)
+    offsets = np.cumsum([0] + [run.n_trs for run in subjects[0]])
+    n_trs, n_voxels = int(offsets[-1]), len(columns)
     if mode == "cross_subject":
         total = np.zeros((n_trs, n_voxels), dtype=np.float32)
-        for header, mean, std in zip(headers, means, stds, strict=True):
-            zscore_run(header, crop, columns, mean, std, block_trs, total, accumulate=True)
-        total /= np.float32(len(headers))
+        for runs in subjects:
+            for offset, run in zip(offsets, runs, strict=False):
+                normalize_source(run, columns, block_trs, total[offset: offset + run.n_trs], accumulate=True)
+        total /= np.float32(len(subjects))
         return total
     if mode == "per_subject":
-        stacked = np.empty((len(headers), n_trs, n_voxels), dtype=np.float32)
-        for index, (header, mean, std) in enumerate(zip(headers, means, stds, strict=True)):
-            zscore_run(header, crop, columns, mean, std, block_trs, stacked[index])
+        stacked = np.empty((len(subjects), n_trs, n_voxels), dtype=np.float32)
+        for index, runs in enumerate(subjects):
+            for offset, run in zip(offsets, runs, strict=False):
+                normalize_source(run, columns, block_trs, stacked[index, offset: offset + run.n_trs])
         return stacked
     raise ValueError(f"unknown fmri.mode {mode!r}; accepted: 'cross_subject', 'per_subject'")

@@ -49,20 +49,42 @@ class RunningMoments:
             raise ValueError(f"{self.count} samples cannot give a std with ddof={ddof}")
         return np.sqrt(self.m2 / (self.count - ddof))
 
+    def select(self, columns) -> RunningMoments:
+        """The moments of some columns only."""
+        picked = RunningMoments(0)
+        picked.count, picked.mean, picked.m2 = self.count, self.mean[columns], self.m2[columns]
+        return picked
+
+    def merge(self, other: RunningMoments) -> None:
+        """Add another set of rows of the same columns (e.g. another run)."""
+        if other.count == 0:
+            return
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.count / total)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+        self.count = total
+
 
 @dataclass
 class SubjectMoments:
     """One subject's statistics over the voxels that were read (its ``columns``).
 
-    mean, std : (n_columns,) float64, over the training TRs.
+    mean, std : (n_columns,) float64, over the statistics TRs (normally the training TRs),
+        after cleaning when the run is cleaned.
     nonfinite : (n_columns,) bool, any NaN/inf in the crop.
     early_std : (n_columns,) float64 or None, std over the first TRs (lab mask rule).
+    moments : the running moments behind ``mean``/``std`` (to pool runs).
+    raw_var : (n_columns,) float64 or None; for a cleaned run, the variance before
+        cleaning over the same TRs (for the share of variance cleaning removed).
     """
 
     mean: np.ndarray
     std: np.ndarray
     nonfinite: np.ndarray
     early_std: np.ndarray | None
+    moments: RunningMoments | None = None
+    raw_var: np.ndarray | None = None
 
 
 def subject_moments(
@@ -107,6 +129,57 @@ def subject_moments(
         std=train_moments.std(ddof),
         nonfinite=nonfinite,
         early_std=early.std(ddof) if early is not None else None,
+        moments=train_moments,
+    )
+
+
+# A cleaned voxel whose std falls below this share of its raw std was constant before
+# cleaning (or fully explained by the confounds): float rounding, not signal.
+CLEANED_FLAT_RATIO = 1e-5
+
+
+def cleaned_moments(
+    header: RunHeader,
+    crop: tuple[int, int],
+    train: np.ndarray,
+    ddof: int,
+    block_trs: int,
+    operator: np.ndarray,
+    columns: np.ndarray | None = None,
+    early_trs: int | None = None,
+) -> SubjectMoments:
+    """Like :func:`subject_moments`, on the run cleaned by ``operator`` (see
+    :mod:`giblet_kedro.fmri.clean`); the raw moments come from the same single read.
+
+    ``early_std`` (lab mask rule) is taken on the raw data, as the lab did.
+    """
+    from giblet_kedro.fmri.clean import clean_run
+
+    start, stop = crop
+    n_columns = header.n_grid_voxels if columns is None else len(columns)
+    raw = RunningMoments(n_columns)
+    early = RunningMoments(n_columns) if early_trs else None
+    is_train = np.zeros(stop - start, dtype=bool)
+    is_train[train] = True
+
+    def observe(rows: slice, block: np.ndarray) -> None:
+        selected = is_train[rows]
+        raw.update(block if selected.all() else block[selected])
+        if early is not None and rows.start < early_trs:
+            early.update(block[: early_trs - rows.start])
+
+    cleaned = clean_run(header, crop, columns, operator, block_trs, on_block=observe)
+    nonfinite = ~np.isfinite(cleaned).all(axis=0)
+    moments = RunningMoments(n_columns)
+    moments.update(cleaned[train])
+    std = moments.std(ddof)
+    raw_std = raw.std(ddof)
+    with np.errstate(invalid="ignore"):
+        std = np.where((raw_std == 0) | (std <= CLEANED_FLAT_RATIO * raw_std), 0.0, std)
+    return SubjectMoments(
+        mean=moments.mean, std=std, nonfinite=nonfinite,
+        early_std=early.std(ddof) if early is not None else None,
+        moments=moments, raw_var=raw_std**2,
     )
 
 
@@ -115,12 +188,12 @@ def _ijk(columns_selected: np.ndarray, grid: tuple[int, int, int]) -> tuple[int,
     return int(i), int(j), int(k)
 
 
-def check_not_flat(subject: str, moments: SubjectMoments, path) -> None:
-    """A subject constant in every voxel (e.g. an all-zero file) is an error, not data."""
+def check_not_flat(label: str, moments: SubjectMoments, path) -> None:
+    """A run constant in every voxel (e.g. an all-zero file) is an error, not data."""
     usable = (moments.std > 0) & ~moments.nonfinite
     if not usable.any():
         raise InputDataError(
-            f"subject {subject!r} ({path}): every voxel is constant (or non-finite) over the "
+            f"{label} ({path}): every voxel is constant (or non-finite) over the "
             "training TRs, e.g. an all-zero file; it carries no signal to z-score. Remove the "
             "subject from fmri.subjects (or replace the file)"
         )
@@ -134,7 +207,7 @@ def auto_mask(moments: dict[str, SubjectMoments], grid: tuple[int, int, int]) ->
     keep = np.ones(int(np.prod(grid)), dtype=bool)
     for subject, m in moments.items():
         if m.nonfinite.any():
-            log.warning("subject %r: %d voxels hold NaN/inf and are left out of the auto mask",
+            log.warning("%s: %d voxels hold NaN/inf and are left out of the auto mask",
                         subject, int(m.nonfinite.sum()))
         keep &= (m.std > 0) & ~m.nonfinite
     if not keep.any():
@@ -151,7 +224,7 @@ def lab_mask(moments: dict[str, SubjectMoments], grid: tuple[int, int, int],
         early = np.where(m.nonfinite, 0.0, m.early_std)
         nonzero = early[early > 0]
         if nonzero.size == 0:
-            raise InputDataError(f"subject {subject!r}: no voxel varies over the first TRs (lab mask rule)")
+            raise InputDataError(f"{subject}: no voxel varies over the first TRs (lab mask rule)")
         votes += early > np.percentile(nonzero, percentile)
     needed = math.ceil(min_subject_fraction * len(moments) - 1e-9)
     keep = votes >= needed
@@ -175,7 +248,7 @@ def check_mask_usable(mask_columns_flat: np.ndarray, moments: dict[str, SubjectM
             if bad.any():
                 first = _ijk(mask_columns_flat[np.flatnonzero(bad)[0]], grid)
                 raise InputDataError(
-                    f"subject {subject!r}: {int(bad.sum())} voxels inside the {mask_kind} mask {what} "
+                    f"{subject}: {int(bad.sum())} voxels inside the {mask_kind} mask {what} "
                     f"(first at voxel i,j,k = {first}); they cannot be z-scored. Use a mask that "
                     "excludes them, or fmri.mask: auto (voxels that vary in every subject)"
                 )

@@ -13,9 +13,10 @@ from typing import Any
 
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.paths import data_dir, raw_dir
+from giblet_kedro.spec.bids import expand_bids
 from giblet_kedro.spec.fingerprint import DigestCache, code_version, hash_payload
 from giblet_kedro.spec.load import load_spec
-from giblet_kedro.spec.schema import STIMULUS_FILE_FIELDS, ExperimentSpec, StimulusSpec
+from giblet_kedro.spec.schema import STIMULUS_FILE_FIELDS, ExperimentSpec, StimulusSpec, run_key
 
 DEMO_PLACEHOLDER = "{demo}"
 
@@ -40,12 +41,13 @@ STAGES: dict[str, Stage] = {
             "fmri_stats",
             "03_primary",
             ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.stats", "giblet_kedro.fmri.checks", "giblet_kedro.fmri.split",
-             "giblet_kedro.pipelines.fmri.nodes"),
+             "giblet_kedro.fmri.clean", "giblet_kedro.spec.bids", "giblet_kedro.pipelines.fmri.nodes"),
         ),
         Stage(
             "fmri_tensor",
             "05_model_input",
-            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.pipelines.fmri.nodes"),
+            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.fmri.clean",
+             "giblet_kedro.pipelines.fmri.nodes"),
         ),
         Stage("video_frames_tr", "04_feature", ("giblet_kedro.stimulus.video", "giblet_kedro.stimulus.aligned",
                                                   "giblet_kedro.pipelines.stimulus.nodes")),
@@ -63,7 +65,8 @@ STAGES: dict[str, Stage] = {
         Stage(
             "fmri_heldout",
             "05_model_input",
-            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.pipelines.fmri.nodes"),
+            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.fmri.clean",
+             "giblet_kedro.pipelines.fmri.nodes"),
         ),
     )
 }
@@ -141,11 +144,20 @@ def _resolve_paths(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
         return None if value is None else str(resolve_path(value, demo_fp))
 
     fmri = spec.fmri
-    update: dict[str, Any] = {"fmri": fmri.model_copy(update={
-        "subjects": {sid: resolve(p) for sid, p in fmri.subject_files().items()},
+    fmri_update: dict[str, Any] = {
+        "subjects": {sid: {run: resolve(p) for run, p in runs.items()} for sid, runs in fmri.subject_files().items()},
         "heldout": {sid: resolve(p) for sid, p in fmri.heldout.items()},
         "mask": fmri.mask if fmri.mask in ("auto", "lab") else resolve(fmri.mask),
-    })}
+    }
+    confounds = fmri.clean.confounds if fmri.clean else None
+    if confounds is not None:
+        fmri_update["clean"] = fmri.clean.model_copy(update={"confounds": confounds.model_copy(update={
+            "files": {sid: {run: resolve(p) for run, p in runs.items()}
+                      for sid, runs in fmri.confound_table_files().items()},
+            "pattern": None,
+            "heldout": {sid: resolve(p) for sid, p in confounds.heldout.items()},
+        })})
+    update: dict[str, Any] = {"fmri": fmri.model_copy(update=fmri_update)}
     stim = spec.stimulus
     if stim is not None:
         parts = {}
@@ -163,12 +175,15 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
     With ``check_files=False`` missing raw files do not raise (their fingerprint is
     marked missing): used to display a spec or list caches before data exist.
     """
+    if spec.fmri.bids is not None:
+        spec = expand_bids(spec, resolve_path(spec.fmri.bids.root, None))
     demo_fp = None
     reads: dict[str, dict[str, Any]] = {}
     fps: dict[str, str] = {}
     if spec.demo is not None:
         demo_files = {
-            "subjects": {s: p for s, p in spec.fmri.subject_files().items() if DEMO_PLACEHOLDER in p},
+            "subjects": {k: p for k, p in spec.fmri.run_files.items() if DEMO_PLACEHOLDER in p},
+            "onsets": spec.run_onsets(),
             "heldout": {s: p for s, p in spec.fmri.heldout.items() if DEMO_PLACEHOLDER in p},
             "tr": spec.fmri.tr,
         }
@@ -188,16 +203,22 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
             return "missing"
 
     fmri = spec.fmri
-    subject_fps = {sid: file_fp(p, f"fmri.subjects[{sid!r}]") for sid, p in fmri.subject_files().items()}
+    subject_fps = {run_key(sid, run): file_fp(p, fmri.file_label(sid, run))
+                   for sid, runs in fmri.subject_files().items() for run, p in runs.items()}
     mask_fp = fmri.mask if fmri.mask in ("auto", "lab") else file_fp(fmri.mask, "fmri.mask")
+    clean = fmri.clean.model_dump(mode="json", exclude={"confounds": {"files", "pattern", "heldout"}}) \
+        if fmri.clean else None
     reads["fmri_stats"] = {
         "subjects": subject_fps,
+        "runs": {run: {"crop": fmri.run_crop(run)} for run in fmri.run_ids},
         "mask": mask_fp,
         "lab_mask": fmri.lab_mask.model_dump(mode="json") if fmri.mask == "lab" else None,
         "tr": fmri.tr,
-        "trs": fmri.trs,
         "ddof": fmri.zscore.ddof,
         "split": fmri.split.model_dump(mode="json"),
+        "clean": clean,
+        "confounds": {run_key(sid, run): file_fp(p, fmri.file_label(sid, run, "fmri.clean.confounds.files"))
+                      for sid, runs in fmri.confound_table_files().items() for run, p in runs.items()},
         "chunk_trs": fmri.chunk_trs,
         "code": code_version(STAGES["fmri_stats"].code_modules),
     }
@@ -208,6 +229,8 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
     reads["fmri_heldout"] = {
         "fmri_stats": fps["fmri_stats"],
         "heldout": {sid: file_fp(p, f"fmri.heldout[{sid!r}]") for sid, p in fmri.heldout.items()},
+        "confounds": {sid: file_fp(p, f"fmri.clean.confounds.heldout[{sid!r}]")
+                      for sid, p in fmri.heldout_confound_files.items()},
         "code": code_version(STAGES["fmri_heldout"].code_modules),
     }
     fps["fmri_heldout"] = hash_payload(reads["fmri_heldout"])
@@ -222,13 +245,14 @@ def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp
     """Each modality is fingerprinted apart (a changed bandwidth recomputes audio only);
     the HRF step apart from extraction (a changed HRF never re-decodes the movie).
 
-    Every modality depends on the fMRI TR grid (TR, crop, onset; without a crop the TR
-    count comes from the runs, so their fingerprints stand in for it), never on the
-    fMRI normalisation.
+    Every modality depends on the fMRI TR grid (TR, each run's crop and movie onset;
+    without a crop a run's TR count comes from its files, so their fingerprints stand in
+    for it), never on the fMRI normalisation.
     """
     stim, fmri = spec.stimulus or StimulusSpec(), spec.fmri
-    grid = {"tr": fmri.tr, "trs": fmri.trs, "onset_s": stim.onset_s,
-            "runs": None if fmri.trs is not None else subject_fps}
+    onsets = spec.run_onsets()
+    grid = {"tr": fmri.tr, "runs": {run: {"crop": fmri.run_crop(run), "onset_s": onsets[run]} for run in fmri.run_ids},
+            "files": None if all(fmri.run_crop(r) is not None for r in fmri.run_ids) else subject_fps}
     weights_fp = lambda part, key: file_fp(part.weights, f"stimulus.{key}.weights") if part.weights else None  # noqa: E731
     sections = {
         "video_frames_tr": stim.video and {

@@ -13,11 +13,13 @@ from typing import Annotated, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -34,11 +36,36 @@ class StrictModel(BaseModel):
 
 
 # --------------------------------------------------------------------------- fMRI
+RunId = Annotated[str, Field(pattern=SUBJECT_ID)]
+# The run id of a subject given as one file.
+DEFAULT_RUN = "1"
+# One subject's runs: one file, files in run order (ids "1", "2", ...), or run id -> file.
+SubjectRuns = str | Annotated[list[str], Field(min_length=1)] | Annotated[dict[RunId, str], Field(min_length=1)]
+
+
+def runs_of(value: SubjectRuns) -> dict[str, str]:
+    """One subject's ``SubjectRuns`` as run id -> path, in run order."""
+    if isinstance(value, str):
+        return {DEFAULT_RUN: value}
+    if isinstance(value, list):
+        return {str(i + 1): path for i, path in enumerate(value)}
+    return dict(value)
+
+
+def _unique_ids(value: list[str], what: str) -> list[str]:
+    duplicates = sorted({v for v in value if value.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"{what} must be unique; repeated: {duplicates}")
+    return value
+
+
 class SubjectPattern(StrictModel):
-    """Subjects given as a path pattern plus ids, e.g. ``raw/sub-{id}_bold.nii.gz``."""
+    """Subjects given as a path pattern plus ids, e.g. ``raw/sub-{id}_bold.nii.gz``;
+    with ``runs``, the pattern also holds ``{run}``: ``raw/sub-{id}_run-{run}_bold.nii.gz``."""
 
     pattern: str
     ids: list[SubjectId] = Field(min_length=1)
+    runs: list[RunId] | None = Field(default=None, min_length=1)
 
     @field_validator("pattern")
     @classmethod
@@ -50,9 +77,39 @@ class SubjectPattern(StrictModel):
     @field_validator("ids")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
-        duplicates = sorted({v for v in value if value.count(v) > 1})
-        if duplicates:
-            raise ValueError(f"subject ids must be unique; repeated: {duplicates}")
+        return _unique_ids(value, "subject ids")
+
+    @model_validator(mode="after")
+    def _run_placeholder(self) -> SubjectPattern:
+        _unique_ids(self.runs or [], "run ids")
+        if self.runs is not None and "{run}" not in self.pattern:
+            raise ValueError("with 'runs' the pattern must contain '{run}', e.g. 'raw/sub-{id}_run-{run}_bold.nii.gz'")
+        if self.runs is None and "{run}" in self.pattern:
+            raise ValueError("the pattern contains '{run}'; list the run ids in 'runs', e.g. runs: ['1', '2']")
+        return self
+
+    def files(self) -> dict[str, dict[str, str]]:
+        runs = self.runs or [DEFAULT_RUN]
+        return {sid: {run: self.pattern.replace("{id}", sid).replace("{run}", run) for run in runs}
+                for sid in self.ids}
+
+
+class RunSpec(StrictModel):
+    """Settings of one run (the same for every subject).
+
+    ``onset_s``: movie time, in seconds, at which the run's first volume (file TR 0)
+    began. ``trs``: this run's crop, in TRs of its file (default: ``fmri.trs``, or the
+    whole run).
+    """
+
+    onset_s: NonNegativeFloat | None = None
+    trs: tuple[NonNegativeInt, PositiveInt] | None = None
+
+    @field_validator("trs")
+    @classmethod
+    def _crop_ordered(cls, value):
+        if value is not None and value[1] <= value[0]:
+            raise ValueError(f"[start, stop] needs stop > start, got {list(value)}")
         return value
 
 
@@ -63,22 +120,52 @@ class ZScoreSpec(StrictModel):
 
 
 class SplitSpec(StrictModel):
-    """Contiguous blocks of TRs, in time order: train, then val, then test.
+    """Which TRs train, validate and test.
 
-    Fractions of the cropped run; block sizes are rounded to whole TRs.
+    ``by: blocks`` (default): in each run, contiguous blocks in time order (train, then
+    val, then test); ``val`` and ``test`` are fractions of the run's cropped TRs,
+    rounded to whole TRs. ``by: run``: ``test`` lists the runs held out whole; ``val``
+    lists runs too, or is a fraction: the last TRs of each training run (e.g. train on
+    run 1 with its last 10% for validation, test on run 2).
     """
 
-    val: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    test: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    by: Literal["blocks", "run"] = "blocks"
+    val: Annotated[float, Field(ge=0.0, lt=1.0)] | list[RunId] = 0.1
+    test: Annotated[float, Field(ge=0.0, lt=1.0)] | list[RunId] = 0.1
 
     @model_validator(mode="after")
-    def _leaves_training_data(self) -> SplitSpec:
-        if self.val + self.test >= 0.9:
-            raise ValueError(
-                f"val + test = {self.val + self.test:g} leaves less than 10% of TRs for training; "
-                "accepted: val + test < 0.9"
-            )
+    def _consistent(self) -> SplitSpec:
+        if self.by == "blocks":
+            if isinstance(self.val, list) or isinstance(self.test, list):
+                raise ValueError(
+                    "with by: blocks, val and test are fractions of each run's TRs (e.g. 0.1); "
+                    "to hold out whole runs write by: run, test: [...]"
+                )
+            if self.val + self.test >= 0.9:
+                raise ValueError(
+                    f"val + test = {self.val + self.test:g} leaves less than 10% of TRs for training; "
+                    "accepted: val + test < 0.9"
+                )
+            return self
+        if not isinstance(self.test, list):
+            raise ValueError("with by: run, test lists run ids (e.g. test: ['2']); val lists run ids or is a "
+                             "fraction of each training run")
+        if isinstance(self.val, list):
+            both = sorted(set(self.val) & set(self.test))
+            if both:
+                raise ValueError(f"runs {both} are in both val and test; a run belongs to one split")
+        elif self.val >= 0.9:
+            raise ValueError(f"val = {self.val:g} leaves less than 10% of each training run; accepted: val < 0.9")
         return self
+
+    @property
+    def val_runs(self) -> list[str]:
+        return list(self.val) if isinstance(self.val, list) else []
+
+    def split_of_run(self, run: str) -> str:
+        """``by: run`` only: 'train', 'val' or 'test' (a training run may still end in a
+        validation block when ``val`` is a fraction)."""
+        return "val" if run in self.val_runs else "test" if run in self.test else "train"
 
 
 class LabMaskRule(StrictModel):
@@ -94,14 +181,91 @@ class LabMaskRule(StrictModel):
     min_subject_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
-class FmriSpec(StrictModel):
-    """The fMRI stage: per-subject 4D NIfTI -> mask -> z-score -> (average)."""
+class ConfoundSpec(StrictModel):
+    """Confound tables to regress out, one per subject and run.
 
-    subjects: dict[SubjectId, str] | SubjectPattern
+    ``files`` (same shape as ``fmri.subjects``) or ``pattern`` (with ``{id}`` and, for
+    several runs, ``{run}``); with ``fmri.bids`` neither: fMRIPrep's
+    ``*_desc-confounds_timeseries.tsv`` are found by name. A ``.tsv``/``.csv`` has a
+    header row; any other file is whitespace-separated numbers without a header (SPM's
+    ``rp_*.txt``). ``columns``: header names (or 0-based indices for headerless files) to
+    use; all if omitted. ``skip_rows``: rows that precede the run's first volume (volumes
+    discarded from the brain data only); without it the table must have one row per
+    volume. ``heldout``: subject id -> table for ``fmri.heldout`` runs.
+    """
+
+    files: dict[SubjectId, SubjectRuns] | None = None
+    pattern: str | None = None
+    columns: list[str | NonNegativeInt] | None = Field(default=None, min_length=1)
+    skip_rows: NonNegativeInt | None = None
+    standardize: bool = True
+    heldout: dict[SubjectId, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ConfoundSpec:
+        if self.files is not None and self.pattern is not None:
+            raise ValueError("give confound tables as 'files' or as 'pattern', not both")
+        if self.pattern is not None and "{id}" not in self.pattern:
+            raise ValueError("the confound pattern must contain '{id}' (and '{run}' for several runs)")
+        return self
+
+
+class CleanSpec(StrictModel):
+    """Signal cleaning before the z-score, by nilearn's ``signal.clean`` (off unless
+    ``fmri.clean`` is given). Each run is cleaned on its own, after its crop."""
+
+    detrend: bool = True
+    high_pass_hz: PositiveFloat | None = None
+    low_pass_hz: PositiveFloat | None = None
+    filter: Literal["butterworth", "cosine"] = "butterworth"
+    confounds: ConfoundSpec | None = None
+
+    @model_validator(mode="after")
+    def _bands(self) -> CleanSpec:
+        if self.high_pass_hz and self.low_pass_hz and self.high_pass_hz >= self.low_pass_hz:
+            raise ValueError(f"high_pass_hz ({self.high_pass_hz:g}) must be below low_pass_hz ({self.low_pass_hz:g})")
+        if self.filter == "cosine" and self.low_pass_hz:
+            raise ValueError("filter: cosine is a high-pass filter only; use filter: butterworth for low_pass_hz")
+        return self
+
+
+class BidsSpec(StrictModel):
+    """Find subjects, runs, TR and confounds in a BIDS (or fMRIPrep derivatives) folder.
+
+    Files matched: ``sub-<id>/[ses-*/]func/sub-<id>[_ses-*]_task-<task>[_run-<run>]
+    [_space-<space>][_desc-<desc>]_bold.nii[.gz]``. ``subjects``: ids to use (default:
+    every subject found).
+    """
+
+    root: str
+    task: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")]
+    space: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] | None = None
+    desc: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] | None = None
+    subjects: list[SubjectId] | None = Field(default=None, min_length=1)
+
+
+def _subjects_kind(value) -> str:
+    """A mapping with a ``pattern`` key is a pattern; any other maps ids to files."""
+    if isinstance(value, SubjectPattern) or (isinstance(value, dict) and "pattern" in value):
+        return "subject-pattern"
+    return "subject-files"
+
+
+class FmriSpec(StrictModel):
+    """The fMRI stage: per-subject 4D NIfTI runs -> crop -> (clean) -> mask -> z-score
+    per run -> concatenate runs -> (average subjects)."""
+
+    subjects: Annotated[
+        Annotated[SubjectPattern, Tag("subject-pattern")] | Annotated[dict[SubjectId, SubjectRuns], Tag("subject-files")],
+        Discriminator(_subjects_kind),
+    ] | None = None
+    bids: BidsSpec | None = None
+    runs: dict[RunId, RunSpec] = Field(default_factory=dict)
     mask: str = "auto"
     lab_mask: LabMaskRule = LabMaskRule()
-    tr: PositiveFloat
+    tr: PositiveFloat | None = None
     trs: tuple[NonNegativeInt, PositiveInt] | None = None
+    clean: CleanSpec | None = None
     zscore: ZScoreSpec = ZScoreSpec()
     mode: Literal["cross_subject", "per_subject"] = "cross_subject"
     split: SplitSpec = SplitSpec()
@@ -130,31 +294,136 @@ class FmriSpec(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _heldout_subjects_known(self) -> FmriSpec:
-        unknown = sorted(set(self.heldout) - set(self.subject_ids))
+    def _source(self) -> FmriSpec:
+        if (self.subjects is None) == (self.bids is None):
+            raise ValueError("give the runs either as 'subjects' (files or a pattern) or as 'bids' (a BIDS folder)")
+        if self.tr is None and self.bids is None:
+            raise ValueError("fmri.tr is required (seconds per volume); it may be left out only with fmri.bids, "
+                             "whose sidecar JSON gives it")
+        return self
+
+    @model_validator(mode="after")
+    def _runs_consistent(self) -> FmriSpec:
+        if self.subjects is None:  # BIDS: checked once the folder has been read
+            return self
+        files = self.subject_files()
+        expected = list(next(iter(files.values())))
+        for sid, runs in files.items():
+            if list(runs) != expected:
+                raise ValueError(
+                    f"subject {sid!r} has runs {list(runs)} but subject {next(iter(files))!r} has {expected}; "
+                    "every subject needs the same runs, in the same order (they are averaged TR by TR)"
+                )
+        unknown = sorted(set(self.runs) - set(expected))
+        if unknown:
+            raise ValueError(f"fmri.runs names runs {unknown} that no subject has; runs: {expected}")
+        if self.split.by == "run":
+            named = [*self.split.val_runs, *self.split.test]
+            unknown = sorted(set(named) - set(expected))
+            if unknown:
+                raise ValueError(f"fmri.split names runs {unknown}; the subjects' runs are {expected}")
+            if not set(expected) - set(named):
+                raise ValueError(f"fmri.split leaves no run for training (runs: {expected})")
+        unknown = sorted(set(self.heldout) - set(files))
         if unknown:
             raise ValueError(
                 f"heldout names subjects {unknown} that are not in fmri.subjects "
-                f"({self.subject_ids}); held-out runs are normalized with a training subject's stats"
+                f"({list(files)}); held-out runs are normalized with a training subject's stats"
             )
+        confounds = self.clean.confounds if self.clean else None
+        if confounds is not None:
+            if confounds.files is None and confounds.pattern is None:
+                raise ValueError("fmri.clean.confounds needs 'files' or 'pattern' (or fmri.bids, which finds them)")
+            if confounds.files is not None:
+                table_files = {sid: runs_of(v) for sid, v in confounds.files.items()}
+                wrong = {sid: list(table_files.get(sid, {})) for sid in files
+                         if list(table_files.get(sid, {})) != list(files[sid])}
+                if wrong:
+                    raise ValueError(
+                        f"fmri.clean.confounds.files must give one table per subject and run ({expected}); "
+                        f"these subjects do not match: {wrong}"
+                    )
+            if confounds.pattern is not None and len(expected) > 1 and "{run}" not in confounds.pattern:
+                raise ValueError("with several runs the confound pattern must contain '{run}'")
+            missing = sorted(set(self.heldout) - set(confounds.heldout))
+            if missing:
+                raise ValueError(
+                    f"confounds are regressed out of every run, so the held-out runs of subjects {missing} "
+                    "need tables too: give fmri.clean.confounds.heldout: {id: file}"
+                )
         return self
 
     @property
     def subject_ids(self) -> list[str]:
         if isinstance(self.subjects, SubjectPattern):
             return list(self.subjects.ids)
-        return list(self.subjects)
+        return list(self.subjects or {})
+
+    @property
+    def run_ids(self) -> list[str]:
+        """Run ids in concatenation order (the same for every subject)."""
+        files = self.subject_files()
+        return list(next(iter(files.values()))) if files else []
+
+    def run_crop(self, run: str) -> tuple[int, int] | None:
+        """The run's crop in file TRs: ``runs[run].trs``, else ``fmri.trs``, else None (whole run)."""
+        settings = self.runs.get(run)
+        return settings.trs if settings is not None and settings.trs is not None else self.trs
+
+    def file_label(self, subject: str, run: str, key: str = "fmri.subjects") -> str:
+        """The spec key of one run's file: ``fmri.subjects['01']`` (one run) or
+        ``fmri.subjects['01']['2']``."""
+        return f"{key}[{subject!r}]" + (f"[{run!r}]" if len(self.run_ids) > 1 else "")
+
+    @property
+    def run_files(self) -> dict[str, str]:
+        """``"<subject>/<run>"`` -> path, for every subject and run (the catalog's keys)."""
+        return {run_key(sid, run): path for sid, runs in self.subject_files().items() for run, path in runs.items()}
+
+    def confound_table_files(self) -> dict[str, dict[str, str]]:
+        """Subject -> run -> confound table path (empty when confounds are not regressed)."""
+        confounds = self.clean.confounds if self.clean else None
+        if confounds is None or self.subjects is None:
+            return {}
+        if confounds.files is not None:
+            return {sid: runs_of(confounds.files[sid]) for sid in self.subject_ids}
+        if confounds.pattern is None:
+            return {}
+        return {sid: {run: confounds.pattern.replace("{id}", sid).replace("{run}", run) for run in runs}
+                for sid, runs in self.subject_files().items()}
+
+    @property
+    def confound_files(self) -> dict[str, str]:
+        """``"<subject>/<run>"`` -> confound table (the catalog's keys)."""
+        return {run_key(sid, run): path for sid, runs in self.confound_table_files().items()
+                for run, path in runs.items()}
+
+    @property
+    def heldout_confound_files(self) -> dict[str, str]:
+        confounds = self.clean.confounds if self.clean else None
+        return {sid: confounds.heldout[sid] for sid in self.heldout} if confounds is not None else {}
 
     @property
     def mask_files(self) -> dict[str, str]:
         """``{"mask": path}`` when the mask is a file, else empty."""
         return {} if self.mask in ("auto", "lab") else {"mask": self.mask}
 
-    def subject_files(self) -> dict[str, str]:
-        """Subject id -> path as written in the spec (not yet resolved)."""
+    def subject_files(self) -> dict[str, dict[str, str]]:
+        """Subject id -> run id -> path, as written in the spec (not yet resolved)."""
         if isinstance(self.subjects, SubjectPattern):
-            return {i: self.subjects.pattern.replace("{id}", i) for i in self.subjects.ids}
-        return dict(self.subjects)
+            return self.subjects.files()
+        return {sid: runs_of(value) for sid, value in (self.subjects or {}).items()}
+
+
+def run_key(subject: str, run: str) -> str:
+    """The key of one subject's run in catalog datasets: ``"<subject>/<run>"`` (ids never
+    contain '/')."""
+    return f"{subject}/{run}"
+
+
+def split_run_key(key: str) -> tuple[str, str]:
+    subject, _, run = key.partition("/")
+    return subject, run
 
 
 # ----------------------------------------------------------------------- stimulus
@@ -288,7 +557,9 @@ class ExperimentSpec(StrictModel):
     @model_validator(mode="after")
     def _demo_placeholder_needs_demo(self) -> ExperimentSpec:
         if self.demo is not None:
-            fmri_paths = {**self.fmri.subject_files(), **{f"heldout {k}": v for k, v in self.fmri.heldout.items()}}
+            if self.fmri.bids is not None:
+                raise ValueError("a 'demo' spec generates its own runs; it cannot also read fmri.bids")
+            fmri_paths = {**self.fmri.run_files, **{f"heldout {k}": v for k, v in self.fmri.heldout.items()}}
             outside = sorted(k for k, p in fmri_paths.items() if "{demo}" not in p)
             if outside:
                 raise ValueError(
@@ -304,11 +575,37 @@ class ExperimentSpec(StrictModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _run_onsets(self) -> ExperimentSpec:
+        given = {run: s.onset_s for run, s in self.fmri.runs.items() if s.onset_s is not None}
+        if given and self.stimulus is not None and self.stimulus.onset_s != 0:
+            raise ValueError(
+                "the movie onset is given twice: stimulus.onset_s and fmri.runs[...].onset_s; "
+                "with runs, give each run's onset in fmri.runs and leave stimulus.onset_s out"
+            )
+        runs = self.fmri.run_ids
+        if self.stimulus is not None and len(runs) > 1:
+            missing = [run for run in runs if run not in given]
+            if missing:
+                raise ValueError(
+                    f"with several runs each needs its movie onset: give fmri.runs[run].onset_s "
+                    f"(seconds of movie at the run's first volume) for runs {missing}"
+                )
+        return self
+
+    def run_onsets(self) -> dict[str, float]:
+        """Run id -> movie seconds at the run's first volume (file TR 0)."""
+        return run_onsets(self.fmri, self.stimulus)
+
     def input_files(self) -> dict[str, str]:
-        """Every file the spec reads, keyed by its spec key path (e.g. ``fmri.subjects['01']``)."""
-        files = {f"fmri.subjects[{sid!r}]": p for sid, p in self.fmri.subject_files().items()}
+        """Every file the spec reads, keyed by its spec key path (e.g. ``fmri.subjects['01']['1']``)."""
+        files = {self.fmri.file_label(sid, run): p
+                 for sid, runs in self.fmri.subject_files().items() for run, p in runs.items()}
         files |= {f"fmri.heldout[{sid!r}]": p for sid, p in self.fmri.heldout.items()}
         files |= {f"fmri.{key}": p for key, p in self.fmri.mask_files.items()}
+        files |= {self.fmri.file_label(sid, run, "fmri.clean.confounds.files"): p
+                  for sid, runs in self.fmri.confound_table_files().items() for run, p in runs.items()}
+        files |= {f"fmri.clean.confounds.heldout[{sid!r}]": p for sid, p in self.fmri.heldout_confound_files.items()}
         if self.stimulus is not None:
             for section, keys in STIMULUS_FILE_FIELDS.items():
                 part = getattr(self.stimulus, section)
@@ -317,3 +614,10 @@ class ExperimentSpec(StrictModel):
                         files[f"stimulus.{section}.{key}"] = getattr(part, key)
         return files
 
+
+def run_onsets(fmri: FmriSpec, stimulus: StimulusSpec | None) -> dict[str, float]:
+    """Run id -> movie seconds at the run's first volume (file TR 0): ``fmri.runs[run].onset_s``,
+    else ``stimulus.onset_s`` (one run), else 0."""
+    default = stimulus.onset_s if stimulus is not None else 0.0
+    given = {run: s.onset_s for run, s in fmri.runs.items() if s.onset_s is not None}
+    return {run: given.get(run, default) for run in fmri.run_ids}

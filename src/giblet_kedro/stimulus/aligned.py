@@ -9,19 +9,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from giblet_kedro.errors import InputDataError
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrGrid:
-    """The experiment's TR grid in movie time.
+class GridRun:
+    """One fMRI run on the movie: file TRs ``[start, stop)``; ``onset_s`` is the movie time
+    at which the run's first volume (file TR 0) began."""
 
-    TR ``i`` of the crop is the window ``[onset_s + (start + i) * tr, ... + tr)`` seconds
-    of the movie, where ``start`` is the crop's first file TR and ``onset_s`` the movie
-    time at which the run's first volume began.
-    """
-
-    tr: float
+    run: str
     start: int
     stop: int
     onset_s: float = 0.0
@@ -30,21 +28,71 @@ class TrGrid:
     def n_trs(self) -> int:
         return self.stop - self.start
 
+    def window_starts(self, tr: float) -> np.ndarray:
+        return self.onset_s + (self.start + np.arange(self.n_trs)) * tr
+
+    def describe(self) -> dict[str, Any]:
+        return {"run": self.run, "crop": [self.start, self.stop], "onset_s": self.onset_s, "n_trs": self.n_trs}
+
+
+@dataclass(frozen=True)
+class TrGrid:
+    """The experiment's TR grid in movie time: its runs, concatenated in order.
+
+    Row ``i`` of a run is the window ``[onset_s + (start + i) * tr, ... + tr)`` seconds of
+    the movie. Runs follow each other in the movie (checked), so frame times only grow.
+    """
+
+    tr: float
+    runs: tuple[GridRun, ...]
+
+    def __post_init__(self):
+        if not self.runs:
+            raise ValueError("a TR grid needs at least one run")
+        for before, after in zip(self.runs, self.runs[1:], strict=False):
+            end = before.onset_s + before.stop * self.tr
+            begin = after.onset_s + after.start * self.tr
+            if begin < end - 1e-6:
+                raise InputDataError(
+                    f"run {after.run!r} starts at {begin:.2f} s of the movie, before run {before.run!r} ends "
+                    f"({end:.2f} s); runs must follow each other in the movie: check fmri.runs[...].onset_s"
+                )
+
+    @classmethod
+    def single(cls, tr: float, start: int, stop: int, onset_s: float = 0.0, run: str = "1") -> TrGrid:
+        """A grid of one run."""
+        return cls(tr=float(tr), runs=(GridRun(run, int(start), int(stop), float(onset_s)),))
+
+    @property
+    def n_trs(self) -> int:
+        return sum(run.n_trs for run in self.runs)
+
     def window_starts(self) -> np.ndarray:
         """(n_trs,) movie seconds at which each TR's window begins."""
-        return self.onset_s + (self.start + np.arange(self.n_trs)) * self.tr
+        return np.concatenate([run.window_starts(self.tr) for run in self.runs])
 
     @property
     def end_s(self) -> float:
-        return float(self.onset_s + self.stop * self.tr)
+        last = self.runs[-1]
+        return float(last.onset_s + last.stop * self.tr)
 
     def describe(self) -> dict[str, Any]:
-        return {"tr": self.tr, "crop": [self.start, self.stop], "onset_s": self.onset_s, "n_trs": self.n_trs}
+        return {"tr": self.tr, "n_trs": self.n_trs, "runs": [run.describe() for run in self.runs]}
 
     @classmethod
-    def from_split(cls, split: pd.DataFrame, tr: float, onset_s: float) -> TrGrid:
-        file_trs = split["file_tr"].to_numpy()
-        return cls(tr=float(tr), start=int(file_trs[0]), stop=int(file_trs[-1]) + 1, onset_s=float(onset_s))
+    def from_split(cls, split: pd.DataFrame, tr: float, onsets: dict[str, float]) -> TrGrid:
+        """The grid of the fMRI split table's runs; ``onsets``: run id -> movie seconds."""
+        runs = []
+        for run, part in split.groupby("run", sort=False):
+            file_trs = part["file_tr"].to_numpy()
+            runs.append(GridRun(str(run), int(file_trs[0]), int(file_trs[-1]) + 1, float(onsets[str(run)])))
+        return cls(tr=float(tr), runs=tuple(runs))
+
+
+def run_segments(grid: dict[str, Any]) -> list[slice]:
+    """Rows of each run in a TR-aligned array, from its ``meta["grid"]``."""
+    bounds = np.cumsum([0] + [run["n_trs"] for run in grid["runs"]])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 @dataclass

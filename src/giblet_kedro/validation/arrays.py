@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-REQUIRED_STATS_KEYS = ("subject_ids", "mask", "affine", "ddof", "train_trs")
+REQUIRED_STATS_KEYS = ("subject_ids", "run_ids", "mask", "affine", "ddof", "train_trs")
 
 
 def _finite(name: str, array: np.ndarray) -> None:
@@ -13,8 +13,9 @@ def _finite(name: str, array: np.ndarray) -> None:
 
 
 def validate_norm_stats(stats: dict[str, np.ndarray]) -> None:
-    """``fmri_norm_stats``: every key of the contract; per subject, finite mean and std
-    of shape (n_mask_voxels,) with std > 0; a boolean 3D mask; a finite 4x4 affine."""
+    """``fmri_norm_stats``: every key of the contract; per subject (pooled) and per
+    subject and run, finite mean and std of shape (n_mask_voxels,) with std > 0; a
+    boolean 3D mask; a finite 4x4 affine."""
     missing = [k for k in REQUIRED_STATS_KEYS if k not in stats]
     if missing:
         raise ValueError(f"norm stats lack keys {missing}")
@@ -34,17 +35,19 @@ def validate_norm_stats(stats: dict[str, np.ndarray]) -> None:
     ids = [str(s) for s in np.atleast_1d(stats["subject_ids"])]
     if not ids:
         raise ValueError("subject_ids is empty")
-    for sid in ids:
+    runs = [str(r) for r in np.atleast_1d(stats["run_ids"])]
+    prefixes = [f"subject_{sid}" for sid in ids] + [f"subject_{sid}_run_{run}" for sid in ids for run in runs]
+    for prefix in prefixes:
         for part in ("mean", "std"):
-            key = f"subject_{sid}_{part}"
+            key = f"{prefix}_{part}"
             if key not in stats:
-                raise ValueError(f"norm stats lack {key} for subject {sid!r}")
+                raise ValueError(f"norm stats lack {key}")
             values = np.asarray(stats[key])
             if values.shape != (n_voxels,):
                 raise ValueError(f"{key} has shape {values.shape}; the mask has {n_voxels} voxels")
             _finite(key, values)
-        if not (np.asarray(stats[f"subject_{sid}_std"]) > 0).all():
-            raise ValueError(f"subject_{sid}_std has zero entries: those voxels cannot be z-scored")
+        if not (np.asarray(stats[f"{prefix}_std"]) > 0).all():
+            raise ValueError(f"{prefix}_std has zero entries: those voxels cannot be z-scored")
 
 
 def validate_fmri_tensor(tensor: np.ndarray) -> None:

@@ -26,7 +26,7 @@ from giblet_kedro.demo.generate import (
     subject_run,
 )
 from giblet_kedro.errors import SpecError
-from giblet_kedro.spec.schema import DemoSpec, FmriSpec
+from giblet_kedro.spec.schema import DemoSpec, FmriSpec, run_key, run_onsets
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,23 @@ def generate_demo(
     heldout_features = per_tr_features(heldout_stimulus, demo.tr, heldout_n)
     heldout_response = shared_response(heldout_features, weights, demo.tr)
 
+    parts = demo_run_parts(fmri, demo)
     runs, heldout = {}, {}
     for index, sid in enumerate(fmri.subject_ids):
-        # Seeded per subject, so a subject's run and held-out run share its baseline/gain.
+        # Seeded per subject (and run), so a subject's runs and held-out run share its
+        # baseline/gain pattern.
         subject_seed = [demo.seed, index]
-        runs[sid] = subject_run(response, labels, np.random.default_rng(subject_seed), demo.noise,
-                                affine, demo.tr)
+        for run_index, (run, rows) in enumerate(parts.items()):
+            seed = subject_seed if run_index == 0 else [*subject_seed, run_index]
+            runs[run_key(sid, run)] = subject_run(response[rows], labels, np.random.default_rng(seed), demo.noise,
+                                                  affine, demo.tr)
         if sid in fmri.heldout:
             heldout[sid] = subject_run(heldout_response, labels, np.random.default_rng(subject_seed),
                                        demo.noise, affine, demo.tr)
 
     truth = {
+        "run_ids": np.array(list(parts), dtype=np.str_),
+        "run_first_trs": np.array([rows.start for rows in parts.values()], dtype=np.int64),
         "region_labels": labels,
         "region_names": np.array([f"{code}:{name}" for code, name in REGIONS.items()]),
         "weights": weights,
@@ -92,3 +98,24 @@ def generate_demo(
         "noise": np.array(demo.noise),
     }
     return runs, heldout, movie, annotations, truth
+
+
+def demo_run_parts(fmri: FmriSpec, demo: DemoSpec) -> dict[str, slice]:
+    """Run id -> the movie TRs it covers: the demo movie cut into equal consecutive runs.
+
+    With several runs, the spec's onsets must say where each begins (run ``k`` at
+    ``k * (n_trs // n_runs) * tr`` seconds); a mismatch is an error listing the onsets
+    that would be accepted.
+    """
+    run_ids = fmri.run_ids
+    length = demo.n_trs // len(run_ids)
+    parts = {run: slice(k * length, (k + 1) * length) for k, run in enumerate(run_ids)}
+    if len(run_ids) > 1:
+        expected = {run: rows.start * demo.tr for run, rows in parts.items()}
+        given = run_onsets(fmri, None)
+        if any(abs(given[run] - expected[run]) > 1e-6 for run in run_ids):
+            raise SpecError(
+                f"the demo cuts its {demo.n_trs}-TR movie into {len(run_ids)} runs of {length} TRs, so "
+                f"fmri.runs onsets must be {expected} (seconds); the spec gives {given}"
+            )
+    return parts

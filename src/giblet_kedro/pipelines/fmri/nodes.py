@@ -1,12 +1,16 @@
-"""fMRI stage nodes: check runs -> split -> per-subject stats -> training tensor.
+"""fMRI stage nodes: check runs -> split -> per-run stats -> training tensor.
 
-Nodes receive lazy NIfTI images (headers only) from the catalog and stream voxel data
-through :mod:`giblet_kedro.fmri`; every output is a catalog dataset.
+Nodes receive lazy NIfTI images (headers only) from the catalog, keyed
+``"<subject>/<run>"``, and stream voxel data through :mod:`giblet_kedro.fmri`; every
+output is a catalog dataset. Each run is cropped, optionally cleaned (nilearn), and
+z-scored with its own statistics; runs are concatenated in time, then subjects averaged
+(or stacked).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -14,40 +18,64 @@ import pandas as pd
 
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.fmri.checks import check_runs, check_space, check_tr, resolve_crop
-from giblet_kedro.fmri.normalize import combine_subjects, zscore_run
+from giblet_kedro.fmri.clean import cleaning_operator, confound_matrix
+from giblet_kedro.fmri.normalize import RunSource, combine_subjects, normalize_source
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
-from giblet_kedro.fmri.split import split_table, train_rows
+from giblet_kedro.fmri.split import (
+    concatenate_runs,
+    run_crops,
+    split_table,
+    stats_rows,
+    train_rows,
+    whole_run_table,
+)
 from giblet_kedro.fmri.stats import (
+    RunningMoments,
+    SubjectMoments,
     auto_mask,
     check_mask_usable,
     check_not_flat,
+    cleaned_moments,
     lab_mask,
     subject_moments,
 )
-from giblet_kedro.spec.schema import FmriSpec
+from giblet_kedro.spec.schema import FmriSpec, run_key
 
 log = logging.getLogger(__name__)
 
+RunKey = tuple[str, str]  # (subject, run)
 
-def _headers(runs: dict[str, nib.Nifti1Image], fmri: FmriSpec) -> dict[str, RunHeader]:
-    missing = [sid for sid in fmri.subject_ids if sid not in runs]
+
+def run_label(fmri: FmriSpec, subject: str, run: str) -> str:
+    """How errors name a run: ``subject '01'``, plus ``run '2'`` when there are several."""
+    return f"subject {subject!r}" + (f" run {run!r}" if len(fmri.run_ids) > 1 else "")
+
+
+def _headers(runs: dict[str, nib.Nifti1Image], fmri: FmriSpec) -> dict[RunKey, RunHeader]:
+    """Every (subject, run) header, in subject then run order."""
+    keys = [(sid, run) for sid in fmri.subject_ids for run in fmri.run_ids]
+    missing = [run_key(*k) for k in keys if run_key(*k) not in runs]
     if missing:
-        raise InputDataError(f"no run loaded for subjects {missing}")
-    return {sid: read_header(runs[sid], f"subject {sid!r}") for sid in fmri.subject_ids}
+        raise InputDataError(f"no run loaded for {missing}")
+    return {k: read_header(runs[run_key(*k)], run_label(fmri, *k)) for k in keys}
 
 
 def inspect_runs(runs: dict[str, nib.Nifti1Image], fmri: FmriSpec) -> pd.DataFrame:
     """Check every run's header against the spec and the others; describe them.
 
-    Returns the subject table: one row per subject with its file, grid, TR count, TR,
-    storage type, scale factors and the TR range it contributes.
+    Returns the subject table: one row per subject and run with its file, grid, TR
+    count, TR, storage type, scale factors and the TR range (crop) it contributes.
     """
     headers = _headers(runs, fmri)
     check_runs(list(headers.values()), fmri.tr)
-    start, stop = resolve_crop(list(headers.values()), fmri.trs)
+    crops = {}
+    for run in fmri.run_ids:
+        key = f"fmri.runs[{run!r}].trs" if fmri.runs.get(run) and fmri.runs[run].trs else "fmri.trs"
+        crops[run] = resolve_crop([headers[(sid, run)] for sid in fmri.subject_ids], fmri.run_crop(run), key)
     return pd.DataFrame([
         {
             "subject_id": sid,
+            "run": run,
             "path": str(h.path),
             "nx": h.grid[0], "ny": h.grid[1], "nz": h.grid[2],
             "n_trs_file": h.n_trs,
@@ -55,17 +83,69 @@ def inspect_runs(runs: dict[str, nib.Nifti1Image], fmri: FmriSpec) -> pd.DataFra
             "dtype": str(h.dtype),
             "scl_slope": h.slope,
             "scl_inter": h.inter,
-            "crop_start": start,
-            "crop_stop": stop,
+            "crop_start": crops[run][0],
+            "crop_stop": crops[run][1],
         }
-        for sid, h in headers.items()
+        for (sid, run), h in headers.items()
     ])
 
 
 def make_split(subjects: pd.DataFrame, fmri: FmriSpec) -> pd.DataFrame:
-    """The per-TR split table of the crop (contiguous train, val, test blocks)."""
-    start, stop = int(subjects["crop_start"].iloc[0]), int(subjects["crop_stop"].iloc[0])
-    return split_table(start, stop, fmri.tr, fmri.split.val, fmri.split.test)
+    """The per-TR split table of the concatenated runs: contiguous train, val and test
+    blocks within each run (``split.by: blocks``), or whole runs (``by: run``)."""
+    tables = []
+    for run in fmri.run_ids:
+        row = subjects.loc[subjects["run"].astype(str) == run].iloc[0]
+        start, stop = int(row["crop_start"]), int(row["crop_stop"])
+        if fmri.split.by == "blocks":
+            what = f" of run {run!r}" if len(fmri.run_ids) > 1 else ""
+            tables.append(split_table(start, stop, fmri.tr, fmri.split.val, fmri.split.test, run, what))
+        elif fmri.split.split_of_run(run) == "train" and not isinstance(fmri.split.val, list):
+            tables.append(split_table(start, stop, fmri.tr, float(fmri.split.val), 0.0, run, f" of run {run!r}"))
+        else:
+            tables.append(whole_run_table(start, stop, fmri.tr, run, fmri.split.split_of_run(run)))
+    table = concatenate_runs(tables)
+    n_train = int((table["split"] == "train").sum())
+    if n_train < 3:
+        raise InputDataError(f"fmri.split leaves {n_train} training TRs; at least 3 are needed")
+    return table
+
+
+def check_confound_tables(subjects: pd.DataFrame, confounds: dict[str, pd.DataFrame], fmri: FmriSpec) -> None:
+    """Every confound table fits its run (rows, columns, values), from the subject table
+    alone: what ``kedro run`` checks before any node runs."""
+    spec = fmri.clean.confounds if fmri.clean else None
+    if spec is None:
+        return
+    for row in subjects.itertuples():
+        key = run_key(str(row.subject_id), str(row.run))
+        label = f"{run_label(fmri, str(row.subject_id), str(row.run))}: fmri.clean.confounds"
+        if key not in confounds:
+            raise InputDataError(f"{label}: no confound table loaded")
+        confound_matrix(confounds[key], spec.columns, spec.skip_rows, int(row.n_trs_file),
+                        (int(row.crop_start), int(row.crop_stop)), label)
+
+
+def run_operator(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table: pd.DataFrame | None,
+                 label: str) -> np.ndarray | None:
+    """One run's cleaning operator over its crop (None when ``fmri.clean`` is off)."""
+    if fmri.clean is None:
+        return None
+    matrix = None
+    if fmri.clean.confounds is not None:
+        if table is None:
+            raise InputDataError(f"{label}: no confound table loaded")
+        spec = fmri.clean.confounds
+        matrix = confound_matrix(table, spec.columns, spec.skip_rows, n_trs_file, crop, label)
+    return cleaning_operator(crop[1] - crop[0], fmri.tr, fmri.clean, matrix)
+
+
+def _operators(fmri: FmriSpec, headers: dict[RunKey, RunHeader], crops: dict[str, tuple[int, int]],
+               confounds: dict[str, pd.DataFrame]) -> dict[RunKey, np.ndarray | None]:
+    """Each run's cleaning operator."""
+    return {(sid, run): run_operator(fmri, header.n_trs, crops[run], confounds.get(run_key(sid, run)),
+                                     f"{run_label(fmri, sid, run)}: fmri.clean.confounds")
+            for (sid, run), header in headers.items()}
 
 
 def _given_mask(mask_file: dict[str, nib.Nifti1Image], reference: RunHeader) -> np.ndarray:
@@ -84,85 +164,147 @@ def _given_mask(mask_file: dict[str, nib.Nifti1Image], reference: RunHeader) -> 
 def compute_norm_stats(
     runs: dict[str, nib.Nifti1Image],
     mask_file: dict[str, nib.Nifti1Image],
-    subjects: pd.DataFrame,
+    confounds: dict[str, pd.DataFrame],
     split: pd.DataFrame,
     fmri: FmriSpec,
-) -> dict[str, np.ndarray]:
-    """Mask and per-subject mean/std over the training TRs: one streaming pass per subject.
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Mask and per-run mean/std (after cleaning, if any): one streaming pass per run.
 
-    Returns the ``fmri_norm_stats`` arrays: ``subject_ids``; per subject
-    ``subject_<id>_mean`` and ``subject_<id>_std`` of shape (n_voxels,), float64, in
-    the C order of ``data[mask]``; ``mask`` (x, y, z) bool; ``affine`` (4, 4);
-    ``ddof``; ``train_trs`` (file TR indices); ``crop``, ``tr``, ``mask_kind``.
+    Returns
+    -------
+    stats : the ``fmri_norm_stats`` arrays. ``subject_ids``, ``run_ids``; per subject
+        and run ``subject_<id>_run_<run>_mean`` / ``_std`` (n_voxels,) float64 in the C
+        order of ``data[mask]``; per subject ``subject_<id>_mean`` / ``_std``, pooled over
+        the training TRs of all its runs (what held-out runs are normalized with; for one
+        run, the run's own); ``mask`` (x, y, z) bool; ``affine`` (4, 4); ``ddof``;
+        ``train_trs`` (rows of the concatenated runs); per run ``run_<run>_crop`` and
+        ``run_<run>_stats_trs`` (file TRs its stats come from); ``tr``, ``mask_kind``.
+    cleaning : JSON report: the settings and, per subject and run, the share of
+        variance (over the mask, on the statistics TRs) that cleaning removed.
     """
     headers = _headers(runs, fmri)
     reference = next(iter(headers.values()))
-    crop = (int(subjects["crop_start"].iloc[0]), int(subjects["crop_stop"].iloc[0]))
-    train = train_rows(split)
+    crops = run_crops(split)
     ddof = fmri.zscore.ddof
+    operators = _operators(fmri, headers, crops, confounds)
 
     given = fmri.mask not in ("auto", "lab")
     given_mask = _given_mask(mask_file, reference) if given else None
     columns = mask_columns(given_mask) if given else None
-    early_trs = min(fmri.lab_mask.first_trs, crop[1] - crop[0]) if fmri.mask == "lab" else None
+    first_run = fmri.run_ids[0]
 
-    moments = {}
-    for sid, header in headers.items():
-        log.info("fmri stats: subject %s (%d TRs, %s)", sid, crop[1] - crop[0], header.path.name)
-        moments[sid] = subject_moments(header, crop, train, ddof, fmri.chunk_trs, columns, early_trs)
-        check_not_flat(sid, moments[sid], header.path)
+    moments: dict[RunKey, SubjectMoments] = {}
+    sources: dict[str, str] = {}
+    for (sid, run), header in headers.items():
+        crop = crops[run]
+        rows, sources[run] = stats_rows(split, run)
+        early = min(fmri.lab_mask.first_trs, crop[1] - crop[0]) if fmri.mask == "lab" and run == first_run else None
+        label = run_label(fmri, sid, run)
+        log.info("fmri stats: %s (%d TRs, %s%s)", label, crop[1] - crop[0], header.path.name,
+                 ", cleaned" if operators[(sid, run)] is not None else "")
+        if operators[(sid, run)] is None:
+            m = subject_moments(header, crop, rows, ddof, fmri.chunk_trs, columns, early)
+        else:
+            m = cleaned_moments(header, crop, rows, ddof, fmri.chunk_trs, operators[(sid, run)], columns, early)
+        check_not_flat(label, m, header.path)
+        moments[(sid, run)] = m
 
+    labelled = {run_label(fmri, *k): m for k, m in moments.items()}
     if given:
         mask = given_mask
-        check_mask_usable(columns, moments, reference.grid, "given", indexed=True)
-        pick = {sid: slice(None) for sid in moments}
+        check_mask_usable(columns, labelled, reference.grid, "given", indexed=True)
+        pick = slice(None)
     else:
         if fmri.mask == "auto":
-            mask = auto_mask(moments, reference.grid)
+            mask = auto_mask(labelled, reference.grid)
         else:
-            mask = lab_mask(moments, reference.grid, fmri.lab_mask.percentile,
-                            fmri.lab_mask.min_subject_fraction)
-        columns = mask_columns(mask)
-        check_mask_usable(columns, moments, reference.grid, fmri.mask, indexed=False)
-        pick = {sid: columns for sid in moments}
+            firsts = {run_label(fmri, sid, run): m for (sid, run), m in moments.items() if run == first_run}
+            mask = lab_mask(firsts, reference.grid, fmri.lab_mask.percentile, fmri.lab_mask.min_subject_fraction)
+        pick = mask_columns(mask)
+        check_mask_usable(pick, labelled, reference.grid, fmri.mask, indexed=False)
     log.info("fmri stats: mask '%s' keeps %d of %d voxels", fmri.mask, int(mask.sum()), mask.size)
 
     stats: dict[str, np.ndarray] = {
-        "subject_ids": np.array(list(headers), dtype=np.str_),
+        "subject_ids": np.array(fmri.subject_ids, dtype=np.str_),
+        "run_ids": np.array(fmri.run_ids, dtype=np.str_),
         "mask": mask,
         "affine": reference.affine,
         "ddof": np.array(ddof),
-        "train_trs": train + crop[0],
-        "crop": np.array(crop, dtype=np.int64),
+        "train_trs": train_rows(split),
         "tr": np.array(fmri.tr),
         "mask_kind": np.array("file" if given else fmri.mask),
     }
-    for sid, m in moments.items():
-        stats[f"subject_{sid}_mean"] = m.mean[pick[sid]]
-        stats[f"subject_{sid}_std"] = m.std[pick[sid]]
-    return stats
+    for run, crop in crops.items():
+        stats[f"run_{run}_crop"] = np.array(crop, dtype=np.int64)
+        stats[f"run_{run}_stats_trs"] = stats_rows(split, run)[0] + crop[0]
+    if len(crops) == 1:
+        stats["crop"] = stats[f"run_{first_run}_crop"]
+    for sid in fmri.subject_ids:
+        pooled = RunningMoments(int(mask.sum()))
+        for run in fmri.run_ids:
+            m = moments[(sid, run)]
+            stats[f"subject_{sid}_run_{run}_mean"] = m.mean[pick]
+            stats[f"subject_{sid}_run_{run}_std"] = m.std[pick]
+            if sources[run] == "train":
+                pooled.merge(m.moments.select(pick))
+        stats[f"subject_{sid}_mean"] = pooled.mean
+        stats[f"subject_{sid}_std"] = pooled.std(ddof)
+    return stats, cleaning_report(fmri, moments, pick, sources)
 
 
-def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], stats: dict[str, np.ndarray], fmri: FmriSpec) -> np.ndarray:
-    """Z-score every subject with its saved stats; average (``cross_subject``, shape
-    (n_trs, n_voxels)) or stack (``per_subject``, (n_subjects, n_trs, n_voxels)). float32."""
+def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick, sources: dict[str, str]) -> dict:
+    """What cleaning did: per subject and run, the share of the raw variance over the mask
+    (summed over voxels, on the statistics TRs) that it removed, and the median share per
+    voxel."""
+    report: dict[str, Any] = {
+        "clean": fmri.clean.model_dump(mode="json") if fmri.clean else None,
+        "runs": [],
+    }
+    if fmri.clean is None:
+        return report
+    confound_files = fmri.confound_files
+    for (sid, run), m in moments.items():
+        raw = m.raw_var[pick]
+        kept = m.std[pick] ** 2
+        share = 1.0 - kept / raw
+        entry = {
+            "subject": sid, "run": run, "stats_trs": sources[run],
+            "variance_removed": float(1.0 - kept.sum() / raw.sum()),
+            "median_voxel_variance_removed": float(np.median(share)),
+            "confounds": confound_files.get(run_key(sid, run)),
+        }
+        report["runs"].append(entry)
+        log.info("fmri clean: %s: cleaning removed %.1f%% of the variance (median voxel %.1f%%)",
+                 run_label(fmri, sid, run), 100 * entry["variance_removed"],
+                 100 * entry["median_voxel_variance_removed"])
+    return report
+
+
+def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
+                      stats: dict[str, np.ndarray], fmri: FmriSpec) -> np.ndarray:
+    """Clean and z-score every run with its saved stats, concatenate each subject's runs,
+    then average (``cross_subject``, shape (n_trs, n_voxels)) or stack (``per_subject``,
+    (n_subjects, n_trs, n_voxels)). float32; ``n_trs`` sums the runs' crops."""
     headers = _headers(runs, fmri)
-    ids = [str(s) for s in stats["subject_ids"]]
+    ids = [str(s) for s in np.atleast_1d(stats["subject_ids"])]
+    run_ids = [str(r) for r in np.atleast_1d(stats["run_ids"])]
+    crops = {run: (int(stats[f"run_{run}_crop"][0]), int(stats[f"run_{run}_crop"][1])) for run in run_ids}
+    operators = _operators(fmri, headers, crops, confounds)
     columns = mask_columns(stats["mask"])
-    crop = (int(stats["crop"][0]), int(stats["crop"][1]))
-    log.info("fmri tensor: %s over %d subjects, %d TRs, %d voxels", fmri.mode, len(ids),
-             crop[1] - crop[0], len(columns))
-    return combine_subjects(
-        [headers[sid] for sid in ids], crop, columns,
-        [stats[f"subject_{sid}_mean"] for sid in ids],
-        [stats[f"subject_{sid}_std"] for sid in ids],
-        fmri.mode, fmri.chunk_trs,
-    )
+    log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(ids), len(run_ids),
+             sum(b - a for a, b in crops.values()), len(columns))
+    subjects = [
+        [RunSource(headers[(sid, run)], crops[run], stats[f"subject_{sid}_run_{run}_mean"],
+                   stats[f"subject_{sid}_run_{run}_std"], operators[(sid, run)]) for run in run_ids]
+        for sid in ids
+    ]
+    return combine_subjects(subjects, columns, fmri.mode, fmri.chunk_trs)
 
 
-def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], stats: dict[str, np.ndarray],
-                      fmri: FmriSpec) -> dict[str, np.ndarray]:
-    """Z-score each held-out run (all its TRs) with its subject's *saved training* stats.
+def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], heldout_confounds: dict[str, pd.DataFrame],
+                      stats: dict[str, np.ndarray], fmri: FmriSpec) -> dict[str, np.ndarray]:
+    """Clean (as the training runs) and z-score each held-out run, all its TRs, with its
+    subject's *saved training* stats (pooled over the subject's training TRs).
 
     Returns ``{"subject_<id>": (n_trs, n_voxels) float32}``.
     """
@@ -174,8 +316,11 @@ def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], stats: dict[str,
         check_tr(header, fmri.tr)
         check_space(f"{header.label}: {header.path}", header.grid, header.affine,
                     "the training runs", mask.shape, stats["affine"])
+        operator = run_operator(fmri, header.n_trs, (0, header.n_trs), heldout_confounds.get(sid),
+                                f"held-out run of subject {sid!r}: fmri.clean.confounds.heldout")
         normalized = np.empty((header.n_trs, len(columns)), dtype=np.float32)
-        zscore_run(header, (0, header.n_trs), columns, stats[f"subject_{sid}_mean"],
-                   stats[f"subject_{sid}_std"], fmri.chunk_trs, normalized)
+        source = RunSource(header, (0, header.n_trs), stats[f"subject_{sid}_mean"], stats[f"subject_{sid}_std"],
+                           operator)
+        normalize_source(source, columns, fmri.chunk_trs, normalized)
         out[f"subject_{sid}"] = normalized
     return out

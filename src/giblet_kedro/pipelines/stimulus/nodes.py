@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 
 from giblet_kedro.errors import InputDataError
-from giblet_kedro.spec.schema import FmriSpec, StimulusSpec
+from giblet_kedro.spec.schema import FmriSpec, StimulusSpec, run_onsets
 from giblet_kedro.stimulus import hrf
-from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
+from giblet_kedro.stimulus.aligned import TrAligned, TrGrid, run_segments
 from giblet_kedro.stimulus.audio import extract_audio
 from giblet_kedro.stimulus.text import extract_text
 from giblet_kedro.stimulus.video import extract_frames
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _grid(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec) -> TrGrid:
-    return TrGrid.from_split(split, fmri.tr, stimulus.onset_s)
+    return TrGrid.from_split(split, fmri.tr, run_onsets(fmri, stimulus))
 
 
 def _device(stimulus: StimulusSpec) -> str:
@@ -81,34 +81,53 @@ def extract_text_embeddings(split: pd.DataFrame, fmri: FmriSpec, stimulus: Stimu
 def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
     """Continuous features: causal convolution with the canonical HRF (``glover``/``spm``)
     or a shift by ``delay_s`` (``none``). Integer codes: never convolved, only shifted
-    with ``none``."""
+    with ``none``. Each run on its own: nothing carries over from one run into the next
+    (the scanner was off in between)."""
     settings = (stimulus or StimulusSpec()).hrf
     tr = float(aligned.meta["grid"]["tr"])
-    values, valid = aligned.values, aligned.valid
+    values, valid = np.asarray(aligned.values), np.asarray(aligned.valid)
+    segments = run_segments(aligned.meta["grid"])
     if aligned.meta.get("absent") or values.size == 0:
-        applied = "none (absent)"
-    elif settings.kind == "none" or np.issubdtype(values.dtype, np.integer):
-        values, valid = hrf.shift(np.asarray(values), valid, settings.delay_s if settings.kind == "none" else 0.0, tr)
-        applied = f"shift by {int(round(settings.delay_s / tr)) if settings.kind == 'none' else 0} TRs"
+        return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": "none (absent)"})
+    if settings.kind == "none" or np.issubdtype(values.dtype, np.integer):
+        lag_s = settings.delay_s if settings.kind == "none" else 0.0
+        parts = [hrf.shift(values[rows], valid[rows], lag_s, tr) for rows in segments]
+        values = np.concatenate([p[0] for p in parts])
+        valid = np.concatenate([p[1] for p in parts])
+        applied = f"shift by {int(round(lag_s / tr))} TRs"
         if settings.kind != "none":
             applied += " (integer codes are not convolved; the model sees each TR's own codes)"
     else:
-        values = hrf.convolve(np.asarray(values), settings.kind, tr)
+        values = np.concatenate([hrf.convolve(values[rows], settings.kind, tr) for rows in segments])
         applied = f"causal convolution with nilearn's {settings.kind} HRF"
+    if len(segments) > 1:
+        applied += f", each of the {len(segments)} runs on its own"
     return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": applied})
 
 
 def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAligned,
                              text: TrAligned) -> dict[str, Any]:
-    """Every modality must sit on exactly the fMRI TR grid of the experiment (same crop,
-    same TR); returns a report, raises on any mismatch."""
+    """Every modality must sit on exactly the fMRI TR grid of the experiment (same runs,
+    crops and TR); returns a report, raises on any mismatch."""
     onsets = split["onset_s"].to_numpy()
-    expected = {"tr": float(onsets[1] - onsets[0]) if len(onsets) > 1 else None,
-                "crop": [int(split["file_tr"].iloc[0]), int(split["file_tr"].iloc[-1]) + 1], "n_trs": len(split)}
+    runs = []
+    for run, part in split.groupby("run", sort=False):
+        file_trs = part["file_tr"].to_numpy()
+        runs.append({"run": str(run), "crop": [int(file_trs[0]), int(file_trs[-1]) + 1], "n_trs": len(part)})
+    expected = {"tr": float(onsets[1] - onsets[0]) if len(onsets) > 1 else None, "runs": runs, "n_trs": len(split)}
     report: dict[str, Any] = {"fmri_grid": expected, "modalities": {}}
     for name, aligned in (("video", video), ("audio", audio), ("text", text)):
         grid = aligned.meta["grid"]
-        problems = [f"{key} {grid[key]} != {expected[key]}" for key in ("crop", "n_trs") if grid[key] != expected[key]]
+        problems = []
+        got_runs = [r["run"] for r in grid["runs"]]
+        if got_runs != [r["run"] for r in runs]:
+            problems.append(f"runs {got_runs} != {[r['run'] for r in runs]}")
+        else:
+            problems += [f"run {want['run']!r}: {key} {got[key]} != {want[key]}"
+                         for got, want in zip(grid["runs"], runs, strict=True)
+                         for key in ("crop", "n_trs") if got[key] != want[key]]
+        if grid["n_trs"] != expected["n_trs"]:
+            problems.append(f"n_trs {grid['n_trs']} != {expected['n_trs']}")
         if expected["tr"] is not None and abs(grid["tr"] - expected["tr"]) > 1e-9:
             problems.append(f"TR {grid['tr']} s != {expected['tr']} s")
         if aligned.values.shape[0] != len(split):
@@ -118,6 +137,6 @@ def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAli
         report["modalities"][name] = {
             "absent": bool(aligned.meta.get("absent", False)), "shape": list(aligned.values.shape),
             "dtype": str(aligned.values.dtype), "valid_trs": int(np.asarray(aligned.valid).sum()),
-            "onset_s": grid["onset_s"], "tr": grid["tr"], "hrf": aligned.meta.get("hrf"),
-            "notes": aligned.meta.get("notes", [])}
+            "run_onsets_s": {r["run"]: r["onset_s"] for r in grid["runs"]}, "tr": grid["tr"],
+            "hrf": aligned.meta.get("hrf"), "notes": aligned.meta.get("notes", [])}
     return report

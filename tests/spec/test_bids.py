@@ -1,0 +1,154 @@
+"""``fmri.bids``: subjects, runs, TR and confounds found in a BIDS tree built here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from giblet_kedro.errors import InputDataError
+from giblet_kedro.spec.compile import compile_spec
+from giblet_kedro.spec.load import parse_spec
+from tests.conftest import write_run
+
+TASK = "movie"
+
+
+def bids_tree(root, subjects=("01", "02"), runs=("1", "2"), tr=1.5, spaces=("MNI152NLin2009cAsym",),
+              sidecar="run", confounds=True, n_trs=30):
+    """An fMRIPrep-like derivatives folder: per subject and run a preprocessed BOLD per
+    space, its JSON sidecar, and the run's confounds TSV (``n/a`` in the first row of the
+    derivative columns, as fMRIPrep writes)."""
+    rng = np.random.default_rng(0)
+    for sid in subjects:
+        func = root / f"sub-{sid}" / "func"
+        for run in runs:
+            base = f"sub-{sid}_task-{TASK}_run-{run}"
+            for space in spaces:
+                stem = f"{base}_space-{space}_desc-preproc"
+                write_run(func / f"{stem}_bold.nii.gz", 100 + rng.standard_normal((3, 3, 2, n_trs)), tr=tr,
+                          dtype=np.float32)
+                if sidecar == "run":
+                    (func / f"{stem}_bold.json").write_text(json.dumps({"RepetitionTime": tr, "SkullStripped": True}))
+            if confounds:
+                table = pd.DataFrame(rng.standard_normal((n_trs, 3)), columns=["trans_x", "trans_y", "rot_z"])
+                table["trans_x_derivative1"] = np.r_[np.nan, np.diff(table["trans_x"])]
+                table.to_csv(func / f"{base}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+    if sidecar == "root":
+        (root / f"task-{TASK}_bold.json").write_text(json.dumps({"RepetitionTime": tr}))
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "test", "BIDSVersion": "1.8.0"}))
+    return root
+
+
+def spec_text(root, extra_fmri="", bids_extra="space: MNI152NLin2009cAsym"):
+    return (f"name: bids_test\nfmri:\n  bids: {{root: {root}, task: {TASK}, {bids_extra}}}\n"
+            f"  split: {{by: run, val: [], test: ['2']}}\n{extra_fmri}")
+
+
+def compiled(root, **kwargs):
+    spec = parse_spec(spec_text(root, **kwargs))
+    return compile_spec(spec, root / "spec.yml").spec
+
+
+def test_subjects_runs_and_tr_come_from_the_folder(tmp_path):
+    root = bids_tree(tmp_path / "derivatives")
+    spec = compiled(root)
+    assert spec.fmri.subject_ids == ["01", "02"] and spec.fmri.run_ids == ["1", "2"]
+    assert spec.fmri.tr == 1.5
+    files = spec.fmri.subject_files()
+    assert files["02"]["2"].endswith("sub-02/func/sub-02_task-movie_run-2_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    assert spec.fmri.bids is None  # replaced by what it found
+
+
+def test_task_level_sidecar_is_inherited(tmp_path):
+    root = bids_tree(tmp_path / "bids", sidecar="root", tr=2.0)
+    assert compiled(root).fmri.tr == 2.0
+
+
+def test_tr_in_spec_is_cross_checked_with_the_sidecar(tmp_path):
+    root = bids_tree(tmp_path / "bids")
+    with pytest.raises(InputDataError, match=r"fmri.tr is 2 s but the sidecar .*_bold.json says RepetitionTime 1.5 s"):
+        compiled(root, extra_fmri="  tr: 2.0\n")
+
+
+def test_no_sidecar_and_no_tr_is_an_error(tmp_path):
+    root = bids_tree(tmp_path / "bids", sidecar=None)
+    with pytest.raises(InputDataError, match=r"no sidecar JSON .* gives RepetitionTime; give fmri.tr"):
+        compiled(root)
+    assert compiled(root, extra_fmri="  tr: 1.5\n").fmri.tr == 1.5
+
+
+def test_two_spaces_without_a_choice_are_ambiguous(tmp_path):
+    root = bids_tree(tmp_path / "bids", spaces=("MNI152NLin2009cAsym", "T1w"))
+    with pytest.raises(InputDataError, match=r"subject '01' run '1' is ambiguous: .*space-MNI152NLin2009cAsym.*"
+                                             r"space-T1w.*give fmri.bids.space"):
+        compiled(root, bids_extra="desc: preproc")
+    assert compiled(root, bids_extra="space: T1w").fmri.subject_files()["01"]["1"].endswith("space-T1w_desc-preproc_bold.nii.gz")
+
+
+def test_no_match_lists_what_was_found(tmp_path):
+    root = bids_tree(tmp_path / "bids")
+    with pytest.raises(InputDataError, match=r"no BOLD run .* matches task='movie', space='MNI305'; found 4 BOLD files: "
+                                             r"sub-01_task-movie_run-1"):
+        compiled(root, bids_extra="space: MNI305")
+
+
+def test_subjects_with_different_runs_are_named(tmp_path):
+    root = bids_tree(tmp_path / "bids")
+    for path in (root / "sub-02" / "func").glob("*run-2*"):
+        path.unlink()
+    with pytest.raises(InputDataError, match=r"subject '02' has runs \['1'\] but subject '01' has \['1', '2'\]"):
+        compiled(root)
+
+
+def test_requested_subjects_must_exist(tmp_path):
+    root = bids_tree(tmp_path / "bids")
+    with pytest.raises(InputDataError, match=r"fmri.bids.subjects \['07'\] not found .* found subjects \['01', '02'\]"):
+        compiled(root, bids_extra="space: MNI152NLin2009cAsym, subjects: ['01', '07']")
+    assert compiled(root, bids_extra="space: MNI152NLin2009cAsym, subjects: ['02']").fmri.subject_ids == ["02"]
+
+
+def test_confounds_are_found_by_their_bids_names(tmp_path):
+    root = bids_tree(tmp_path / "bids")
+    spec = compiled(root, extra_fmri="  clean: {confounds: {columns: [trans_x, trans_y, rot_z, trans_x_derivative1]}}\n")
+    tables = spec.fmri.confound_table_files()
+    assert tables["01"]["2"].endswith("sub-01/func/sub-01_task-movie_run-2_desc-confounds_timeseries.tsv")
+
+
+def test_a_missing_confound_table_lists_what_is_there(tmp_path):
+    root = bids_tree(tmp_path / "bids", confounds=False)
+    with pytest.raises(InputDataError, match=r"no confound table for sub-01_task-movie_run-1_space-.*looked for "
+                                             r"\['sub-01_task-movie_run-1_desc-confounds_timeseries.tsv'"):
+        compiled(root, extra_fmri="  clean: {confounds: {}}\n")
+
+
+def test_bids_experiment_runs_through_the_fmri_nodes(tmp_path):
+    """The found runs and confounds (with fMRIPrep's n/a row) go through the real nodes."""
+    from giblet_kedro.datasets.confounds import ConfoundTablesDataset
+    from giblet_kedro.datasets.nifti import NiftiRunsDataset
+    from giblet_kedro.pipelines.fmri.nodes import build_fmri_tensor, compute_norm_stats, inspect_runs, make_split
+
+    root = bids_tree(tmp_path / "bids")
+    fmri = compiled(root, extra_fmri="  clean: {detrend: true, confounds: {columns: [trans_x, trans_x_derivative1]}}\n").fmri
+    runs = NiftiRunsDataset(fmri.run_files).load()
+    confounds = ConfoundTablesDataset(fmri.confound_files).load()
+    split = make_split(inspect_runs(runs, fmri), fmri)
+    stats, report = compute_norm_stats(runs, {}, confounds, split, fmri)
+    tensor = build_fmri_tensor(runs, confounds, stats, fmri)
+    assert tensor.shape == (60, 18) and np.isfinite(tensor).all()
+    assert len(report["runs"]) == 4 and all(0 < r["variance_removed"] < 1 for r in report["runs"])
+
+
+def test_sidecar_tr_is_cross_checked_with_the_nifti_header(tmp_path):
+    """The sidecar says 2 s but the images say 1.5 s: the header check names the run."""
+    from giblet_kedro.datasets.nifti import NiftiRunsDataset
+    from giblet_kedro.pipelines.fmri.nodes import inspect_runs
+
+    root = bids_tree(tmp_path / "bids", sidecar=None)
+    (root / f"task-{TASK}_bold.json").write_text(json.dumps({"RepetitionTime": 2.0}))
+    fmri = compiled(root).fmri
+    assert fmri.tr == 2.0
+    with pytest.raises(InputDataError, match=r"subject '01' run '1'.*header TR is 1.5 sec but fmri.tr is 2 s"):
+        inspect_runs(NiftiRunsDataset(fmri.run_files).load(), fmri)

@@ -16,7 +16,7 @@ cleaning, streamed).
 Each is measured in a fresh process (wall time, peak RSS of that process); the two
 results are compared for equality. Usage::
 
-    python benchmarks/fmri_bench.py [--subjects 5] [--trs 946] [--repeats 1] [--clean]
+    python benchmarks/fmri_bench.py [--subjects 5] [--trs 946] [--repeats 1] [--clean] [--full-size]
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def write_subject(path: Path, mask: np.ndarray, n_trs: int, seed: int) -> None:
     tmp.replace(path)
 
 
-def make_data(folder: Path, n_subjects: int, n_trs: int) -> tuple[dict[str, Path], Path]:
+def make_data(folder: Path, n_subjects: int, n_trs: int, n_voxels: int = N_VOXELS) -> tuple[dict[str, Path], Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    mask = brain_mask()
+    mask = brain_mask(n_voxels=n_voxels)
     mask_path = folder / "mask.nii.gz"
     if not mask_path.exists():
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), mask_path)
@@ -115,10 +115,16 @@ def motion_table(path: Path, n_trs: int, seed: int) -> Path:
     return path
 
 
-def baseline(paths: list[str], mask_path: str, out: str, confounds: list[str] | None = None) -> None:
-    """The lab's way: whole-file float64 loads, (nilearn cleaning), z-score, stack, average."""
+def baseline(paths: list[str], mask_path: str, out: str, confounds: list[str] | None = None,
+             accumulate: bool = False) -> None:
+    """The lab's way: whole-file float64 loads, (nilearn cleaning), z-score, stack, average.
+
+    ``accumulate``: keep a running sum instead of the stack (the plain numpy way that
+    still fits in memory at full size, where the lab's stack would need 73 GB).
+    """
     mask = nib.load(mask_path).get_fdata() > 0
     zscored = []
+    total = None
     for index, path in enumerate(paths):
         data = nib.load(path).get_fdata()[mask].T  # (n_trs, n_voxels) float64
         if confounds:
@@ -128,8 +134,14 @@ def baseline(paths: list[str], mask_path: str, out: str, confounds: list[str] | 
                                 high_pass=HIGH_PASS_HZ, t_r=TR)
         n_train = data.shape[0] - round(VAL * data.shape[0]) - round(TEST * data.shape[0])
         mean, std = data[:n_train].mean(0), data[:n_train].std(0, ddof=1)
-        zscored.append((data - mean) / std)
-    average = np.stack(zscored).mean(0).astype(np.float32)
+        data -= mean
+        data /= std
+        if accumulate:
+            total = data if total is None else total + data
+        else:
+            zscored.append(data)
+        del data
+    average = (total / len(paths) if accumulate else np.stack(zscored).mean(0)).astype(np.float32)
     np.save(out, average)
 
 
@@ -181,16 +193,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each method; the best is kept")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "bench")
     parser.add_argument("--clean", action="store_true", help="both sides clean each run (nilearn) first")
+    parser.add_argument("--full-size", action="store_true",
+                        help="the full Sherlock size: 17 subjects x 1,976 TRs x 271,633 voxels (the whole 61x73x61 "
+                             "grid); the baseline keeps a running sum (its stack would need 73 GB)")
     parser.add_argument("--measure-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_child:
         measure_child(json.loads(args.measure_child))
         return
 
-    folder = args.data / f"sherlock_{args.subjects}x{args.trs}"
-    print(f"data: {args.subjects} subjects x {args.trs} TRs x {N_VOXELS:,} voxels in {GRID}, int16 + scale, "
+    n_voxels = N_VOXELS
+    if args.full_size:
+        args.subjects, args.trs, n_voxels = 17, 1976, int(np.prod(GRID))
+    folder = args.data / (f"sherlock_{args.subjects}x{args.trs}" + ("_full" if args.full_size else ""))
+    print(f"data: {args.subjects} subjects x {args.trs} TRs x {n_voxels:,} voxels in {GRID}, int16 + scale, "
           f"gzip ({folder})", flush=True)
-    paths, mask_path = make_data(folder, args.subjects, args.trs)
+    paths, mask_path = make_data(folder, args.subjects, args.trs, n_voxels)
+    print(f"  on disk: {sum(p.stat().st_size for p in paths.values()) / 1e9:.1f} GB", flush=True)
     confounds = {sid: motion_table(folder / f"rp_{sid}.txt", args.trs, i) for i, sid in enumerate(paths)} \
         if args.clean else None
     if args.clean:
@@ -204,11 +223,12 @@ def main() -> None:
         env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
         env.pop("GIBLET_PROJECT_ROOT", None)
         job = {"paths": [str(p) for p in paths.values()], "mask": str(mask_path), "out": str(baseline_out),
-               "confounds": [str(p) for p in confounds.values()] if confounds else None}
+               "confounds": [str(p) for p in confounds.values()] if confounds else None,
+               "accumulate": bool(args.full_size)}
         baseline_command = [
             sys.executable, "-c",
             "import json, sys; sys.path.insert(0, sys.argv[1]); import fmri_bench as b; "
-            "job = json.loads(sys.argv[2]); b.baseline(job['paths'], job['mask'], job['out'], job['confounds'])",
+            "job = json.loads(sys.argv[2]); b.baseline(job['paths'], job['mask'], job['out'], job['confounds'], job['accumulate'])",
             str(Path(__file__).parent), json.dumps(job),
         ]
         runs = {"baseline (lab's way)": [], "giblet fmri stage (kedro run)": []}

@@ -111,6 +111,9 @@ def _run(recompute: bool, **kwargs: Any) -> Any:
             kwargs["pipelines"] = ["demo_data", *requested]
         else:
             kwargs["pipelines"] = requested
+    # Concurrent runs on one data folder: each node's outputs are locked while it runs, and
+    # a node another run finished meanwhile is skipped (giblet_kedro.runner).
+    kwargs["runner"] = kwargs.get("runner") or "giblet_kedro.runner.LockingRunner"
     if not recompute:
         kwargs["only_missing_outputs"] = True
     else:  # training must then start over instead of resuming from its last checkpoint

@@ -52,7 +52,7 @@ def test_failed_write_leaves_the_old_file_and_no_partial(tmp_path):
             tmp.write_bytes(b"half a file")
             raise RuntimeError("interrupted")
     np.testing.assert_array_equal(np.load(target), np.arange(3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.npy.blake2b", "x.npy"]
 
 
 def test_failed_save_through_dataset_leaves_nothing(tmp_path):

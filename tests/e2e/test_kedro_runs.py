@@ -3,49 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, random_runs, write_run
+from tests.conftest import random_runs, write_run
+from tests.e2e.conftest import kedro, outputs, ran_nodes
 
 pytestmark = pytest.mark.slow
-KEDRO = str(Path(sys.executable).parent / "kedro")
-
-
-@pytest.fixture
-def project(tmp_path) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO / "pyproject.toml", root)
-    shutil.copytree(REPO / "conf" / "base", root / "conf" / "base")
-    (root / "conf" / "local").mkdir()
-    (root / "data").mkdir()
-    (root / "src").mkdir()  # Kedro expects a source folder; the package itself is installed
-    return root
-
-
-def kedro(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
-    env.pop("GIBLET_PROJECT_ROOT", None)
-    result = subprocess.run([KEDRO, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == expect, output
-    return result
-
-
-def ran_nodes(result) -> set[str]:
-    return set(re.findall(r"Running node: (\w+)", result.stdout + result.stderr))
-
-
-def outputs(project: Path, pattern: str) -> list[Path]:
-    return sorted(project.glob(f"data/*/{pattern}"))
 
 
 def test_demo_fmri_run_then_cache_reuse_then_mode_change(project):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,23 @@ def test_a_crashing_rank_ends_the_job_promptly(tmp_path, rng):
     assert time.perf_counter() - started < 60
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "message"), [
+    ("kill", r"a training rank exited abnormally: process 1 terminated with signal SIGKILL"),
+    ("hang", r"rank 0: no answer from the other ranks within train.collective_timeout_s = 5 s"),
+])
+def test_a_killed_or_hanging_rank_ends_the_job_within_the_timeout_then_resumes(tmp_path, rng, kind, message):
+    job = tiny_job(tmp_path / kind, rng)
+    job = dataclasses.replace(job, world_size=2, train={**job.train, "batch_size": 2, "epochs": 3,
+                                                         "collective_timeout_s": 5})
+    started = time.perf_counter()
+    with pytest.raises(TrainingFailed, match=message):
+        launch(dataclasses.replace(job, crash_at=[1, 1, kind]))  # in epoch 2, after epoch 1's checkpoint
+    assert time.perf_counter() - started < 60
+    history = launch(job)  # started again: resumes after the last checkpoint
+    assert history["resumed_from_epoch"] == 1 and len(history["epochs"]) == 3
+
+
 def test_best_checkpoint_is_never_the_final_one_by_accident(tmp_path, rng):
     job = tiny_job(tmp_path / "d", rng)
     history = launch(dataclasses.replace(job, train={**job.train, "epochs": 3, "batch_size": 4}))
@@ -250,3 +268,44 @@ def test_early_stopping_is_decided_together_by_all_ranks(tmp_path):
     history = launch(job)
     assert history["early_stopped_at"] == 3 and len(history["epochs"]) == 3  # both ranks stopped, no hang
     assert time.perf_counter() - started < 120
+
+
+@pytest.mark.slow
+def test_a_rendezvous_that_never_completes_times_out(tmp_path, rng):
+    """One of two torchrun nodes never starts: with --rdzv-conf join_timeout the other
+    gives up with RendezvousTimeoutError and a non-zero exit, instead of waiting forever."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    job = dataclasses.replace(tiny_job(tmp_path, rng), world_size=2)
+    (tmp_path / "job.json").write_text(job.to_json())
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    started = time.perf_counter()
+    result = subprocess.run([torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "lonely",
+                             "--rdzv-conf", "join_timeout=5", "-m", "giblet_kedro.training.ddp",
+                             str(tmp_path / "job.json")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "RendezvousTimeoutError" in result.stdout + result.stderr
+    assert time.perf_counter() - started < 60
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_second_run_of_the_same_training_waits_for_the_first(tmp_path, rng, caplog):
+    """The run folder is locked while a run trains: another run of the same experiment
+    says for whom it waits, and only starts once the lock is released."""
+    import threading
+
+    from giblet_kedro.training.ddp import run_lock
+
+    job = tiny_job(tmp_path, rng)
+    Path(job.run_dir).mkdir(parents=True)
+    finished = threading.Event()
+    with run_lock(Path(job.run_dir)):
+        worker = threading.Thread(target=lambda: (launch(job), finished.set()))
+        worker.start()
+        time.sleep(2.0)
+        assert not finished.is_set()  # blocked on the lock
+        assert "another run (pid" in caplog.text and "is training this experiment" in caplog.text
+    worker.join(timeout=120)
+    assert finished.is_set() and (Path(job.run_dir) / "final.pt").exists()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -13,7 +14,10 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset
 
+from giblet_kedro.datasets.atomic import intact, record_digest, remove_stale_partials
 from giblet_kedro.stimulus.aligned import TrAligned
+
+FILES = ("values.npy", "valid.npy", "meta.json")
 
 
 class TrAlignedDataset(AbstractDataset[TrAligned, TrAligned]):
@@ -32,11 +36,17 @@ class TrAlignedDataset(AbstractDataset[TrAligned, TrAligned]):
 
     def save(self, data: TrAligned) -> None:
         self._folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(self._folder.parent)
         staging = Path(tempfile.mkdtemp(dir=self._folder.parent, prefix=f".{self._folder.name}.partial-"))
+        lock = open(staging / ".lock", "w")  # noqa: SIM115 - held until the folder is in place
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             np.save(staging / "values.npy", np.ascontiguousarray(data.values), allow_pickle=False)
             np.save(staging / "valid.npy", np.asarray(data.valid, dtype=bool), allow_pickle=False)
             (staging / "meta.json").write_text(json.dumps(data.meta, indent=1, sort_keys=True, default=str))
+            for name in FILES:
+                record_digest(staging / name, staging / name)
+            (staging / ".lock").unlink()
             if self._folder.exists():  # same fingerprint recomputed (--recompute): swap
                 trash = Path(tempfile.mkdtemp(dir=self._folder.parent, prefix=f".{self._folder.name}.old-"))
                 os.replace(self._folder, trash / "old")
@@ -47,9 +57,11 @@ class TrAlignedDataset(AbstractDataset[TrAligned, TrAligned]):
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            lock.close()
 
     def _exists(self) -> bool:
-        return (self._folder / "meta.json").is_file()
+        return intact(*(self._folder / name for name in FILES))
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._folder)}

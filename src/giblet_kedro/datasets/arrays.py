@@ -11,7 +11,7 @@ import pandas as pd
 from kedro.io import AbstractDataset
 from safetensors.numpy import load_file, save_file
 
-from giblet_kedro.datasets.atomic import atomic_path
+from giblet_kedro.datasets.atomic import atomic_path, intact
 
 
 class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
@@ -32,7 +32,7 @@ class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
             np.save(handle, np.asarray(data), allow_pickle=False)
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "mmap_mode": self._mmap_mode}
@@ -56,7 +56,7 @@ class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
             writer(handle, **{key: np.asarray(value) for key, value in data.items()})
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "compressed": self._compressed}
@@ -77,7 +77,7 @@ class SafetensorsDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.nda
             save_file({key: np.ascontiguousarray(value) for key, value in data.items()}, tmp)
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
@@ -100,7 +100,7 @@ class CsvTableDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             data.to_csv(tmp, index=False)
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
@@ -132,7 +132,7 @@ class JsonDataset(AbstractDataset[dict, dict]):
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
@@ -153,7 +153,7 @@ class TextDataset(AbstractDataset[str, str]):
             tmp.write_text(data)
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}

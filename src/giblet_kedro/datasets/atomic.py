@@ -1,12 +1,34 @@
-"""Atomic writes: a reader sees the old file, or the whole new one, never a half file."""
+"""Atomic, digest-checked writes: a reader sees the old file or the whole new one, never
+a half file, and a file damaged on disk later is detected rather than used.
+
+Every file the project writes gets a hidden sidecar ``.<name>.blake2b`` holding the
+BLAKE2b digest of its content. The sidecar is written (atomically) *before* the data
+file is renamed into place, so a data file present on disk always has the digest of
+what was meant to be there: a kill -9 between the two steps leaves either no new data
+(the output is missing and is recomputed) or the old data beside the new digest (a
+mismatch: recomputed). Files without a sidecar are inputs the project did not write
+(a user's NIfTI) and are trusted as they are.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DIGEST_SUFFIX = ".blake2b"
+PARTIAL_MARK = ".partial"
+_CHUNK = 8 << 20
+# (path, size, mtime_ns) -> problem or None: a file is hashed once per process.
+_VERIFIED: dict[tuple[str, int, int], str | None] = {}
 
 
 def _extension(path: Path) -> str:
@@ -15,23 +37,137 @@ def _extension(path: Path) -> str:
     return "".join(suffixes)
 
 
+def digest_path(path: Path) -> Path:
+    """Where the digest of ``path`` is kept: ``.<name>.blake2b`` beside it."""
+    return path.with_name(f".{path.name}{DIGEST_SUFFIX}")
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b hex digest of a file's content, read in chunks."""
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_small(path: Path, text: str) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_MARK)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # "being written": see remove_stale_partials
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete what interrupted writes left in ``folder`` (a kill -9 skips every cleanup).
+
+    A writer holds an exclusive lock on its partial file (or on ``.lock`` inside a
+    partial folder) until it is renamed into place, and the kernel drops that lock when
+    the writer dies; so a partial we can lock has no live writer (another run writing
+    the same cache at this moment keeps its own). Returns what was removed.
+    """
+    removed = []
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(".") and PARTIAL_MARK in p.name]
+    except OSError:
+        return removed
+    for partial in candidates:
+        lock_target = partial / ".lock" if partial.is_dir() else partial
+        try:
+            with open(lock_target, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if partial.is_dir():
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    partial.unlink(missing_ok=True)
+                removed.append(partial)
+        except (BlockingIOError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue  # a live writer, or already gone
+    for partial in removed:
+        log.info("removed %s, left by an interrupted write", partial)
+    return removed
+
+
+def record_digest(content: Path, target: Path) -> None:
+    """Store the digest of ``content`` as ``target``'s digest (before ``content`` is
+    renamed onto ``target``)."""
+    _write_small(digest_path(target), file_digest(content) + "\n")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+    """Yield a temporary path beside ``target``; on success record its digest, then
+    rename it onto ``target``.
 
     On any error (or interrupt) the temporary file is removed and ``target`` is left
     as it was. The rename is atomic on POSIX because both live in the same folder.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{_extension(target)}")
-    os.close(fd)
+    remove_stale_partials(target.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                    suffix=f"{PARTIAL_MARK}{_extension(target)}")
     tmp = Path(tmp_name)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until renamed: marks the file as being written
         yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        _fsync_path(tmp)  # writers reopen the path: sync what they wrote
+        record_digest(tmp, target)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def check_file(path: str | os.PathLike) -> str | None:
+    """None if ``path`` is intact (or was not written by the project); else what is wrong.
+
+    A missing file is reported as missing; a file whose content no longer matches its
+    recorded digest (truncated, bit flip, a write that never finished) as damaged.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    try:
+        expected = digest_path(path).read_text().strip()
+    except FileNotFoundError:
+        problem = None  # not written by the project: nothing to compare with
+    else:
+        actual = file_digest(path)
+        problem = None if actual == expected else (
+            f"content does not match its recorded digest (recorded {expected[:12]}…, now {actual[:12]}…): "
+            "damaged on disk or left by an interrupted write")
+    _VERIFIED[key] = problem
+    return problem
+
+
+def intact(*paths: str | os.PathLike) -> bool:
+    """True if every path exists and is intact; a damaged one is logged (and will be
+    recomputed by ``kedro run``, which reruns nodes whose outputs do not exist)."""
+    for path in paths:
+        problem = check_file(path)
+        if problem == "missing":
+            return False
+        if problem is not None:
+            log.warning("damaged cache, recomputing it: %s: %s", problem, path)
+            return False
+    return True

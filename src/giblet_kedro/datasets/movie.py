@@ -10,7 +10,7 @@ import av
 import numpy as np
 from kedro.io import AbstractDataset
 
-from giblet_kedro.datasets.atomic import atomic_path
+from giblet_kedro.datasets.atomic import atomic_path, intact
 
 AUDIO_FRAME = 1024
 
@@ -96,7 +96,7 @@ class MovieDataset(AbstractDataset[MovieInfo, Movie]):
         write_movie(data, self._filepath)
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}

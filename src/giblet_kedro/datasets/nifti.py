@@ -8,7 +8,7 @@ from typing import Any
 import nibabel as nib
 from kedro.io import AbstractDataset
 
-from giblet_kedro.datasets.atomic import atomic_path
+from giblet_kedro.datasets.atomic import atomic_path, intact
 from giblet_kedro.errors import InputDataError
 
 
@@ -53,10 +53,16 @@ class NiftiDataset(AbstractDataset[nib.Nifti1Image, nib.Nifti1Image]):
         save_nifti(data, self._filepath)
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+def _label(key: str) -> str:
+    """``"01/2"`` -> ``subject '01' run '2'``; a plain key (held-out runs) -> ``subject '01'``."""
+    subject, _, run = key.partition("/")
+    return f"subject {subject!r}" + (f" run {run!r}" if run else "")
 
 
 class NiftiRunsDataset(AbstractDataset[dict[str, nib.Nifti1Image], dict[str, nib.Nifti1Image]]):
@@ -71,7 +77,7 @@ class NiftiRunsDataset(AbstractDataset[dict[str, nib.Nifti1Image], dict[str, nib
         self.metadata = metadata
 
     def load(self) -> dict[str, nib.Nifti1Image]:
-        return {sid: load_nifti(path, label=f"subject {sid!r}") for sid, path in self._paths.items()}
+        return {key: load_nifti(path, label=_label(key)) for key, path in self._paths.items()}
 
     def save(self, data: dict[str, nib.Nifti1Image]) -> None:
         unknown = sorted(set(data) - set(self._paths))
@@ -81,7 +87,7 @@ class NiftiRunsDataset(AbstractDataset[dict[str, nib.Nifti1Image], dict[str, nib
             save_nifti(image, self._paths[sid])
 
     def _exists(self) -> bool:
-        return bool(self._paths) and all(p.is_file() for p in self._paths.values())
+        return bool(self._paths) and intact(*self._paths.values())
 
     def _describe(self) -> dict[str, Any]:
         return {"paths": {k: str(v) for k, v in self._paths.items()}}

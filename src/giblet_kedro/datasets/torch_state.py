@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from kedro.io import AbstractDataset
 
-from giblet_kedro.datasets.atomic import atomic_path
+from giblet_kedro.datasets.atomic import atomic_path, intact
 
 
 class TorchStateDictDataset(AbstractDataset[dict, dict]):
@@ -24,7 +24,7 @@ class TorchStateDictDataset(AbstractDataset[dict, dict]):
             torch.save({k: v.detach().cpu().contiguous() for k, v in data.items()}, tmp)
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return intact(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}

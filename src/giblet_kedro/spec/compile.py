@@ -289,7 +289,7 @@ def _training_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict) -> None
         "fmri_stats": fps["fmri_stats"], "fmri_tensor": fps["fmri_tensor"],
         **{name: fps[name] for name in FINAL_FEATURES.values()},
         "model": spec.model.model_dump(mode="json"), "loss": spec.loss.model_dump(mode="json"),
-        "train": spec.train.model_dump(mode="json"), "seed": spec.seed,
+        "train": spec.train.model_dump(mode="json", exclude={"collective_timeout_s"}), "seed": spec.seed,
         "code": code_version(STAGES["train"].code_modules)}
     fps["train"] = hash_payload(reads["train"])
     reads["verify"] = {"train": fps["train"], "verify": spec.verify.model_dump(mode="json"),

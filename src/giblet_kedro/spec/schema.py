@@ -498,6 +498,10 @@ class TrainSpec(StrictModel):
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     checkpoint_every: PositiveInt = 10
     early_stop_patience: PositiveInt | None = None
+    # How long a rank waits for the others in a collective (and at start-up) before the
+    # job fails, naming the rank: a rank that hangs or dies ends the job within this.
+    # Not part of the training fingerprint: it never changes the result.
+    collective_timeout_s: Annotated[int, Field(ge=5, le=86_400)] = 600
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> TrainSpec:

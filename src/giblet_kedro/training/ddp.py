@@ -19,12 +19,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
+import signal
+import socket
 import sys
 import tempfile
 import time
@@ -40,7 +45,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from giblet_kedro.datasets.atomic import atomic_path
+from giblet_kedro.datasets.atomic import atomic_path, check_file
 from giblet_kedro.models.autoencoder import ModalityShapes, MultimodalAutoencoder
 from giblet_kedro.training.data import ArrayPaths, TrDataset, identity_collate
 from giblet_kedro.training.losses import ModalityStats, modality_losses, weighted_total
@@ -67,7 +72,9 @@ class TrainJob:
     backend: str = "gloo"
     device_type: str = "cpu"
     init_method: str | None = None
-    crash_at: list[int] | None = field(default=None)  # [rank, epoch]: tests of failure handling only
+    # Tests of failure handling only: [rank, epoch] raises in that epoch; a third item
+    # "hang" or "kill" makes the rank hang forever or SIGKILL itself instead.
+    crash_at: list | None = field(default=None)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -144,20 +151,43 @@ def _evaluate(model, loader, job: TrainJob, stats, device, autocast) -> dict[str
     return means
 
 
+def _inject_fault(rank: int, epoch: int, kind: str) -> None:
+    """Test hook: fail this rank the way real ranks fail."""
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hang":
+        while True:
+            time.sleep(3600)
+    raise RuntimeError(f"rank {rank}: injected failure in epoch {epoch + 1} (test)")
+
+
 # ------------------------------------------------------------------------- worker
 def run_rank(rank: int, job: TrainJob) -> None:
     """Train on one rank. Joins the process group, trains, writes (rank 0), leaves."""
     world = job.world_size
+    timeout = timedelta(seconds=int(job.train.get("collective_timeout_s", 600)))
     if job.init_method is not None:
         dist.init_process_group(job.backend, init_method=job.init_method, rank=rank, world_size=world,
-                                timeout=timedelta(minutes=10))
+                                timeout=timeout)
     else:  # torchrun: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the environment
-        dist.init_process_group(job.backend, timeout=timedelta(minutes=10))
+        dist.init_process_group(job.backend, timeout=timeout)
         rank, world = dist.get_rank(), dist.get_world_size()
     try:
         _train(rank, world, job)
+    except RuntimeError as exc:
+        if _is_timeout(exc):
+            raise RuntimeError(
+                f"rank {rank}: no answer from the other ranks within train.collective_timeout_s = "
+                f"{timeout.total_seconds():g} s: another rank hangs or died ({str(exc).splitlines()[0][:200]})"
+            ) from None
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def _train(rank: int, world: int, job: TrainJob) -> None:
@@ -201,7 +231,12 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
                "train_samples": len(train_set), "val_samples": len(val_set), "batch_size": settings["batch_size"],
                "batches_per_epoch": steps_per_epoch, "epochs": [], "initial": None, "resumed_from_epoch": None}
     start_epoch, best_val, stale = 0, math.inf, 0
-    if (run_dir / "last.pt").exists():
+    damage = check_file(run_dir / "last.pt")
+    if damage not in (None, "missing"):
+        if rank == 0:
+            log.warning("%s: %s; not resuming from it: training starts again from epoch 1",
+                        run_dir / "last.pt", damage)
+    elif damage is None:
         state = load_checkpoint(run_dir / "last.pt", device="cpu")
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -224,8 +259,8 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
         count, started = 0.0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=rank != 0, unit="batch")
         for step, batch in enumerate(bar):
-            if job.crash_at is not None and job.crash_at == [rank, epoch] and step == 1:
-                raise RuntimeError(f"rank {rank}: injected failure in epoch {epoch + 1} (test)")
+            if job.crash_at is not None and list(job.crash_at[:2]) == [rank, epoch] and step == 1:
+                _inject_fault(rank, epoch, job.crash_at[2] if len(job.crash_at) > 2 else "raise")
             batch = _to_device(batch, device)
             with autocast():
                 outputs = model({name: batch[name] for name in job.shapes.present()})
@@ -284,7 +319,22 @@ def _log_epoch(record: dict, epochs: int, history: dict) -> None:
 
 
 # ------------------------------------------------------------------------- launch
+def _die_with_parent() -> None:
+    """A spawned rank must not outlive the process that launched it: after a ``kill -9``
+    of ``kedro run`` it would go on training, and writing checkpoints, unseen, beside the
+    next run. Linux delivers SIGKILL to the child when its parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():  # it died before the line above
+        os._exit(1)
+
+
 def _spawned(rank: int, job: TrainJob) -> None:
+    _die_with_parent()
     # Spawned children re-import Kedro's CLI, whose logging config leaves the root at
     # WARNING: set this package's level so rank 0's epoch lines are shown.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -292,12 +342,37 @@ def _spawned(rank: int, job: TrainJob) -> None:
     run_rank(rank, job)
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` while training: a second run of the same experiment (same
+    fingerprint, so the same folder) waits, saying for whom, instead of training over
+    it. The kernel releases the lock when its holder dies, even by kill -9."""
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            log.warning("another run (%s) is training this experiment in %s; waiting for it to finish", holder,
+                        run_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            log.info("the other run finished; continuing from its checkpoints")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 def launch(job: TrainJob) -> dict:
     """Run ``job`` on ``job.world_size`` local processes; return the training history."""
     import torch.multiprocessing as mp
 
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="giblet-rdzv-") as rendezvous:
+    with run_lock(Path(job.run_dir)), tempfile.TemporaryDirectory(prefix="giblet-rdzv-") as rendezvous:
         job = dataclasses.replace(job, init_method=f"file://{rendezvous}/store")
         try:
             mp.start_processes(_spawned, args=(job,), nprocs=job.world_size, join=True, start_method="spawn")

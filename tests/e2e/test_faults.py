@@ -1,0 +1,148 @@
+"""kill -9 at random points of real `kedro run`s: nothing half-written is ever taken for
+valid, the run resumes, and the final outputs equal those of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from giblet_kedro.datasets import atomic
+from tests.e2e.conftest import KEDRO, kedro
+
+pytestmark = pytest.mark.slow
+
+
+def start(project: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
+    env.pop("GIBLET_PROJECT_ROOT", None)
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([KEDRO, "run", *args], cwd=project, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def damaged_outputs(project: Path) -> list[str]:
+    """Every file the project wrote (it has a digest) that no longer matches it."""
+    atomic._VERIFIED.clear()
+    problems = []
+    for sidecar in project.glob(f"data/**/.*{atomic.DIGEST_SUFFIX}"):
+        data = sidecar.with_name(sidecar.name[1:-len(atomic.DIGEST_SUFFIX)])
+        problem = atomic.check_file(data)
+        if problem not in (None, "missing"):
+            problems.append(f"{data}: {problem}")
+    return problems
+
+
+def arrays(project: Path, pattern: str) -> dict[str, np.ndarray]:
+    path = next(project.glob(pattern))
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            return {k: archive[k] for k in archive.files}
+    return {"array": np.load(path)}
+
+
+def test_fmri_stage_killed_at_random_points_resumes_to_the_same_result(project, tmp_path):
+    reference = tmp_path / "reference"
+    shutil.copytree(project, reference)
+    kedro(reference, "run", "--pipelines=fmri")
+
+    rng = np.random.default_rng(2026)
+    for delay in rng.uniform(1.5, 7.0, size=4):
+        process = start(project, "--pipelines=fmri")
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        assert damaged_outputs(project) == []
+        # the demo data and fMRI outputs present at this point are whole (digests match)
+    kedro(project, "run", "--pipelines=fmri")
+    for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy"):
+        ours, theirs = arrays(project, pattern), arrays(reference, pattern)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{pattern}: {key}")
+
+
+def test_a_damaged_cache_is_recomputed_not_used(project):
+    kedro(project, "run", "--pipelines=fmri")
+    tensor = next(project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"))
+    good = np.load(tensor)
+    with open(tensor, "r+b") as handle:  # flip a byte in the middle of the data
+        handle.seek(tensor.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    result = kedro(project, "run", "--pipelines=fmri")
+    output = result.stdout + result.stderr
+    assert "damaged cache, recomputing it: content does not match its recorded digest" in output
+    assert "Running node: build_fmri_tensor" in output and "Running node: compute_fmri_norm_stats" not in output
+    np.testing.assert_array_equal(np.load(tensor), good)
+
+
+def short_training(project: Path) -> str:
+    """The demo with 6 epochs and a checkpoint after every one."""
+    spec = (project / "conf/base/experiments/demo.yml").read_text()
+    spec = spec.replace("epochs: 20", "epochs: 6").replace("checkpoint_every: 5", "checkpoint_every: 1")
+    (project / "short.yml").write_text(spec.replace("name: demo", "name: short"))
+    return "experiment=short.yml"
+
+
+def test_training_killed_mid_run_resumes_to_the_same_weights(project, tmp_path):
+    import torch
+
+    params = short_training(project)
+    kedro(project, "run", "--pipelines=stimulus", "--params", params)
+    kedro(project, "run", "--pipelines=fmri", "--params", params)
+    reference = tmp_path / "reference"
+    shutil.copytree(project, reference)
+    kedro(reference, "run", "--pipelines=train", "--params", params)
+
+    process = start(project, "--pipelines=train", "--params", params)
+    deadline = time.monotonic() + 300
+    last = None
+    while time.monotonic() < deadline and last is None:  # wait for the 2nd checkpoint
+        for candidate in project.glob("data/06_models/train/*/run/last.pt"):
+            state = torch.load(candidate, weights_only=True, map_location="cpu")
+            if int(state["epoch"]) >= 1:
+                last = candidate
+        time.sleep(0.5)
+    assert last is not None, "training never wrote a checkpoint"
+    os.kill(process.pid, signal.SIGKILL)  # only the kedro process: its ranks must follow it
+    process.wait()
+    time.sleep(3)
+    orphans = subprocess.run(["pgrep", "-f", "giblet_kedro.training|multiprocessing.spawn"], capture_output=True,
+                             text=True).stdout.split()
+    assert [pid for pid in orphans if int(pid) != os.getpid()] == [], "training ranks outlived kedro run"
+
+    resumed = kedro(project, "run", "--pipelines=train", "--params", params)
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    ours = torch.load(next(project.glob("data/06_models/train/*/model_final.pt")), weights_only=True)
+    theirs = torch.load(next(reference.glob("data/06_models/train/*/model_final.pt")), weights_only=True)
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
+
+
+def test_two_runs_at_once_on_one_data_folder_agree(project, tmp_path):
+    """Two `kedro run`s of the same spec at the same time: both finish, every node is
+    computed once (the other run waits for it, saying so), every output is whole, and
+    the result equals a lone run's."""
+    reference = tmp_path / "reference"
+    shutil.copytree(project, reference)
+    kedro(reference, "run", "--pipelines=fmri")
+    logs = [tmp_path / f"run{i}.log" for i in range(2)]
+    runs = [start(project, "--pipelines=fmri", log=log) for log in logs]
+    assert [run.wait(timeout=600) for run in runs] == [0, 0]
+    text = [log.read_text() for log in logs]
+    for node in ("generate_demo_data", "compute_fmri_norm_stats", "build_fmri_tensor"):
+        assert sum(t.count(f"Running node: {node}") for t in text) == 1, node
+    assert any("waiting for pid" in t for t in text) or any("Skipping all" in t for t in text)
+    assert damaged_outputs(project) == []
+    for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy"):
+        ours, theirs = arrays(project, pattern), arrays(reference, pattern)
+        for key in theirs:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{pattern}: {key}")

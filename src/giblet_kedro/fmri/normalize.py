@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from giblet_kedro.fmri.clean import clean_run
 from giblet_kedro.fmri.reader import RunHeader, iter_blocks
 
 
@@ -70,8 +71,6 @@ def normalize_source(source: RunSource, columns: np.ndarray, block_trs: int, out
     if source.operator is None:
         zscore_run(source.header, source.crop, columns, source.mean, source.std, block_trs, out, accumulate)
         return
-    from giblet_kedro.fmri.clean import clean_run
-
     cleaned = clean_run(source.header, source.crop, columns, source.operator, block_trs)
     cleaned -= source.mean.astype(np.float32)
     cleaned *= (1.0 / source.std).astype(np.float32)

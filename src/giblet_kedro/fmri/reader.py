@@ -12,7 +12,10 @@ nilearn and the lab's code index that way), so a column here is the same voxel a
 
 from __future__ import annotations
 
+import contextlib
 import io
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +118,61 @@ def _read_exactly(handle, view: memoryview) -> int:
     return got
 
 
+def _read_ahead(header: RunHeader, start: int, stop: int, block_trs: int) -> Iterator[tuple[int, int, bytearray]]:
+    """Yield ``(t0, n_trs, buffer)`` raw blocks, decompressed one block ahead on a
+    background thread (ISA-L releases the GIL), so decompression overlaps the caller's
+    work on the previous block. Three buffers rotate; a buffer is reused only after the
+    caller has asked for the next block."""
+    volume_bytes = header.n_grid_voxels * header.dtype.itemsize
+    size = min(block_trs, stop - start) * volume_bytes
+    free: queue.Queue = queue.Queue()
+    for _ in range(3):
+        free.put(bytearray(size))
+    ready: queue.Queue = queue.Queue()
+    cancelled = threading.Event()
+
+    def next_free() -> bytearray | None:
+        while not cancelled.is_set():
+            with contextlib.suppress(queue.Empty):
+                return free.get(timeout=0.1)
+        return None
+
+    def work() -> None:
+        try:
+            with _open(header.path) as handle:
+                handle.seek(header.offset + start * volume_bytes)
+                for t0 in range(start, stop, block_trs):
+                    n = min(block_trs, stop - t0)
+                    buffer = next_free()
+                    if buffer is None:
+                        return
+                    view = memoryview(buffer)[: n * volume_bytes]
+                    if _read_exactly(handle, view) != len(view):
+                        raise InputDataError(
+                            f"{header.label}: {header.path} is truncated: the header promises "
+                            f"{header.n_trs} TRs but the data end before TR {t0 + n}"
+                        )
+                    ready.put((t0, n, buffer))
+        except (OSError, EOFError) as exc:
+            ready.put(InputDataError(f"{header.label}: cannot read voxel data of {header.path}: {exc}"))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            ready.put(exc)
+        else:
+            ready.put(None)
+
+    reader = threading.Thread(target=work, name=f"read-ahead {header.path.name}", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            free.put(item[2])
+    finally:
+        cancelled.set()
+        reader.join(timeout=10)
+
+
 def iter_blocks(
     header: RunHeader,
     start: int,
@@ -131,7 +189,8 @@ def iter_blocks(
     start, stop : int
         TR range in file indices (``0 <= start < stop <= header.n_trs``).
     block_trs : int
-        TRs per block; memory is ``block_trs * n_grid_voxels * itemsize`` bytes.
+        TRs per block; memory is about ``4 * block_trs * n_grid_voxels * itemsize``
+        bytes (three raw buffers in rotation, and the block).
     columns : ndarray of int, optional
         Flat file-order voxel indices (see :func:`mask_columns`); all voxels if None.
 
@@ -140,30 +199,17 @@ def iter_blocks(
     t0 : int
         File index of the block's first TR.
     block : ndarray, shape (n, n_columns), float32
-        Scaled voxel values (NIfTI ``scl_slope``/``scl_inter`` applied).
+        Scaled voxel values (NIfTI ``scl_slope``/``scl_inter`` applied); a fresh array
+        the caller may keep.
     """
     if not 0 <= start < stop <= header.n_trs:
         raise ValueError(f"TR range [{start}, {stop}) outside run of {header.n_trs} TRs")
-    volume_bytes = header.n_grid_voxels * header.dtype.itemsize
-    buffer = bytearray(min(block_trs, stop - start) * volume_bytes)
     scaled = header.slope != 1.0 or header.inter != 0.0
-    try:
-        with _open(header.path) as handle:
-            handle.seek(header.offset + start * volume_bytes)
-            for t0 in range(start, stop, block_trs):
-                n = min(block_trs, stop - t0)
-                view = memoryview(buffer)[: n * volume_bytes]
-                if _read_exactly(handle, view) != len(view):
-                    raise InputDataError(
-                        f"{header.label}: {header.path} is truncated: the header promises "
-                        f"{header.n_trs} TRs but the data end before TR {t0 + n}"
-                    )
-                raw = np.frombuffer(view, dtype=header.dtype).reshape(n, header.n_grid_voxels)
-                block = raw[:, columns] if columns is not None else raw
-                block = block.astype(np.float32, copy=columns is None)
-                if scaled:
-                    block *= np.float32(header.slope)
-                    block += np.float32(header.inter)
-                yield t0, block
-    except (OSError, EOFError) as exc:
-        raise InputDataError(f"{header.label}: cannot read voxel data of {header.path}: {exc}") from None
+    for t0, n, buffer in _read_ahead(header, start, stop, block_trs):
+        raw = np.frombuffer(buffer, dtype=header.dtype, count=n * header.n_grid_voxels).reshape(n, header.n_grid_voxels)
+        block = raw[:, columns] if columns is not None else raw
+        block = block.astype(np.float32, copy=columns is None)
+        if scaled:
+            block *= np.float32(header.slope)
+            block += np.float32(header.inter)
+        yield t0, block

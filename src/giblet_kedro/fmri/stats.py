@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from giblet_kedro.errors import InputDataError
+from giblet_kedro.fmri.clean import clean_run
 from giblet_kedro.fmri.reader import RunHeader, iter_blocks
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,6 @@ def cleaned_moments(
 
     ``early_std`` (lab mask rule) is taken on the raw data, as the lab did.
     """
-    from giblet_kedro.fmri.clean import clean_run
-
     start, stop = crop
     n_columns = header.n_grid_voxels if columns is None else len(columns)
     raw = RunningMoments(n_columns)

@@ -170,7 +170,9 @@ def cleaned_moments(
     cleaned = clean_run(header, crop, columns, operator, block_trs, on_block=observe)
     nonfinite = ~np.isfinite(cleaned).all(axis=0)
     moments = RunningMoments(n_columns)
-    moments.update(cleaned[train])
+    contiguous = train.size and train[-1] - train[0] + 1 == train.size
+    # Training TRs are usually one block: a view, not a copy of the cleaned run.
+    moments.update(cleaned[train[0]: train[-1] + 1] if contiguous else cleaned[train])
     std = moments.std(ddof)
     raw_std = raw.std(ddof)
     with np.errstate(invalid="ignore"):

@@ -111,19 +111,25 @@ def make_split(subjects: pd.DataFrame, fmri: FmriSpec) -> pd.DataFrame:
     return table
 
 
+def run_confounds(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table: pd.DataFrame | None,
+                  label: str) -> np.ndarray | None:
+    """One run's confound regressors over its crop, ``(n_trs, k)``; None when the spec
+    regresses no confounds. Raises naming ``label`` when the table does not fit."""
+    spec = fmri.clean.confounds if fmri.clean else None
+    if spec is None:
+        return None
+    if table is None:
+        raise InputDataError(f"{label}: no confound table loaded")
+    return confound_matrix(table, spec.columns, spec.skip_rows, n_trs_file, crop, label)
+
+
 def check_confound_tables(subjects: pd.DataFrame, confounds: dict[str, pd.DataFrame], fmri: FmriSpec) -> None:
     """Every confound table fits its run (rows, columns, values), from the subject table
     alone: what ``kedro run`` checks before any node runs."""
-    spec = fmri.clean.confounds if fmri.clean else None
-    if spec is None:
-        return
     for row in subjects.itertuples():
-        key = run_key(str(row.subject_id), str(row.run))
-        label = f"{run_label(fmri, str(row.subject_id), str(row.run))}: fmri.clean.confounds"
-        if key not in confounds:
-            raise InputDataError(f"{label}: no confound table loaded")
-        confound_matrix(confounds[key], spec.columns, spec.skip_rows, int(row.n_trs_file),
-                        (int(row.crop_start), int(row.crop_stop)), label)
+        sid, run = str(row.subject_id), str(row.run)
+        run_confounds(fmri, int(row.n_trs_file), (int(row.crop_start), int(row.crop_stop)),
+                      confounds.get(run_key(sid, run)), f"{run_label(fmri, sid, run)}: fmri.clean.confounds")
 
 
 def run_operator(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table: pd.DataFrame | None,
@@ -131,12 +137,7 @@ def run_operator(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table: 
     """One run's cleaning operator over its crop (None when ``fmri.clean`` is off)."""
     if fmri.clean is None:
         return None
-    matrix = None
-    if fmri.clean.confounds is not None:
-        if table is None:
-            raise InputDataError(f"{label}: no confound table loaded")
-        spec = fmri.clean.confounds
-        matrix = confound_matrix(table, spec.columns, spec.skip_rows, n_trs_file, crop, label)
+    matrix = run_confounds(fmri, n_trs_file, crop, table, label)
     return cleaning_operator(crop[1] - crop[0], fmri.tr, fmri.clean, matrix)
 
 
@@ -193,11 +194,12 @@ def compute_norm_stats(
     columns = mask_columns(given_mask) if given else None
     first_run = fmri.run_ids[0]
 
+    stats_trs = {run: stats_rows(split, run) for run in crops}  # (crop-relative TRs, "train" | "all")
+    sources = {run: source for run, (_, source) in stats_trs.items()}
     moments: dict[RunKey, SubjectMoments] = {}
-    sources: dict[str, str] = {}
     for (sid, run), header in headers.items():
         crop = crops[run]
-        rows, sources[run] = stats_rows(split, run)
+        rows = stats_trs[run][0]
         early = min(fmri.lab_mask.first_trs, crop[1] - crop[0]) if fmri.mask == "lab" and run == first_run else None
         label = run_label(fmri, sid, run)
         log.info("fmri stats: %s (%d TRs, %s%s)", label, crop[1] - crop[0], header.path.name,
@@ -236,7 +238,7 @@ def compute_norm_stats(
     }
     for run, crop in crops.items():
         stats[f"run_{run}_crop"] = np.array(crop, dtype=np.int64)
-        stats[f"run_{run}_stats_trs"] = stats_rows(split, run)[0] + crop[0]
+        stats[f"run_{run}_stats_trs"] = stats_trs[run][0] + crop[0]
     if len(crops) == 1:
         stats["crop"] = stats[f"run_{first_run}_crop"]
     for sid in fmri.subject_ids:

@@ -11,7 +11,8 @@
   a cache that a spec still uses.
 
 ``kedro giblet spec`` prints the compiled spec with every stage's fingerprint;
-``kedro giblet caches`` lists cache folders and ``--prune`` removes unreferenced ones.
+``kedro giblet caches`` lists cache folders and ``--prune`` removes unreferenced ones;
+``kedro giblet runs`` lists past runs and ``kedro giblet compare A B`` compares two.
 """
 
 from __future__ import annotations
@@ -104,8 +105,12 @@ def _run(recompute: bool, **kwargs: Any) -> Any:
     except GibletError as exc:
         _fail(exc)
 
+    requested = [kwargs["pipeline"]] if kwargs.get("pipeline") else list(kwargs.get("pipelines") or [])
+    if "lesion" in requested and compiled.spec.lesion is None:
+        _fail(GibletError(f"{compiled.spec_file}: --pipelines=lesion needs a 'lesion' section: "
+                          "lesion: {regions: {NAME: {mask: FILE} or {atlas: FILE, labels: [..]}}, method: zero}"))
     if compiled.spec.demo is not None:
-        requested = [kwargs.pop("pipeline")] if kwargs.get("pipeline") else list(kwargs.get("pipelines") or [])
+        kwargs.pop("pipeline", None)
         kwargs["pipeline"] = None
         if requested and "demo_data" not in requested:
             kwargs["pipelines"] = ["demo_data", *requested]
@@ -126,6 +131,12 @@ def _run(recompute: bool, **kwargs: Any) -> Any:
             raise
         _fail(error)
     _record_run(compiled)
+    try:
+        from giblet_kedro.runs import record_run
+
+        record_run(compiled, requested or ["__default__"])
+    except OSError as exc:  # the run itself succeeded; only its history entry is missing
+        click.secho(f"Warning: could not record the run in the history: {exc}", fg="yellow", err=True)
     return result
 
 
@@ -269,3 +280,52 @@ def job(experiment: str | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(train_job.to_json())
     click.echo(str(path))
+
+
+@giblet.command()
+@click.option("--experiment", "-e", default=None, help="Only this experiment's runs (its name).")
+@click.option("--last", "-n", default=20, show_default=True, help="How many of the latest runs to show.")
+def runs(experiment: str | None, last: int) -> None:
+    """List past runs: id, date, spec fingerprint, pipelines and headline metrics."""
+    from giblet_kedro.runs import load_history
+
+    records = [r for r in load_history() if experiment is None or r["experiment"] == experiment]
+    if not records:
+        click.echo("no recorded runs" + (f" of {experiment!r}" if experiment else "") + " yet")
+        return
+    for record in records[-last:]:
+        metrics = record["metrics"]
+        shown = {k: metrics[k] for k in ("verify.passed", "eval.mean_r", "eval.r_over_ceiling", "eval.minus_ridge")
+                 if k in metrics}
+        click.echo(f"{record['run_id']}  {record['date']}  {record['experiment']:<16} spec {record['spec_fingerprint']}"
+                   f"  {','.join(record['pipelines'])}  " + "  ".join(f"{k}={_short(v)}" for k, v in shown.items()))
+
+
+def _short(value: Any) -> str:
+    return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@giblet.command(name="compare")
+@click.argument("run_a")
+@click.argument("run_b")
+def compare_runs(run_a: str, run_b: str) -> None:
+    """Compare two runs side by side: RUN is a run id (or unique prefix) or EXPERIMENT~N,
+    the N-th latest run of EXPERIMENT (demo~0 is the latest, demo~1 the one before)."""
+    from giblet_kedro.runs import compare, find_run, load_history
+
+    records = load_history()
+    try:
+        a, b = find_run(records, run_a), find_run(records, run_b)
+    except GibletError as exc:
+        _fail(exc)
+    diff = compare(a, b)
+    width = max([len(k) for section in diff.values() for k, _, _ in section] + [10])
+    click.echo(f"{'':<{width}}  {'A: ' + a['run_id']:<28}  {'B: ' + b['run_id']:<28}")
+    click.echo(f"{'date':<{width}}  {a['date']:<28}  {b['date']:<28}")
+    click.echo(f"{'experiment':<{width}}  {a['experiment']:<28}  {b['experiment']:<28}")
+    for title, rows in (("spec keys that differ", diff["spec"]), ("stages recomputed", diff["stages"]),
+                        ("metrics", diff["metrics"])):
+        click.echo(f"\n{title}:" + ("" if rows else " none"))
+        for key, left, right in rows:
+            delta = f"  ({right - left:+.4g})" if isinstance(left, float) and isinstance(right, float) else ""
+            click.echo(f"{key:<{width}}  {_short(left):<28}  {_short(right):<28}{delta}")

@@ -4,14 +4,19 @@
 - ``fmri``: the fMRI stage.
 - ``stimulus``: the stimulus stage (and the fMRI TR grid it aligns to).
 - ``train``: the whole workflow: fMRI, stimulus, training, verification.
+- ``evaluate``: held-out prediction, noise ceiling, ridge reference, reconstruction
+  (and everything it needs).
+- ``lesion``: decode the stimulus from brain activity with regions silenced.
+- ``report``: evaluate + lesion (when the spec has one) + the HTML report.
 - ``__default__``: everything, for ``kedro run`` and lineage review in ``kedro viz``.
 """
 
 from __future__ import annotations
 
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Pipeline, node
 
-from giblet_kedro.pipelines import demo_data, fmri, stimulus, train
+from giblet_kedro.pipelines import demo_data, evaluate, fmri, lesion, stimulus, train
+from giblet_kedro.pipelines.evaluate.report import write_report
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -19,12 +24,23 @@ def register_pipelines() -> dict[str, Pipeline]:
     demo_pipeline = demo_data.pipeline.create_pipeline()
     stimulus_pipeline = stimulus.pipeline.create_pipeline()
     train_pipeline = train.pipeline.create_pipeline()
+    evaluate_pipeline = evaluate.pipeline.create_pipeline()
+    lesion_pipeline = lesion.pipeline.create_pipeline()
+    workflow = fmri_pipeline + stimulus_pipeline + train_pipeline
+    report_pipeline = Pipeline([node(
+        write_report,
+        ["verification_summary", "loss_curve", "evaluation_metrics", "r_map_figure", "reconstruction_figure",
+         "lesion_metrics", "lesion_figure", "lesion_frames", "lesion_text", "params:experiment_info"],
+        "experiment_report", name="write_report")])
     # `stimulus` includes the fMRI nodes its TR grid comes from (Kedro runs what a
     # pipeline lists; cached nodes are skipped).
     return {
         "demo_data": demo_pipeline,
         "fmri": fmri_pipeline,
         "stimulus": fmri_pipeline.only_nodes("inspect_fmri_runs", "split_fmri_trs") + stimulus_pipeline,
-        "train": fmri_pipeline + stimulus_pipeline + train_pipeline,
-        "__default__": demo_pipeline + fmri_pipeline + stimulus_pipeline + train_pipeline,
+        "train": workflow,
+        "evaluate": workflow + evaluate_pipeline,
+        "lesion": workflow + lesion_pipeline,
+        "report": workflow + evaluate_pipeline + lesion_pipeline + report_pipeline,
+        "__default__": demo_pipeline + workflow + evaluate_pipeline + lesion_pipeline + report_pipeline,
     }

@@ -18,11 +18,18 @@ def aligned(values, grid: TrGrid = GRID) -> TrAligned:
     return TrAligned(values=values, valid=np.ones(len(values), bool), meta={"grid": grid.describe()})
 
 
-def test_codes_are_not_convolved_continuous_features_are():
+def test_codes_are_delayed_to_the_hrf_peak_continuous_features_are_convolved():
+    from nilearn.glm.first_level.hemodynamic_models import glover_hrf
+
     codes = np.zeros((10, 2, 4), np.int16)
     codes[3] = 7
     out = apply_hrf(aligned(codes), StimulusSpec(hrf={"kind": "glover"}))
-    np.testing.assert_array_equal(out.values, codes)
+    lag = int(np.argmax(glover_hrf(1.5, oversampling=1, time_length=32.0)))  # nilearn's peak, in TRs
+    assert lag == 4  # 6 s: the sampled glover peak at TR 1.5 s
+    expected = np.zeros_like(codes)
+    expected[3 + lag] = 7
+    np.testing.assert_array_equal(out.values, expected)
+    assert not out.valid[:lag].any() and out.valid[lag:].all()
     assert "not convolved" in out.meta["hrf"]
     features = np.zeros((10, 5), np.float32)
     features[3] = 1.0

@@ -62,6 +62,13 @@ STAGES: dict[str, Stage] = {
                                      "giblet_kedro.training.data", "giblet_kedro.training.ddp",
                                      "giblet_kedro.pipelines.train.nodes")),
         Stage("verify", "08_reporting", ("giblet_kedro.pipelines.train.verify",)),
+        Stage("evaluate", "07_model_output", (
+            "giblet_kedro.evaluation.metrics", "giblet_kedro.evaluation.ridge", "giblet_kedro.evaluation.model",
+            "giblet_kedro.fmri.normalize", "giblet_kedro.pipelines.evaluate.nodes")),
+        Stage("lesion", "07_model_output", (
+            "giblet_kedro.evaluation.metrics", "giblet_kedro.evaluation.model", "giblet_kedro.evaluation.lesion",
+            "giblet_kedro.pipelines.lesion.nodes")),
+        Stage("report", "08_reporting", ("giblet_kedro.evaluation.figures", "giblet_kedro.pipelines.evaluate.report")),
         Stage(
             "fmri_heldout",
             "05_model_input",
@@ -166,6 +173,10 @@ def _resolve_paths(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
             if part is not None:
                 parts[name] = part.model_copy(update={k: resolve(getattr(part, k)) for k in keys})
         update["stimulus"] = stim.model_copy(update=parts)
+    if spec.lesion is not None:
+        regions = {name: region.model_copy(update={"mask": resolve(region.mask), "atlas": resolve(region.atlas)})
+                   for name, region in spec.lesion.regions.items()}
+        update["lesion"] = spec.lesion.model_copy(update={"regions": regions})
     return spec.model_copy(update=update)
 
 
@@ -236,6 +247,7 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
     fps["fmri_heldout"] = hash_payload(reads["fmri_heldout"])
     _stimulus_fingerprints(spec, reads, fps, file_fp, subject_fps)
     _training_fingerprints(spec, reads, fps)
+    _evaluation_fingerprints(spec, reads, fps, file_fp)
 
     return CompiledExperiment(spec=_resolve_paths(spec, demo_fp), spec_file=spec_file,
                               fingerprints=fps, stage_inputs=reads)
@@ -295,6 +307,27 @@ def _training_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict) -> None
     reads["verify"] = {"train": fps["train"], "verify": spec.verify.model_dump(mode="json"),
                        "code": code_version(STAGES["verify"].code_modules)}
     fps["verify"] = hash_payload(reads["verify"])
+
+
+def _evaluation_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp) -> None:
+    """Evaluation reads the trained model and what it was trained on (subjects' data
+    again, for the noise ceiling); lesions also read their region files; the report
+    reads everything it shows."""
+    trained = {"train": fps["train"], "fmri_stats": fps["fmri_stats"], "fmri_tensor": fps["fmri_tensor"],
+               **{name: fps[name] for name in FINAL_FEATURES.values()}}
+    reads["evaluate"] = {**trained, "evaluate": spec.evaluate.model_dump(mode="json"),
+                         "code": code_version(STAGES["evaluate"].code_modules)}
+    fps["evaluate"] = hash_payload(reads["evaluate"])
+    lesion = spec.lesion
+    reads["lesion"] = {**trained, "lesion": None if lesion is None else {
+        **lesion.model_dump(mode="json", exclude={"regions"}),
+        "regions": {name: {"file": file_fp(region.file, f"lesion.regions.{name}"), "labels": region.labels}
+                    for name, region in lesion.regions.items()}},
+        "code": code_version(STAGES["lesion"].code_modules)}
+    fps["lesion"] = hash_payload(reads["lesion"])
+    reads["report"] = {"verify": fps["verify"], "evaluate": fps["evaluate"], "lesion": fps["lesion"],
+                       "code": code_version(STAGES["report"].code_modules)}
+    fps["report"] = hash_payload(reads["report"])
 
 
 def compile_experiment(name_or_path: str, check_files: bool = True) -> CompiledExperiment:

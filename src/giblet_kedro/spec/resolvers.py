@@ -62,8 +62,8 @@ def cache(stage: str, experiment: str) -> str:
 
 def files(key: str, experiment: str) -> dict[str, str]:
     section, _, field = key.partition(".")
-    value = getattr(getattr(compiled(experiment).spec, section), field)
-    return dict(value)
+    part = getattr(compiled(experiment).spec, section)
+    return {} if part is None else dict(getattr(part, field))  # an optional section left out: no files
 
 
 RESOLVERS: dict[str, Callable[..., Any]] = {

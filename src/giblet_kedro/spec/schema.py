@@ -542,6 +542,79 @@ class DemoSpec(StrictModel):
 # --------------------------------------------------------------------- experiment
 # The file-valued fields of each stimulus section (one list: resolution, fingerprints
 # and staleness checks all walk it).
+# ------------------------------------------------------------------ evaluation
+class RidgeSpec(StrictModel):
+    """The reference encoding model: banded ridge (himalaya), one band per modality.
+
+    Features enter as the model sees them (HRF-aligned), each lagged by every delay of a
+    set (FIR, in TRs); the set and the band weights and alphas are chosen on val TRs.
+    """
+
+    delay_sets: Annotated[list[list[NonNegativeInt]], Field(min_length=1)] = [[0], [0, 1, 2]]
+    alphas: Annotated[list[PositiveFloat], Field(min_length=1)] = [10.0 ** k for k in range(-3, 7)]
+    n_iter: PositiveInt = 20
+
+    @field_validator("delay_sets")
+    @classmethod
+    def _non_empty_sets(cls, value: list[list[int]]) -> list[list[int]]:
+        if any(not delays for delays in value):
+            raise ValueError("every delay set needs at least one delay, e.g. [[0], [0, 1, 2]]")
+        return [sorted(set(delays)) for delays in value]
+
+
+class EvaluateSpec(StrictModel):
+    """Held-out evaluation: ``null_shifts`` circular shifts of the prediction in time give a
+    null that keeps its autocorrelation (shifts shorter than ``min_shift_trs`` are left
+    out); voxels are significant at false-discovery rate ``fdr``."""
+
+    null_shifts: PositiveInt = 200
+    min_shift_trs: NonNegativeInt = 5
+    fdr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    ridge: RidgeSpec = RidgeSpec()
+
+
+class RegionSpec(StrictModel):
+    """A brain region: a NIfTI mask (nonzero voxels) or labels of a NIfTI atlas."""
+
+    mask: str | None = None
+    atlas: str | None = None
+    labels: list[int] = []
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RegionSpec:
+        if (self.mask is None) == (self.atlas is None):
+            raise ValueError("give exactly one of 'mask' (a NIfTI mask) or 'atlas' with 'labels'")
+        if self.atlas is not None and not self.labels:
+            raise ValueError("'atlas' needs 'labels': the atlas values that make up the region, e.g. [1]")
+        if self.mask is not None and self.labels:
+            raise ValueError("'labels' go with 'atlas', not with 'mask'")
+        return self
+
+    @property
+    def file(self) -> str:
+        return self.mask if self.mask is not None else self.atlas  # type: ignore[return-value]
+
+
+class LesionSpec(StrictModel):
+    """Silence brain regions and decode the stimulus from what is left.
+
+    ``method``: ``zero`` sets the region's z-scored activity to 0 (its training mean);
+    ``mean`` to its mean over the decoded TRs; ``noise`` to Gaussian noise of unit
+    variance (the power is kept, the information is not). Each region is compared with
+    ``random_regions`` contiguous random regions of the same size.
+    """
+
+    regions: Annotated[dict[Annotated[str, Field(pattern=SUBJECT_ID)], RegionSpec], Field(min_length=1)]
+    method: Literal["zero", "mean", "noise"] = "zero"
+    random_regions: PositiveInt = 20
+    seed: NonNegativeInt = 0
+
+    @property
+    def region_files(self) -> dict[str, str]:
+        """Region name -> its mask or atlas file."""
+        return {name: region.file for name, region in self.regions.items()}
+
+
 STIMULUS_FILE_FIELDS = {"video": ("path",), "audio": ("path", "weights"), "text": ("annotations", "weights")}
 
 
@@ -557,6 +630,8 @@ class ExperimentSpec(StrictModel):
     loss: LossSpec = LossSpec()
     train: TrainSpec = TrainSpec()
     verify: VerifySpec = VerifySpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+    lesion: LesionSpec | None = None
 
     @model_validator(mode="after")
     def _demo_placeholder_needs_demo(self) -> ExperimentSpec:
@@ -616,6 +691,9 @@ class ExperimentSpec(StrictModel):
                 for key in keys if part is not None else ():
                     if getattr(part, key):
                         files[f"stimulus.{section}.{key}"] = getattr(part, key)
+        if self.lesion is not None:
+            files |= {f"lesion.regions.{name}.{'mask' if region.mask else 'atlas'}": region.file
+                      for name, region in self.lesion.regions.items()}
         return files
 
 

@@ -33,10 +33,13 @@ log = logging.getLogger(__name__)
 
 def generate_demo(
     demo: DemoSpec | None, fmri: FmriSpec, experiment: dict[str, Any]
-) -> tuple[dict[str, nib.Nifti1Image], dict[str, nib.Nifti1Image], Movie, pd.DataFrame, dict[str, np.ndarray]]:
+) -> tuple[dict[str, nib.Nifti1Image], dict[str, nib.Nifti1Image], Movie, pd.DataFrame, dict[str, np.ndarray],
+           nib.Nifti1Image]:
     """Generate the movie, annotations, subjects' runs (and held-out runs) and the truth.
 
-    Returns ``(runs, heldout_runs, movie, annotations, ground_truth)``. Annotations use
+    Returns ``(runs, heldout_runs, movie, annotations, ground_truth, regions)``;
+    ``regions`` is the planted layout as a NIfTI atlas (1 visual, 2 auditory, 3
+    language, 4 unresponsive brain), for lesion specs. Annotations use
     the Sherlock table's column names. Held-out runs are new runs of the same subjects
     on a fresh stretch of stimulus (its features are in the ground truth).
     """
@@ -97,7 +100,9 @@ def generate_demo(
         "affine": affine,
         "noise": np.array(demo.noise),
     }
-    return runs, heldout, movie, annotations, truth
+    regions = nib.Nifti1Image(labels.astype(np.int16), affine)
+    regions.header.set_xyzt_units(xyz="mm")
+    return runs, heldout, movie, annotations, truth, regions
 
 
 def demo_run_parts(fmri: FmriSpec, demo: DemoSpec) -> dict[str, slice]:

@@ -10,7 +10,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(
             generate_demo,
             ["params:demo", "params:fmri", "params:experiment_info"],
-            ["fmri_raw", "fmri_heldout_raw", "demo_movie", "demo_annotations", "demo_ground_truth"],
+            ["fmri_raw", "fmri_heldout_raw", "demo_movie", "demo_annotations", "demo_ground_truth",
+             "demo_regions"],
             name="generate_demo_data",
         ),
     ])

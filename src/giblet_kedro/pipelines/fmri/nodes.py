@@ -282,25 +282,48 @@ def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick,
     return report
 
 
-def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
-                      stats: dict[str, np.ndarray], fmri: FmriSpec) -> np.ndarray:
-    """Clean and z-score every run with its saved stats, concatenate each subject's runs,
-    then average (``cross_subject``, shape (n_trs, n_voxels)) or stack (``per_subject``,
-    (n_subjects, n_trs, n_voxels)). float32; ``n_trs`` sums the runs' crops."""
+def _subject_sources(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
+                     stats: dict[str, np.ndarray], fmri: FmriSpec) -> tuple[list[list[RunSource]], np.ndarray]:
+    """Per subject (saved order), its runs with the saved stats and cleaning operators;
+    and the mask's file-order columns."""
     headers = _headers(runs, fmri)
     ids = [str(s) for s in np.atleast_1d(stats["subject_ids"])]
     run_ids = [str(r) for r in np.atleast_1d(stats["run_ids"])]
     crops = {run: (int(stats[f"run_{run}_crop"][0]), int(stats[f"run_{run}_crop"][1])) for run in run_ids}
     operators = _operators(fmri, headers, crops, confounds)
-    columns = mask_columns(stats["mask"])
-    log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(ids), len(run_ids),
-             sum(b - a for a, b in crops.values()), len(columns))
     subjects = [
         [RunSource(headers[(sid, run)], crops[run], stats[f"subject_{sid}_run_{run}_mean"],
                    stats[f"subject_{sid}_run_{run}_std"], operators[(sid, run)]) for run in run_ids]
         for sid in ids
     ]
+    return subjects, mask_columns(stats["mask"])
+
+
+def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
+                      stats: dict[str, np.ndarray], fmri: FmriSpec) -> np.ndarray:
+    """Clean and z-score every run with its saved stats, concatenate each subject's runs,
+    then average (``cross_subject``, shape (n_trs, n_voxels)) or stack (``per_subject``,
+    (n_subjects, n_trs, n_voxels)). float32; ``n_trs`` sums the runs' crops."""
+    subjects, columns = _subject_sources(runs, confounds, stats, fmri)
+    log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(subjects),
+             len(subjects[0]), sum(run.n_trs for run in subjects[0]), len(columns))
     return combine_subjects(subjects, columns, fmri.mode, fmri.chunk_trs)
+
+
+def subjects_on_rows(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
+                     stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Each subject's cleaned, z-scored data on the val and on the test rows of the split,
+    kept apart: two (n_subjects, n_rows, n_voxels) float32 arrays (the noise ceiling
+    needs subjects; the ``cross_subject`` tensor has only their mean). One subject is in
+    memory at a time."""
+    subjects, columns = _subject_sources(runs, confounds, stats, fmri)
+    picked = [split.loc[split["split"] == which, "tr"].to_numpy(dtype=np.int64) for which in ("val", "test")]
+    out = [np.empty((len(subjects), len(rows), len(columns)), dtype=np.float32) for rows in picked]
+    for index, subject in enumerate(subjects):
+        normalized = combine_subjects([subject], columns, "per_subject", fmri.chunk_trs)[0]
+        for array, rows in zip(out, picked, strict=True):
+            array[index] = normalized[rows]
+    return out[0], out[1]
 
 
 def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], heldout_confounds: dict[str, pd.DataFrame],

@@ -80,8 +80,8 @@ def extract_text_embeddings(split: pd.DataFrame, fmri: FmriSpec, stimulus: Stimu
 
 def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
     """Continuous features: causal convolution with the canonical HRF (``glover``/``spm``)
-    or a shift by ``delay_s`` (``none``). Integer codes: never convolved, only shifted
-    with ``none``. Each run on its own: nothing carries over from one run into the next
+    or a shift by ``delay_s`` (``none``). Integer codes: never convolved; shifted by the
+    HRF's peak time (``glover``/``spm``) or by ``delay_s`` (``none``). Each run on its own: nothing carries over from one run into the next
     (the scanner was off in between)."""
     settings = (stimulus or StimulusSpec()).hrf
     tr = float(aligned.meta["grid"]["tr"])
@@ -90,13 +90,13 @@ def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
     if aligned.meta.get("absent") or values.size == 0:
         return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": "none (absent)"})
     if settings.kind == "none" or np.issubdtype(values.dtype, np.integer):
-        lag_s = settings.delay_s if settings.kind == "none" else 0.0
+        lag_s = settings.delay_s if settings.kind == "none" else hrf.peak_lag_s(settings.kind, tr)
         parts = [hrf.shift(values[rows], valid[rows], lag_s, tr) for rows in segments]
         values = np.concatenate([p[0] for p in parts])
         valid = np.concatenate([p[1] for p in parts])
         applied = f"shift by {int(round(lag_s / tr))} TRs"
         if settings.kind != "none":
-            applied += " (integer codes are not convolved; the model sees each TR's own codes)"
+            applied += f" (integer codes are not convolved: delayed by the {settings.kind} HRF's peak, {lag_s:g} s)"
     else:
         values = np.concatenate([hrf.convolve(values[rows], settings.kind, tr) for rows in segments])
         applied = f"causal convolution with nilearn's {settings.kind} HRF"

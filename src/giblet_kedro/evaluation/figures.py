@@ -1,0 +1,107 @@
+"""Pictures of the evaluation: r-map slices, frame grids, lesion comparisons (matplotlib)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def message_figure(text: str):
+    """A small figure that only says ``text`` (a picture the spec has nothing for)."""
+    figure = plt.figure(figsize=(4, 1))
+    figure.text(0.5, 0.5, text, ha="center", va="center")
+    return figure
+
+
+def _volume(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    volume = np.full(mask.shape, np.nan, dtype=np.float32)
+    volume[mask.astype(bool)] = values
+    return volume
+
+
+def _slices(mask: np.ndarray, count: int) -> np.ndarray:
+    """``count`` axial slice indices spread over the slices that hold mask voxels."""
+    occupied = np.flatnonzero(mask.any(axis=(0, 1)))
+    return occupied[np.linspace(0, len(occupied) - 1, min(count, len(occupied))).round().astype(int)]
+
+
+def r_map_figure(maps: dict[str, np.ndarray], title: str, count: int = 6):
+    """Axial slices (rows: autoencoder r, ridge r, noise ceiling) on one colour scale;
+    white outlines mark voxels significant at the evaluation's FDR."""
+    mask = np.asarray(maps["mask"], dtype=bool)
+    rows = [("autoencoder r", maps["r_model"]), ("ridge r", maps["r_ridge"])]
+    if "ceiling" in maps:
+        rows.append(("noise ceiling", maps["ceiling"]))
+    slices = _slices(mask, count)
+    limit = max(float(np.nanmax(np.abs(np.concatenate([v for _, v in rows])))), 1e-3)
+    figure, axes = plt.subplots(len(rows), len(slices), figsize=(1.8 * len(slices), 1.9 * len(rows)), squeeze=False)
+    significant = _volume(maps["significant"].astype(np.float32), mask)
+    for i, (label, values) in enumerate(rows):
+        volume = _volume(values, mask)
+        for j, z in enumerate(slices):
+            axis = axes[i, j]
+            image = axis.imshow(volume[:, :, z].T, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+            if i == 0:
+                axis.contour(np.nan_to_num(significant[:, :, z]).T, levels=[0.5], colors="k", linewidths=0.6)
+                axis.set_title(f"z = {z}", fontsize=8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if j == 0:
+                axis.set_ylabel(label, fontsize=8)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="Pearson r")
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _frame(video: np.ndarray) -> np.ndarray:
+    """(F, 3, H, W) -> the middle frame as (H, W, 3) in [0, 1] (min-max per image)."""
+    frame = np.moveaxis(video[video.shape[0] // 2], 0, -1).astype(np.float64)
+    low, high = frame.min(), frame.max()
+    return (frame - low) / (high - low) if high > low else np.zeros_like(frame)
+
+
+def frame_grid(rows: dict[str, np.ndarray], tr_labels: list[str], title: str):
+    """One row per source (e.g. true, reconstructed, lesioned), one column per TR;
+    each cell the middle frame of the TR's (F, 3, H, W) video."""
+    n_rows, n_cols = len(rows), len(tr_labels)
+    figure, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols, 1.1 * n_rows + 0.6), squeeze=False)
+    for i, (label, videos) in enumerate(rows.items()):
+        for j in range(n_cols):
+            axis = axes[i, j]
+            axis.imshow(_frame(videos[j]))
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if i == 0:
+                axis.set_title(tr_labels[j], fontsize=7)
+            if j == 0:
+                axis.set_ylabel(label, fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def lesion_figure(report: dict, title: str):
+    """Per region: the change in each modality's normalized loss when it is lesioned
+    (bars), with the same change for random regions of its size (dots)."""
+    regions = list(report["regions"])
+    modalities = list(report["intact"]["normalized_loss"])
+    figure, axes = plt.subplots(1, len(regions), figsize=(3.4 * len(regions), 3.2), squeeze=False)
+    for axis, region in zip(axes[0], regions, strict=True):
+        entry = report["regions"][region]
+        x = np.arange(len(modalities))
+        axis.bar(x, [entry["loss_increase"][m] for m in modalities], color="tab:red", alpha=0.8, label=region)
+        for k, m in enumerate(modalities):
+            values = [r[m] for r in entry["random_loss_increase"]]
+            axis.scatter(np.full(len(values), k) + np.linspace(-0.25, 0.25, len(values)), values, s=6, color="k",
+                         label="random regions" if k == 0 else None)
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_xticks(x, modalities)
+        axis.set_title(f"lesion {region} ({entry['voxels']} voxels)", fontsize=9)
+        axis.set_ylabel("normalized loss increase")
+        axis.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,3 @@
+"""Evaluate: held-out prediction, noise ceiling, ridge reference, reconstruction."""
+
+from giblet_kedro.pipelines.evaluate import pipeline  # noqa: F401

@@ -1,0 +1,99 @@
+"""One self-contained HTML report per experiment: verification, evaluation, lesions,
+with every picture embedded (it opens offline, from anywhere)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+
+def _image(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _markdown_table(text: str) -> str:
+    """The verification summary / decoded text (Markdown tables) as HTML tables."""
+    out, rows = [], []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-", " "} for c in cells):
+                rows.append(cells)
+            continue
+        if rows:
+            out.append("<table>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                           for r in rows) + "</table>")
+            rows = []
+        if line.startswith("#"):
+            continue  # the report has its own headings
+        if line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if rows:
+        out.append("<table>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                       for r in rows) + "</table>")
+    return "\n".join(out)
+
+
+def write_report(verification_summary: str, loss_curve: bytes, evaluation: dict, r_map: bytes,
+                 reconstruction: bytes, lesions: dict, lesion_bars: bytes, lesion_frames: bytes,
+                 lesion_text: str, experiment: dict[str, Any]) -> str:
+    """The HTML report."""
+    model, ridge = evaluation["autoencoder"], evaluation["ridge"]
+    ceiling = evaluation.get("noise_ceiling", {})
+    headline = [
+        ("test TRs", evaluation["test_trs"]), ("voxels", evaluation["voxels"]),
+        ("autoencoder mean r / median r", f"{model['mean_r']:.3f} / {model['median_r']:.3f}"),
+        ("ridge reference mean r / median r", f"{ridge['mean_r']:.3f} / {ridge['median_r']:.3f}"),
+        ("autoencoder minus ridge, mean r on " + evaluation["comparison"]["on"],
+         f"{evaluation['comparison']['difference']:+.3f} (95% CI {evaluation['comparison']['ci95'][0]:+.3f} to "
+         f"{evaluation['comparison']['ci95'][1]:+.3f}): {evaluation['comparison']['verdict']}"),
+        ("share of voxels significant (autoencoder, FDR)", model["share_significant"]),
+    ]
+    if ceiling:
+        headline += [("noise ceiling median", ceiling["median"]), ("reliable voxels", ceiling["reliable_voxels"]),
+                     ("autoencoder r / ceiling (reliable voxels)", model.get("r_over_ceiling")),
+                     ("ridge r / ceiling (reliable voxels)", ridge.get("r_over_ceiling"))]
+    recon_rows = [(f"{name}: {key}", value) for name, entry in evaluation["reconstruction"].items()
+                  for key, value in entry.items()]
+    parts = [
+        f"<h1>Experiment report: {html.escape(experiment['name'])}</h1>",
+        f"<p>Spec: <code>{html.escape(experiment['spec_file'])}</code></p>",
+        _table([(stage, fp) for stage, fp in experiment.get("fingerprints", {}).items()]),
+        "<h2>Training verification</h2>", _markdown_table(verification_summary), _image(loss_curve, "loss curve"),
+        "<h2>Held-out fMRI prediction</h2>", _table(headline), _image(r_map, "r map"),
+        "<h2>Reconstruction from the stimulus (test TRs)</h2>", _table(recon_rows),
+        _image(reconstruction, "reconstructed frames"),
+        "<h2>Lesions</h2>",
+    ]
+    if lesions.get("regions"):
+        rows = [("method", lesions["method"]), ("read-out", lesions["readout"]),
+                ("normalized loss, decoded from the stimulus", lesions["from_stimulus"]["normalized_loss"]),
+                ("normalized loss, decoded from brain activity", lesions["intact"]["normalized_loss"])]
+        for name, entry in lesions["regions"].items():
+            rows += [(f"{name}: voxels", entry["voxels"]), (f"{name}: loss increase", entry["loss_increase"]),
+                     (f"{name}: specificity", entry["specificity"]),
+                     (f"{name}: beats every random region on", [m for m, ok in entry["exceeds_random"].items() if ok])]
+        parts += [_table(rows), _image(lesion_bars, "lesion comparison"), _image(lesion_frames, "lesion frames"),
+                  _markdown_table(lesion_text)]
+    else:
+        parts.append("<p>The spec has no lesion section.</p>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:left;font-size:13px}img{max-width:100%;margin:1em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(experiment['name'])}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

@@ -1,0 +1,198 @@
+"""Lesion nodes: decode the stimulus from measured test-TR brain activity, intact and
+with each spec region silenced, against random regions of the same size.
+
+Brain activity reaches the bottleneck through :class:`BrainReadout` (fit on training
+TRs); the autoencoder's decoders then reconstruct every modality. A lesion's effect on a
+modality is the increase of its normalized loss (the training loss's units: 1 = the
+training mean, or the code marginal), so modalities are compared in the same units.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from giblet_kedro.evaluation.lesion import BrainReadout, random_regions, region_voxels, silence
+from giblet_kedro.evaluation.model import TrainedModel
+from giblet_kedro.pipelines.evaluate.nodes import load_trained, per_sample_code_loss
+from giblet_kedro.pipelines.train.nodes import _rows
+from giblet_kedro.spec.schema import LesionSpec, LossSpec, ModelSpec, StimulusSpec, TrainSpec
+from giblet_kedro.stimulus.aligned import TrAligned
+
+log = logging.getLogger(__name__)
+READOUT_ALPHAS = np.logspace(-1, 6, 15)
+SHOWN_TRS = 8
+
+
+def normalized_losses(outputs: dict[str, np.ndarray], targets: dict[str, np.ndarray],
+                      trained: TrainedModel) -> dict[str, float]:
+    """Each modality's normalized loss over its valid rows (model units)."""
+    losses = {}
+    for name in trained.modalities:
+        valid = targets[f"{name}_valid"].astype(bool)
+        if not valid.any():
+            continue
+        if name == "audio" and trained.job.shapes.audio_is_codes:
+            value = per_sample_code_loss(outputs["audio"][valid], targets["audio"][valid]).mean()
+            losses[name] = float(value / trained.stats["audio"].entropy)
+        else:
+            losses[name] = float(((outputs[name][valid] - targets[name][valid]) ** 2).mean())
+    return losses
+
+
+def _mean_subjects(fmri_train: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(fmri_train[rows]) if fmri_train.ndim == 2 else np.asarray(fmri_train[:, rows]).mean(0)
+
+
+def fit_readout(trained: TrainedModel, fmri_train: np.ndarray, rows: np.ndarray) -> BrainReadout:
+    if trained.job.model["bottleneck"] == "voxels":
+        return BrainReadout.identity()
+    return BrainReadout.fit(trained.fmri_to_model_units(_mean_subjects(fmri_train, rows)), trained.encode(rows),
+                            READOUT_ALPHAS)
+
+
+def run_lesions(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict, video: TrAligned,
+                audio: TrAligned, text: TrAligned, model_checkpoint: dict, model: ModelSpec, loss: LossSpec,
+                train: TrainSpec, experiment: dict[str, Any], run_dir: str, norm_stats: dict[str, np.ndarray],
+                region_images: dict[str, nib.Nifti1Image], lesion: LesionSpec | None,
+                stimulus: StimulusSpec | None) -> tuple[dict, dict[str, np.ndarray], str]:
+    """Decode the test TRs' stimulus from measured brain activity: intact, with each
+    region silenced, and with ``lesion.random_regions`` random regions of each region's
+    size silenced.
+
+    Returns the report (JSON), decoded samples for the pictures (npz) and the decoded
+    text as the nearest annotation (Markdown).
+    """
+    if lesion is None:  # `kedro giblet`'s preflight refuses --pipelines=lesion without one
+        log.warning("experiment %r has no 'lesion' section: no lesions run", experiment["name"])
+        return ({"experiment": experiment["name"], "skipped": "the spec has no 'lesion' section", "regions": {}},
+                {}, f"# Decoded text: {experiment['name']}\n\nNo lesion section in the spec.\n")
+    trained = load_trained(fmri_train, fmri_split, loss_stats, video, audio, text, model_checkpoint, model, loss,
+                           train, experiment, run_dir)
+    train_rows, test_rows = _rows(fmri_split, "train"), _rows(fmri_split, "test")
+    readout = fit_readout(trained, fmri_train, train_rows)
+    brain = trained.fmri_to_model_units(_mean_subjects(fmri_train, test_rows))
+    targets = trained.batch(test_rows)
+    rng = np.random.default_rng(lesion.seed)
+    mask = np.asarray(norm_stats["mask"], dtype=bool)
+    coordinates = np.argwhere(mask)  # C order, as the voxel columns
+
+    def decode(activity: np.ndarray) -> dict[str, np.ndarray]:
+        return trained.decode(readout(activity))
+
+    intact = decode(brain)
+    intact_loss = normalized_losses(intact, targets, trained)
+    from_stimulus = normalized_losses(trained.predict(test_rows), targets, trained)
+    report: dict[str, Any] = {
+        "experiment": experiment["name"], "method": lesion.method, "test_trs": int(len(test_rows)),
+        "readout": {"kind": "identity (bottleneck: voxels)" if readout.coef is None else "ridge, brain -> bottleneck",
+                    "alpha": readout.alpha, "fit_trs": int(len(train_rows))},
+        "from_stimulus": {"normalized_loss": from_stimulus},
+        "intact": {"normalized_loss": intact_loss},
+        "regions": {},
+    }
+    shown = np.linspace(0, len(test_rows) - 1, min(SHOWN_TRS, len(test_rows))).round().astype(int)
+    decoded: dict[str, np.ndarray] = {"rows": test_rows[shown]}
+    if "video" in trained.modalities:
+        decoded["video_true"], decoded["video_intact"] = targets["video"][shown], intact["video"][shown]
+    texts = {"intact": intact.get("text")}
+    for name, region in lesion.regions.items():
+        label = f"lesion.regions.{name}"
+        voxels = region_voxels(region_images[name], region.labels, mask, norm_stats["affine"], label)
+        lesioned = decode(silence(brain, voxels, lesion.method, rng))
+        increase = _increase(normalized_losses(lesioned, targets, trained), intact_loss)
+        randoms = [_increase(normalized_losses(decode(silence(brain, other, lesion.method, rng)), targets, trained),
+                           intact_loss)
+                   for other in random_regions(coordinates, int(voxels.sum()), lesion.random_regions, rng)]
+        report["regions"][name] = _region_entry(int(voxels.sum()), increase, randoms)
+        if "video" in lesioned:
+            decoded[f"video_lesion_{name}"] = lesioned["video"][shown]
+        texts[f"lesion {name}"] = lesioned.get("text")
+        log.info("lesion %s (%d voxels): loss increase %s; specific to %s", name, int(voxels.sum()),
+                 {k: round(v, 4) for k, v in increase.items()}, report["regions"][name]["most_specific"])
+    tr = float(text.meta.get("grid", {}).get("tr", 0.0) or 0.0)
+    text_table = _nearest_annotations(texts, targets, trained, test_rows[shown], stimulus, experiment, shown, tr)
+    return report, decoded, text_table
+
+
+def _increase(lesioned: dict[str, float], intact: dict[str, float]) -> dict[str, float]:
+    return {name: lesioned[name] - intact[name] for name in intact}
+
+
+def _region_entry(size: int, increase: dict[str, float], randoms: list[dict[str, float]]) -> dict[str, Any]:
+    """The region's loss increase per modality, against random regions of its size.
+
+    ``specificity[m]``: the increase for ``m`` minus the mean increase of the other
+    modalities; ``random_specificity_max[m]``: the largest such value among the random
+    regions; ``exceeds_random[m]``: the region beats every random region on it.
+    """
+    def specificity(values: dict[str, float]) -> dict[str, float]:
+        return {m: v - float(np.mean([o for k, o in values.items() if k != m])) if len(values) > 1 else v
+                for m, v in values.items()}
+
+    own = specificity(increase)
+    random_spec = [specificity(r) for r in randoms]
+    random_max = {m: max(r[m] for r in random_spec) for m in own}
+    return {
+        "voxels": size, "loss_increase": increase, "random_loss_increase": randoms,
+        "random_share_at_least": {m: float(np.mean([r[m] >= increase[m] for r in randoms])) for m in increase},
+        "specificity": own, "random_specificity_max": random_max,
+        "exceeds_random": {m: bool(own[m] > random_max[m]) for m in own},
+        "most_specific": max(own, key=own.get),
+    }
+
+
+def _nearest_annotations(texts: dict[str, np.ndarray | None], targets: dict[str, np.ndarray], trained: TrainedModel,
+                         rows: np.ndarray, stimulus: StimulusSpec | None, experiment: dict[str, Any],
+                         shown: np.ndarray, tr: float) -> str:
+    """Decoded text of the shown test TRs as the nearest annotation (cosine between the
+    decoded and each annotation's CLIP embedding, centred on the training mean)."""
+    header = f"# Decoded text: {experiment['name']}\n\n"
+    if texts.get("intact") is None or stimulus is None or stimulus.text is None:
+        return header + "No text modality in this experiment.\n"
+    from giblet_kedro.stimulus.hrf import hrf_kernel
+    from giblet_kedro.stimulus.text import build_clip, embed_texts, read_segments
+
+    spec = stimulus.text
+    segments = read_segments(Path(spec.annotations), spec.start, spec.end, spec.columns, spec.run_onsets_s)
+    distinct = list(dict.fromkeys(segments["text"].tolist()))
+    clip, tokenizer = build_clip(spec.model, spec.weights, int(experiment["seed"]))
+    candidates = embed_texts(distinct, clip, tokenizer, 64, "cpu").astype(np.float64)
+    # Convolution scales a steady segment's embedding by the kernel's sum.
+    gain = 1.0 if stimulus.hrf.kind == "none" or tr <= 0 else float(hrf_kernel(stimulus.hrf.kind, tr).sum())
+    stats = trained.stats["text"]
+    centre = candidates.mean(0) * gain
+
+    def nearest(standardized: np.ndarray) -> list[str]:
+        raw = standardized.astype(np.float64) * stats.std + stats.mean - centre
+        cand = candidates * gain - centre
+        similarity = (raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)) @ \
+            (cand / np.maximum(np.linalg.norm(cand, axis=1, keepdims=True), 1e-12)).T
+        return [distinct[i] for i in similarity.argmax(1)]
+
+    columns = {"true (nearest to the feature)": nearest(targets["text"][shown])}
+    columns |= {label: nearest(values[shown]) for label, values in texts.items() if values is not None}
+    lines = [header, "| TR | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for k, row in enumerate(rows):
+        lines.append(f"| {int(row)} | " + " | ".join(values[k] for values in columns.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_lesions(report: dict, decoded: dict[str, np.ndarray], experiment: dict[str, Any]):
+    from giblet_kedro.evaluation.figures import frame_grid, lesion_figure, message_figure
+
+    if not report["regions"]:
+        return message_figure("no lesion section in the spec"), message_figure("no lesion section in the spec")
+    bars = lesion_figure(report, f"{experiment['name']}: lesions ({report['method']}) vs random regions")
+    videos = {key.removeprefix("video_").replace("_", " "): value for key, value in decoded.items()
+              if key.startswith("video_")}
+    if not videos:
+        return bars, message_figure("no video modality in this experiment")
+    labels = [f"TR {int(r)}" for r in decoded["rows"]]
+    return bars, frame_grid(videos, labels, f"{experiment['name']}: frames decoded from brain activity")
+

@@ -1,0 +1,133 @@
+"""Evaluation metrics against independent computations (scipy, numpy by hand, planted truth)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.signal import lfilter
+from scipy.stats import pearsonr
+
+from giblet_kedro.evaluation import metrics
+
+
+def ar1(rng: np.random.Generator, shape: tuple[int, ...], phi: float = 0.6) -> np.ndarray:
+    """(n_trs, ...) unit-variance AR(1) noise along axis 0."""
+    innovations = rng.standard_normal(shape) * np.sqrt(1 - phi**2)
+    return lfilter([1.0], [1.0, -phi], innovations, axis=0)
+
+
+def test_pearson_columns_matches_scipy_and_handles_constants(rng):
+    a, b = rng.standard_normal((30, 5)), rng.standard_normal((30, 5))
+    b[:, 1] += 2 * a[:, 1]
+    expected = [pearsonr(a[:, k], b[:, k]).statistic for k in range(5)]
+    np.testing.assert_allclose(metrics.pearson_columns(a, b), expected, atol=1e-12)
+    a[:, 3] = 7.0
+    assert metrics.pearson_columns(a, b)[3] == 0.0
+
+
+def test_noise_ceiling_matches_a_planted_shared_response(rng):
+    """Subjects = shared (variance s2) + own noise (variance n2): the ceiling formulas are
+    the correlation of the *true* shared response with one subject / the subjects' mean."""
+    n_subjects, n_trs, n_voxels = 6, 4000, 8
+    s2 = np.linspace(0.2, 3.0, n_voxels)
+    shared = rng.standard_normal((n_trs, n_voxels)) * np.sqrt(s2)
+    subjects = shared[None] + rng.standard_normal((n_subjects, n_trs, n_voxels))
+    ceiling_avg, rho = metrics.noise_ceiling(subjects, "average")
+    ceiling_one, _ = metrics.noise_ceiling(subjects, "subject")
+    np.testing.assert_allclose(rho, s2 / (s2 + 1.0), atol=0.03)
+    analytic_avg = np.sqrt(s2 / (s2 + 1.0 / n_subjects))
+    np.testing.assert_allclose(ceiling_avg, analytic_avg, atol=0.02)
+    np.testing.assert_allclose(ceiling_avg, metrics.pearson_columns(shared, subjects.mean(0)), atol=0.02)
+    np.testing.assert_allclose(ceiling_one, np.sqrt(s2 / (s2 + 1.0)), atol=0.03)
+    loso = metrics.leave_one_subject_out(subjects)
+    by_hand = np.mean([[pearsonr(subjects[i, :, v], np.delete(subjects, i, 0)[:, :, v].mean(0)).statistic
+                        for v in range(n_voxels)] for i in range(n_subjects)], axis=0)
+    np.testing.assert_allclose(loso, by_hand, atol=1e-10)
+
+
+def test_circular_shift_null_controls_false_positives_under_autocorrelation(rng):
+    """Independent AR(1) prediction and data: p-values from the pooled shift null are
+    close to uniform, so few voxels pass FDR; a naive iid t-test would flag many more."""
+    n_trs, n_voxels = 60, 400
+    prediction, measured = ar1(rng, (n_trs, n_voxels), 0.8), ar1(rng, (n_trs, n_voxels), 0.8)
+    r = metrics.pearson_columns(prediction, measured)
+    shifts = metrics.null_shifts(n_trs, 200, 5, rng)
+    p = metrics.pooled_p_values(r, metrics.circular_shift_null(prediction, measured, shifts))
+    assert (p < 0.05).mean() < 0.10
+    assert metrics.fdr_significant(p, 0.05).mean() < 0.02
+    naive = np.array([pearsonr(prediction[:, v], measured[:, v]).pvalue for v in range(n_voxels)])
+    assert (naive < 0.05).mean() > (p < 0.05).mean()
+
+
+def test_shift_null_finds_a_real_effect(rng):
+    n_trs, n_voxels = 60, 200
+    signal = ar1(rng, (n_trs, n_voxels))
+    measured = signal + ar1(rng, (n_trs, n_voxels))
+    measured[:, 100:] = ar1(rng, (n_trs, 100))  # half the voxels carry nothing
+    r = metrics.pearson_columns(signal, measured)
+    p = metrics.pooled_p_values(r, metrics.circular_shift_null(signal, measured, metrics.null_shifts(n_trs, 200, 5, rng)))
+    significant = metrics.fdr_significant(p, 0.05)
+    assert significant[:100].mean() > 0.9 and significant[100:].mean() < 0.1
+
+
+def test_null_shifts_bounds_and_too_short_series(rng):
+    shifts = metrics.null_shifts(20, 200, 5, rng)
+    assert shifts.tolist() == list(range(5, 16))
+    assert len(metrics.null_shifts(1000, 50, 5, rng)) == 50
+    with pytest.raises(ValueError, match="min_shift_trs"):
+        metrics.null_shifts(8, 10, 5, rng)
+
+
+def test_pooled_p_values_by_hand():
+    null = np.array([[0.1, 0.2], [0.3, 0.4]])
+    np.testing.assert_allclose(metrics.pooled_p_values(np.array([0.35, 0.5]), null), [2 / 5, 1 / 5])
+    np.testing.assert_allclose(metrics.pooled_p_values(np.array([0.3]), null), [3 / 5])  # ties count
+
+
+def test_benjamini_hochberg_by_hand():
+    p = np.array([0.01, 0.04, 0.03, 0.5, 0.02])
+    # sorted 0.01 0.02 0.03 0.04 0.5 vs 0.05 * k / 5 = .01 .02 .03 .04 .05: the first four pass
+    assert metrics.fdr_significant(p, 0.05).tolist() == [True, True, True, False, True]
+    assert not metrics.fdr_significant(np.array([0.2, 0.3]), 0.05).any()
+
+
+def test_block_bootstrap_difference_is_centred_on_the_true_gap(rng):
+    n_trs, n_voxels = 80, 30
+    signal = ar1(rng, (n_trs, n_voxels))
+    measured = (signal + ar1(rng, (n_trs, n_voxels)))[None]
+    same = metrics.block_bootstrap_difference(signal, signal, measured, np.ones(n_voxels, bool), 5, 200, rng)
+    np.testing.assert_array_equal(same, 0.0)
+    worse = signal + 2 * ar1(rng, (n_trs, n_voxels))
+    gap = metrics.pearson_columns(signal, measured[0]).mean() - metrics.pearson_columns(worse, measured[0]).mean()
+    boot = metrics.block_bootstrap_difference(signal, worse, measured, np.ones(n_voxels, bool), 5, 300, rng)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    assert low < gap < high and low > 0
+
+
+def test_reconstruction_metrics_by_hand():
+    true = np.array([[0.0, 0.5, 1.0], [1.0, 1.0, 0.0]])
+    recon = true + np.array([[0.1, -0.1, 0.0], [0.0, 0.0, 0.2]])
+    mse = np.array([0.02 / 3, 0.04 / 3])
+    np.testing.assert_allclose(metrics.psnr(recon, true, 1.0), 10 * np.log10(1.0 / mse))
+    np.testing.assert_allclose(metrics.frame_correlation(recon, true),
+                               [pearsonr(recon[0], true[0]).statistic, pearsonr(recon[1], true[1]).statistic])
+    np.testing.assert_allclose(metrics.cosine_rows(recon, true),
+                               [recon[i] @ true[i] / np.linalg.norm(recon[i]) / np.linalg.norm(true[i]) for i in (0, 1)])
+
+
+def test_code_accuracy_and_majority_baseline():
+    codes = np.array([[[1, 2, 3]], [[1, 1, 5]]])  # (n=2, n_q=1, T=3)
+    logits = np.zeros((2, 1, 8, 3))
+    logits[0, 0, 1, 0] = logits[0, 0, 2, 1] = logits[0, 0, 7, 2] = 1  # 2 of 3 right
+    logits[1, 0, 1, :] = 1  # predicts 1 everywhere: 2 of 3 right
+    assert metrics.code_accuracy(logits, codes) == pytest.approx(4 / 6)
+    train = np.array([[[1, 1, 1]], [[2, 2, 1]]])  # most frequent: 1
+    assert metrics.majority_code_accuracy(train, codes) == pytest.approx(3 / 6)
+
+
+def test_retrieval_top_k_by_hand():
+    candidates = np.eye(4)
+    reconstructed = np.array([[1.0, 0.2, 0, 0], [0.9, 0.8, 0, 0], [0, 0, 0.1, 1.0]])
+    truth = np.array([0, 1, 2])  # first: rank 0; second: rank 1 (0 is closer); third: rank 1
+    assert metrics.retrieval_top_k(reconstructed, candidates, truth, 1) == pytest.approx(1 / 3)
+    assert metrics.retrieval_top_k(reconstructed, candidates, truth, 2) == pytest.approx(1.0)

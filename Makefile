@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench viz clean-caches
+.PHONY: install train test bench viz clean-caches chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/kedro run --pipelines=train $(if $(EXPERIMENT),--params experiment=$(EXPERIMENT))
 
+## Headless Chromium for the lineage-review test (Debian's package; needs root or sudo).
+chromium:
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium >/dev/null; \
+	  else sudo apt-get install -y -q chromium >/dev/null; fi; } || echo "warning: could not install chromium"
+
 ## The whole test suite (what .ci/run calls).
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -31,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py
 
 viz: $(STAMP)
-	$(BIN)/kedro viz build
+	$(BIN)/kedro viz build --include-previews
 
 clean-caches: $(STAMP)
 	$(BIN)/kedro giblet caches --prune

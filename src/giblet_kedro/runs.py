@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def record_run(compiled: CompiledExperiment, pipelines: list[str]) -> dict[str, 
     """Append this run's record to the history (under a lock: concurrent runs each get a
     whole line) and return it."""
     spec = compiled.spec.model_dump(mode="json")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     record = {
         "run_id": f"{now:%Y%m%d-%H%M%S}-{os.getpid()}",
         "date": now.isoformat(timespec="seconds"),

@@ -132,15 +132,6 @@ def test_spec_command_and_cache_pruning(project):
     assert outputs(project, "fmri_tensor/*/fmri_train.npy")  # the used cache is kept
 
 
-def test_viz_build_lists_fmri_datasets_and_nodes(project):
-    kedro(project, "viz", "build")
-    graph = json.loads((project / "build" / "api" / "main").read_text())
-    names = {node["name"] for node in graph["nodes"]}
-    assert {"compute_fmri_norm_stats", "build_fmri_tensor", "fmri_norm_stats", "fmri_train",
-            "fmri_heldout_normalized", "fmri_raw"} <= names
-    assert (project / "build" / "index.html").is_file()
-
-
 def test_stimulus_stage_caches_per_modality(project):
     first = kedro(project, "run", "--pipelines=stimulus")
     assert {"extract_video_frames", "extract_audio_codes", "extract_text_embeddings",

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 from kedro.io import AbstractDataset
+from kedro_datasets._typing import JSONPreview
 
 from giblet_kedro.datasets.atomic import intact, record_digest, remove_stale_partials
+from giblet_kedro.datasets.preview import array_summary, to_json
 from giblet_kedro.stimulus.aligned import TrAligned
 
 FILES = ("values.npy", "valid.npy", "meta.json")
@@ -65,3 +67,12 @@ class TrAlignedDataset(AbstractDataset[TrAligned, TrAligned]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._folder)}
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: the values' shape and range, valid TRs, and the provenance (meta)."""
+        if not self._exists():
+            return JSONPreview('{"status": "not computed yet"}')
+        aligned = self.load()
+        return JSONPreview(to_json({"values": array_summary(aligned.values),
+                                    "valid_trs": f"{int(aligned.valid.sum())} of {len(aligned.valid)}",
+                                    "meta": aligned.meta}))

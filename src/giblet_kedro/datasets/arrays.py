@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -9,9 +11,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset
+from kedro_datasets._typing import HTMLPreview, ImagePreview, JSONPreview, TablePreview
 from safetensors.numpy import load_file, save_file
 
 from giblet_kedro.datasets.atomic import atomic_path, intact
+from giblet_kedro.datasets.preview import array_summary, arrays_summary, to_json
+
+NOT_YET = '{"status": "not computed yet: run the pipeline that writes it"}'
 
 
 class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
@@ -37,6 +43,12 @@ class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "mmap_mode": self._mmap_mode}
 
+    def preview(self) -> JSONPreview:
+        """kedro-viz: shape, dtype and value range."""
+        if not self._filepath.is_file():
+            return JSONPreview(NOT_YET)
+        return JSONPreview(to_json(array_summary(np.load(self._filepath, mmap_mode="r", allow_pickle=False))))
+
 
 class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
     """A dict of named arrays in one ``.npz`` (no pickles: strings are unicode arrays)."""
@@ -61,6 +73,13 @@ class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "compressed": self._compressed}
 
+    def preview(self) -> JSONPreview:
+        """kedro-viz: each array's shape and range (normalization stats: subjects, voxels)."""
+        if not self._filepath.is_file():
+            return JSONPreview(NOT_YET)
+        with np.load(self._filepath, allow_pickle=False, mmap_mode="r") as archive:
+            return JSONPreview(to_json(arrays_summary({key: archive[key] for key in archive.files})))
+
 
 class SafetensorsDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
     """A dict of named numeric arrays in one safetensors file (safe to load: no code)."""
@@ -81,6 +100,12 @@ class SafetensorsDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.nda
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: each array's shape and range."""
+        if not self._filepath.is_file():
+            return JSONPreview(NOT_YET)
+        return JSONPreview(to_json(arrays_summary(self.load())))
 
 
 class CsvTableDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
@@ -104,6 +129,14 @@ class CsvTableDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+    def preview(self, nrows: int = 20) -> TablePreview:
+        """kedro-viz: the first rows."""
+        if not self._filepath.is_file():
+            return TablePreview({"index": [], "columns": ["status"], "data": []})
+        table = self.load().head(nrows)
+        return TablePreview({"index": table.index.tolist(), "columns": [str(c) for c in table.columns],
+                             "data": table.astype(object).where(table.notna(), None).values.tolist()})
 
 
 class ExcelTableDataset(CsvTableDataset):
@@ -137,6 +170,10 @@ class JsonDataset(AbstractDataset[dict, dict]):
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
 
+    def preview(self) -> JSONPreview:
+        """kedro-viz: the report itself."""
+        return JSONPreview(self._filepath.read_text() if self._filepath.is_file() else NOT_YET)
+
 
 class TextDataset(AbstractDataset[str, str]):
     """A text file (e.g. a Markdown summary), written atomically."""
@@ -158,6 +195,13 @@ class TextDataset(AbstractDataset[str, str]):
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
 
+    def preview(self) -> HTMLPreview:
+        """kedro-viz: an HTML report as it is; other text (Markdown) in a <pre> block."""
+        if not self._filepath.is_file():
+            return HTMLPreview("<p>not computed yet: run the pipeline that writes it</p>")
+        text = self._filepath.read_text()
+        return HTMLPreview(text if self._filepath.suffix == ".html" else f"<pre>{html.escape(text)}</pre>")
+
 
 class FigureDataset(TextDataset):
     """A matplotlib figure saved as PNG, atomically; loads the PNG's bytes."""
@@ -171,3 +215,9 @@ class FigureDataset(TextDataset):
         with atomic_path(self._filepath) as tmp:
             data.savefig(tmp, format="png", dpi=110)
         plt.close(data)
+
+    def preview(self) -> ImagePreview:  # type: ignore[override]
+        """kedro-viz: the picture (base64 PNG)."""
+        if not self._filepath.is_file():
+            return ImagePreview("")
+        return ImagePreview(base64.b64encode(self._filepath.read_bytes()).decode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 import av
 import numpy as np
 from kedro.io import AbstractDataset
+from kedro_datasets._typing import JSONPreview
 
 from giblet_kedro.datasets.atomic import atomic_path, intact
+from giblet_kedro.datasets.preview import to_json
 
 AUDIO_FRAME = 1024
 
@@ -100,3 +103,9 @@ class MovieDataset(AbstractDataset[MovieInfo, Movie]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: duration, frame size and rate, audio rate."""
+        if not self._filepath.is_file():
+            return JSONPreview('{"status": "not computed yet"}')
+        return JSONPreview(to_json(dataclasses.asdict(self.load())))

@@ -7,8 +7,10 @@ from typing import Any
 
 import nibabel as nib
 from kedro.io import AbstractDataset
+from kedro_datasets._typing import JSONPreview
 
 from giblet_kedro.datasets.atomic import atomic_path, intact
+from giblet_kedro.datasets.preview import nifti_summary, to_json
 from giblet_kedro.errors import InputDataError
 
 
@@ -58,6 +60,12 @@ class NiftiDataset(AbstractDataset[nib.Nifti1Image, nib.Nifti1Image]):
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
 
+    def preview(self) -> JSONPreview:
+        """kedro-viz: shape, affine, voxel size, TR (header only)."""
+        if not self._filepath.is_file():
+            return JSONPreview('{"status": "not computed yet"}')
+        return JSONPreview(to_json(nifti_summary(self.load())))
+
 
 def _label(key: str) -> str:
     """``"01/2"`` -> ``subject '01' run '2'``; a plain key (held-out runs) -> ``subject '01'``."""
@@ -91,3 +99,9 @@ class NiftiRunsDataset(AbstractDataset[dict[str, nib.Nifti1Image], dict[str, nib
 
     def _describe(self) -> dict[str, Any]:
         return {"paths": {k: str(v) for k, v in self._paths.items()}}
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: each run's geometry and TR (headers only)."""
+        return JSONPreview(to_json({key: nifti_summary(load_nifti(path, _label(key))) if path.is_file()
+                                    else {"file": str(path), "status": "missing (generated or not yet written)"}
+                                    for key, path in self._paths.items()}))

@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 from kedro.io import AbstractDataset
+from kedro_datasets._typing import JSONPreview
 
 from giblet_kedro.datasets.atomic import atomic_path, intact
+from giblet_kedro.datasets.preview import to_json
 
 
 class TorchStateDictDataset(AbstractDataset[dict, dict]):
@@ -28,3 +30,11 @@ class TorchStateDictDataset(AbstractDataset[dict, dict]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: parameter count and each tensor's shape."""
+        if not self._filepath.is_file():
+            return JSONPreview('{"status": "not computed yet"}')
+        state = self.load()
+        return JSONPreview(to_json({"parameters": int(sum(t.numel() for t in state.values())),
+                                    "tensors": {k: list(t.shape) for k, t in state.items()}}))

@@ -22,9 +22,11 @@ train: $(STAMP)
 	$(BIN)/kedro run --pipelines=train $(if $(EXPERIMENT),--params experiment=$(EXPERIMENT))
 
 ## Headless Chromium for the lineage-review test (Debian's package; needs root or sudo).
+APT := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 chromium:
-	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium >/dev/null; \
-	  else sudo apt-get install -y -q chromium >/dev/null; fi; } || echo "warning: could not install chromium"
+	@command -v chromium >/dev/null || $(APT) install -y -q chromium >/dev/null 2>&1 \
+	  || { $(APT) update -q >/dev/null && $(APT) install -y -q chromium >/dev/null; } \
+	  || echo "warning: could not install chromium (the lineage-review test needs it)"
 
 ## The whole test suite (what .ci/run calls).
 test: $(STAMP) chromium

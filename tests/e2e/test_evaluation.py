@@ -62,6 +62,13 @@ def test_demo_evaluation_and_lesions_recover_the_planted_regions(project):
         others = [m for m in entry["loss_increase"] if m != modality]
         assert all(entry["loss_increase"][modality] > entry["loss_increase"][m] for m in others), (name, entry)
         assert entry["exceeds_random"][modality], (name, entry["specificity"], entry["random_specificity_max"])
+    from scipy.io import wavfile
+
+    wavs = {p.stem: wavfile.read(p) for p in project.glob("data/07_model_output/lesion/*/audio/*.wav")}
+    assert set(wavs) == {"true", "intact", "lesion_visual", "lesion_auditory", "lesion_language"}
+    rate, true = wavs["true"]
+    assert rate == 24000 and len(true) == 20 * 112 * 320  # 20 test TRs of 112 code frames
+    assert true.std() > 0 and not np.array_equal(true, wavs["lesion_auditory"][1])
     decoded_text = next(project.glob("data/07_model_output/lesion/*/decoded_text.md")).read_text()
     assert "| TR |" in decoded_text and "lesion visual" in decoded_text
 

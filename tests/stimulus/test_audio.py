@@ -63,6 +63,24 @@ def test_codes_vary_with_random_weights_and_are_seeded(tone_movie):
     assert first.meta["n_codebooks"] == 4 and first.meta["frames_per_tr"] == 112
 
 
+def test_decoder_side_rebuilds_the_codebooks_the_codes_index(tone_movie):
+    """Decoded audio of lesions rebuilds the codec from the soundtrack and seed: its
+    codebooks must be the encoder's, so the cached codes re-encode identically and
+    resynthesized true codes sound like the soundtrack."""
+    grid = TrGrid.single(tr=1.5, start=0, stop=4)
+    cached = audio.extract_audio(tone_movie, grid, "encodec_24khz", 3.0, None, seed=5, chunk_s=2)
+    samples, rate, _ = audio.decode_soundtrack(tone_movie)
+    wav = audio.to_model_rate(samples, rate)
+    rebuilt = audio.codec_for(wav, 3.0, None, seed=5)
+    reencoded, _ = audio.frames_on_grid(audio.encode_chunked(rebuilt, wav, chunk_s=2, device="cpu"), grid, 0.0)
+    np.testing.assert_array_equal(reencoded, cached.values)
+    codes = np.concatenate(list(cached.values.astype(np.int64)), axis=1)  # (n_q, 4 * 112)
+    waveform = audio.codes_to_audio(rebuilt, codes)
+    assert waveform.shape == (codes.shape[1] * audio.HOP,) and np.isfinite(waveform).all()
+    other = audio.codes_to_audio(audio.codec_for(wav, 3.0, None, seed=6), codes)
+    assert not np.allclose(waveform, other)  # another seed: other codebooks, other sound
+
+
 def test_local_weights_load_safely_and_give_the_same_codes(tmp_path, tone_movie):
     samples, rate, _ = audio.decode_soundtrack(tone_movie)
     wav = audio.to_model_rate(samples, rate)

@@ -34,6 +34,7 @@ HOP = SAMPLE_RATE // FRAME_RATE
 CONTEXT_S = 1  # left context (seconds) re-encoded before each chunk, then dropped
 MEL_BANDS = 64
 KMEANS_ITERS = 2
+INIT_SECONDS = 10  # soundtrack seconds the k-means codebooks of random weights are fit on
 
 
 # ---------------------------------------------------------------------------- decode
@@ -124,6 +125,20 @@ def build_encodec(bandwidth: float, weights: str | None, seed: int, init_audio: 
     return model
 
 
+def codec_for(wav: torch.Tensor, bandwidth: float, weights: str | None, seed: int):
+    """The EnCodec model that codes this soundtrack: random weights get their codebooks
+    from k-means on its first 10 s. Deterministic, so the decoder side (decoded audio of
+    lesions) rebuilds the very codebooks the codes index."""
+    return build_encodec(bandwidth, weights, seed, init_audio=wav[:, : INIT_SECONDS * SAMPLE_RATE])
+
+
+def codes_to_audio(model, codes: np.ndarray) -> np.ndarray:
+    """(n_q, n_frames) integer codes -> (n_samples,) float32 waveform at 24 kHz."""
+    with torch.no_grad():
+        wav = model.decode([(torch.from_numpy(np.asarray(codes, dtype=np.int64))[None], None)])
+    return wav[0, 0].numpy().astype(np.float32)
+
+
 def n_codebooks(bandwidth: float) -> int:
     return int(round(bandwidth * 1000 / (FRAME_RATE * 10)))  # 10 bits per code
 
@@ -185,7 +200,7 @@ def extract_audio(path: Path, grid: TrGrid, model: str, bandwidth: float, weight
         frames = log_mel(wav)
         meta_extra = {"units": "log mel power", "n_mels": MEL_BANDS}
     else:
-        encoder = build_encodec(bandwidth, weights, seed, init_audio=wav[:, : 10 * SAMPLE_RATE])
+        encoder = codec_for(wav, bandwidth, weights, seed)
         frames = encode_chunked(encoder, wav, chunk_s, device)
         if frames.shape[0] != n_codebooks(bandwidth):
             raise RuntimeError(f"EnCodec produced {frames.shape[0]} codebooks at {bandwidth} kbps, "

@@ -90,6 +90,13 @@ def write_report(verification_summary: str, loss_curve: bytes, evaluation: dict,
                      (f"{name}: beats every random region on", [m for m, ok in entry["exceeds_random"].items() if ok])]
         parts += [_table(rows), _image(lesion_bars, "lesion comparison"), _image(lesion_frames, "lesion frames"),
                   _markdown_table(lesion_text)]
+        fingerprint = experiment.get("fingerprints", {}).get("lesion")
+        if fingerprint:
+            from giblet_kedro.spec.compile import STAGES
+
+            folder = STAGES["lesion"].cache_root() / fingerprint / "audio"
+            parts.append(f"<p>Decoded audio (EnCodec's decoder; true codes resynthesized for comparison): "
+                         f"<code>{html.escape(str(folder))}/*.wav</code></p>")
     else:
         parts.append("<p>The spec has no lesion section.</p>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"

@@ -60,18 +60,19 @@ def run_lesions(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: di
                 audio: TrAligned, text: TrAligned, model_checkpoint: dict, model: ModelSpec, loss: LossSpec,
                 train: TrainSpec, experiment: dict[str, Any], run_dir: str, norm_stats: dict[str, np.ndarray],
                 region_images: dict[str, nib.Nifti1Image], lesion: LesionSpec | None,
-                stimulus: StimulusSpec | None) -> tuple[dict, dict[str, np.ndarray], str]:
+                stimulus: StimulusSpec | None) -> tuple[dict, dict[str, np.ndarray], str, dict[str, np.ndarray]]:
     """Decode the test TRs' stimulus from measured brain activity: intact, with each
     region silenced, and with ``lesion.random_regions`` random regions of each region's
     size silenced.
 
-    Returns the report (JSON), decoded samples for the pictures (npz) and the decoded
-    text as the nearest annotation (Markdown).
+    Returns the report (JSON), decoded samples for the pictures (npz), the decoded text
+    as the nearest annotation (Markdown) and the decoded audio (EnCodec's decoder; the
+    true codes too, resynthesized the same way, for comparison).
     """
     if lesion is None:  # `kedro giblet`'s preflight refuses --pipelines=lesion without one
         log.warning("experiment %r has no 'lesion' section: no lesions run", experiment["name"])
         return ({"experiment": experiment["name"], "skipped": "the spec has no 'lesion' section", "regions": {}},
-                {}, f"# Decoded text: {experiment['name']}\n\nNo lesion section in the spec.\n")
+                {}, f"# Decoded text: {experiment['name']}\n\nNo lesion section in the spec.\n", {})
     trained = load_trained(fmri_train, fmri_split, loss_stats, video, audio, text, model_checkpoint, model, loss,
                            train, experiment, run_dir)
     train_rows, test_rows = _rows(fmri_split, "train"), _rows(fmri_split, "test")
@@ -101,6 +102,7 @@ def run_lesions(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: di
     if "video" in trained.modalities:
         decoded["video_true"], decoded["video_intact"] = targets["video"][shown], intact["video"][shown]
     texts = {"intact": intact.get("text")}
+    codes = {"true": targets.get("audio"), "intact": _argmax_codes(intact)}
     for name, region in lesion.regions.items():
         label = f"lesion.regions.{name}"
         voxels = region_voxels(region_images[name], region.labels, mask, norm_stats["affine"], label)
@@ -113,11 +115,36 @@ def run_lesions(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: di
         if "video" in lesioned:
             decoded[f"video_lesion_{name}"] = lesioned["video"][shown]
         texts[f"lesion {name}"] = lesioned.get("text")
+        codes[f"lesion_{name}"] = _argmax_codes(lesioned)
         log.info("lesion %s (%d voxels): loss increase %s; specific to %s", name, int(voxels.sum()),
                  {k: round(v, 4) for k, v in increase.items()}, report["regions"][name]["most_specific"])
     tr = float(text.meta.get("grid", {}).get("tr", 0.0) or 0.0)
     text_table = _nearest_annotations(texts, targets, trained, test_rows[shown], stimulus, experiment, shown, tr)
-    return report, decoded, text_table
+    audio_valid = targets.get("audio_valid", np.zeros(0, bool)).astype(bool)
+    return report, decoded, text_table, _decoded_audio(codes, audio_valid, trained, stimulus, experiment)
+
+
+def _argmax_codes(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    logits = outputs.get("audio")
+    return None if logits is None or logits.ndim != 4 else logits.argmax(axis=2)
+
+
+def _decoded_audio(codes: dict[str, np.ndarray | None], valid: np.ndarray, trained: TrainedModel,
+                   stimulus: StimulusSpec | None, experiment: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Waveforms of the valid test TRs' codes, in TR order, through EnCodec's decoder
+    (rebuilt exactly as the stimulus stage built the encoder). Empty without codes."""
+    if stimulus is None or stimulus.audio is None or not trained.job.shapes.audio_is_codes or not valid.any():
+        return {}
+    from giblet_kedro.stimulus.audio import codec_for, codes_to_audio, decode_soundtrack, to_model_rate
+
+    audio = stimulus.audio
+    samples, rate, _ = decode_soundtrack(Path(audio.path))
+    codec = codec_for(to_model_rate(samples, rate), audio.bandwidth, audio.weights, int(experiment["seed"]))
+
+    def waveform(per_tr: np.ndarray) -> np.ndarray:  # (n, n_q, T) -> one stretch of frames
+        return codes_to_audio(codec, np.concatenate(list(per_tr[valid].astype(np.int64)), axis=1))
+
+    return {name: waveform(value) for name, value in codes.items() if value is not None}
 
 
 def _increase(lesioned: dict[str, float], intact: dict[str, float]) -> dict[str, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +79,7 @@ def record_run(compiled: CompiledExperiment, pipelines: list[str]) -> dict[str, 
     spec = compiled.spec.model_dump(mode="json")
     now = datetime.now(UTC)
     record = {
-        "run_id": f"{now:%Y%m%d-%H%M%S}-{os.getpid()}",
+        "run_id": f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",  # unique even within one second
         "date": now.isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "experiment": compiled.spec.name,

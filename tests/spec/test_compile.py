@@ -65,7 +65,22 @@ def test_ddof_and_split_change_stats_and_everything_downstream(project):
 
 def test_model_fields_move_training_but_no_data_stage(project):
     base, other = compile_text(project, hidden=64), compile_text(project)
-    assert {stage for stage in base if base[stage] != other[stage]} == {"train", "verify"}
+    assert {stage for stage in base if base[stage] != other[stage]} == {"train", "verify", "evaluate", "lesion",
+                                                                        "report"}
+
+
+def test_evaluation_and_lesion_settings_move_only_their_stages(project, rng):
+    write_run(project / "data" / "01_raw" / "atlas.nii.gz", rng.integers(0, 3, (5, 4, 3, 1)).astype(np.float32))
+    lesion = "lesion: {regions: {v: {atlas: atlas.nii.gz, labels: [1]}}}\n"
+    base = compile_text(project, extra=lesion)
+
+    def moved(other: dict[str, str]) -> set[str]:
+        return {stage for stage in base if base[stage] != other[stage]}
+
+    assert moved(compile_text(project, extra=lesion + "evaluate: {null_shifts: 50}\n")) == {"evaluate", "report"}
+    assert moved(compile_text(project, extra=lesion.replace("[1]", "[2]"))) == {"lesion", "report"}
+    write_run(project / "data" / "01_raw" / "atlas.nii.gz", rng.integers(0, 3, (5, 4, 3, 1)).astype(np.float32))
+    assert moved(compile_text(project, extra=lesion)) == {"lesion", "report"}  # new atlas content
 
 
 def test_replaced_raw_content_changes_fingerprint_touch_does_not(project, rng):

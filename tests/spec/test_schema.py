@@ -90,6 +90,14 @@ def test_subject_pattern_expands_ids():
         (("name: t", "name: t\ntrain: {epochs: 2, warmup_epochs: 5}"), ["train", "warmup_epochs"]),
         (("name: t", "name: t\nloss: {weights: {vidoe: 1}}"), ["loss.weights.vidoe", "video"]),
         (("name: t", "name: t\nstimulus: {audio: {path: m.mp4, bandwidth: 5}}"), ["stimulus.audio.bandwidth", "1.5"]),
+        (("name: t", "name: t\nlesion: {regions: {v1: {atlas: a.nii.gz}}}"), ["lesion.regions.v1", "needs 'labels'"]),
+        (("name: t", "name: t\nlesion: {regions: {v1: {mask: m.nii.gz, atlas: a.nii.gz, labels: [1]}}}"),
+         ["lesion.regions.v1", "exactly one of 'mask'"]),
+        (("name: t", "name: t\nlesion: {regions: {}}"), ["lesion.regions", "at least 1"]),
+        (("name: t", "name: t\nlesion: {regions: {v1: {mask: m.nii.gz}}, method: silence}"),
+         ["lesion.method", "'zero', 'mean' or 'noise'"]),
+        (("name: t", "name: t\nevaluate: {ridge: {delay_sets: [[]]}}"), ["evaluate.ridge.delay_sets", "[[0], [0, 1, 2]]"]),
+        (("name: t", "name: t\nevaluate: {fdr: 1.5}"), ["evaluate.fdr", "less than 1"]),
     ],
 )
 def test_mistakes_name_file_key_and_accepted_values(change, expected):

@@ -19,7 +19,7 @@ import torch
 from giblet_kedro.evaluation import metrics
 from giblet_kedro.evaluation.model import TrainedModel
 from giblet_kedro.evaluation.ridge import feature_band, fit_banded_ridge
-from giblet_kedro.pipelines.train.nodes import _present, _rows, build_job
+from giblet_kedro.pipelines.train.nodes import build_job, present_modalities, split_rows
 from giblet_kedro.spec.schema import EvaluateSpec, LossSpec, ModelSpec, TrainSpec
 from giblet_kedro.stimulus.aligned import TrAligned
 
@@ -50,7 +50,7 @@ def predict_test(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: d
     """
     trained = load_trained(fmri_train, fmri_split, loss_stats, video, audio, text, model_checkpoint, model, loss,
                            train, experiment, run_dir)
-    rows = _rows(fmri_split, "test")
+    rows = split_rows(fmri_split, "test")
     if rows.size == 0:
         raise ValueError("the split has no test TRs to evaluate on: set fmri.split.test (a fraction or runs)")
     outputs = trained.predict(rows)
@@ -64,7 +64,7 @@ def predict_test(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: d
             saved["audio_logits_loss"] = per_sample_code_loss(outputs["audio"], targets["audio"])
         else:
             saved[name], saved[f"{name}_target"] = outputs[name], targets[name]
-    train_codes = np.asarray(audio.values)[_rows(fmri_split, "train")] if "audio" in trained.modalities else None
+    train_codes = np.asarray(audio.values)[split_rows(fmri_split, "train")] if "audio" in trained.modalities else None
     return saved, reconstruction_metrics(saved, trained, train_codes)
 
 
@@ -121,10 +121,10 @@ def fit_ridge_reference(fmri_train: np.ndarray, fmri_split: pd.DataFrame, video:
     """Banded ridge with FIR delays on the autoencoder's features (see
     :mod:`giblet_kedro.evaluation.ridge`), fit on train rows, delays chosen on val rows.
     ``per_subject``: fit to the subjects' mean (the stimulus is shared)."""
-    train_rows, val_rows, test_rows = (_rows(fmri_split, which) for which in ("train", "val", "test"))
+    train_rows, val_rows, test_rows = (split_rows(fmri_split, which) for which in ("train", "val", "test"))
     bands = {name: feature_band(aligned.values, aligned.valid, train_rows,
                                 is_codes=name == "audio" and np.issubdtype(aligned.values.dtype, np.integer))
-             for name, aligned in _present(video, audio, text).items()}
+             for name, aligned in present_modalities(video, audio, text).items()}
     target = np.asarray(fmri_train) if fmri_train.ndim == 2 else np.asarray(fmri_train).mean(0)
     run_starts = np.flatnonzero(np.r_[True, fmri_split["run"].to_numpy()[1:] != fmri_split["run"].to_numpy()[:-1]])
     if val_rows.size == 0:  # no val rows: nothing to choose on, use the first set

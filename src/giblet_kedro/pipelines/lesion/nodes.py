@@ -20,7 +20,7 @@ import pandas as pd
 from giblet_kedro.evaluation.lesion import BrainReadout, random_regions, region_voxels, silence
 from giblet_kedro.evaluation.model import TrainedModel
 from giblet_kedro.pipelines.evaluate.nodes import load_trained, per_sample_code_loss
-from giblet_kedro.pipelines.train.nodes import _rows
+from giblet_kedro.pipelines.train.nodes import split_rows
 from giblet_kedro.spec.schema import LesionSpec, LossSpec, ModelSpec, StimulusSpec, TrainSpec
 from giblet_kedro.stimulus.aligned import TrAligned
 
@@ -75,7 +75,7 @@ def run_lesions(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: di
                 {}, f"# Decoded text: {experiment['name']}\n\nNo lesion section in the spec.\n", {})
     trained = load_trained(fmri_train, fmri_split, loss_stats, video, audio, text, model_checkpoint, model, loss,
                            train, experiment, run_dir)
-    train_rows, test_rows = _rows(fmri_split, "train"), _rows(fmri_split, "test")
+    train_rows, test_rows = split_rows(fmri_split, "train"), split_rows(fmri_split, "test")
     readout = fit_readout(trained, fmri_train, train_rows)
     brain = trained.fmri_to_model_units(_mean_subjects(fmri_train, test_rows))
     targets = trained.batch(test_rows)

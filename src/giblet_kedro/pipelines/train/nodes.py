@@ -26,12 +26,14 @@ from giblet_kedro.training.losses import code_stats, continuous_stats
 log = logging.getLogger(__name__)
 
 
-def _present(video: TrAligned, audio: TrAligned, text: TrAligned) -> dict[str, TrAligned]:
+def present_modalities(video: TrAligned, audio: TrAligned, text: TrAligned) -> dict[str, TrAligned]:
+    """The modalities the spec has (absent ones are empty caches), by name."""
     return {name: a for name, a in (("video", video), ("audio", audio), ("text", text))
             if not a.meta.get("absent") and a.values.size}
 
 
-def _rows(split: pd.DataFrame, which: str) -> np.ndarray:
+def split_rows(split: pd.DataFrame, which: str) -> np.ndarray:
+    """(n,) int64 rows of the fMRI tensor in the ``which`` part ("train", "val", "test")."""
     return split.loc[split["split"] == which, "tr"].to_numpy(dtype=np.int64)
 
 
@@ -43,10 +45,10 @@ def compute_loss_stats(fmri_train: np.ndarray, fmri_split: pd.DataFrame, video: 
                        text: TrAligned) -> dict[str, dict]:
     """Per-modality statistics over the training TRs (valid TRs only), saved for reuse:
     mean/std of all values, or the marginal entropy of EnCodec codes."""
-    train = _rows(fmri_split, "train")
+    train = split_rows(fmri_split, "train")
     by_tr = fmri_train if fmri_train.ndim == 2 else np.swapaxes(fmri_train, 0, 1)  # (n_trs, ...) view
     stats = {"fmri": continuous_stats(by_tr, train)}
-    for name, aligned in _present(video, audio, text).items():
+    for name, aligned in present_modalities(video, audio, text).items():
         rows = train[np.asarray(aligned.valid)[train]]
         stats[name] = (code_stats(aligned.values, rows) if name == "audio" and _audio_is_codes(aligned)
                        else continuous_stats(aligned.values, rows))
@@ -71,7 +73,7 @@ def _devices(train: TrainSpec) -> tuple[int, str, str]:
 def build_job(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict, video: TrAligned,
               audio: TrAligned, text: TrAligned, model: ModelSpec, loss: LossSpec, train: TrainSpec,
               seed: int, run_dir: str) -> TrainJob:
-    present = _present(video, audio, text)
+    present = present_modalities(video, audio, text)
     if not present:
         raise SpecError("training needs at least one stimulus modality: add stimulus.video, stimulus.audio or "
                         "stimulus.text to the spec (the fMRI stage alone runs with --pipelines=fmri)")
@@ -87,7 +89,7 @@ def build_job(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict
                        values={n: str(a.values.filename) for n, a in present.items()},
                        valid={n: str(Path(a.values.filename).with_name("valid.npy")) for n, a in present.items()})
     weights = {name: float(loss.weights.get(name, 1.0)) for name in ("fmri", *present)}
-    return TrainJob(paths=paths, train_rows=_rows(fmri_split, "train").tolist(), val_rows=_rows(fmri_split, "val").tolist(),
+    return TrainJob(paths=paths, train_rows=split_rows(fmri_split, "train").tolist(), val_rows=split_rows(fmri_split, "val").tolist(),
                     mode=mode, stats={k: v for k, v in loss_stats.items() if k in ("fmri", *present)}, shapes=shapes,
                     model=model.model_dump(mode="json"), loss={"normalize": loss.normalize, "weights": weights},
                     train=train.model_dump(mode="json"), seed=seed, run_dir=run_dir, world_size=world,

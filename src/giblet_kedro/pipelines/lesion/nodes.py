@@ -69,7 +69,7 @@ def run_lesions(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: di
     as the nearest annotation (Markdown) and the decoded audio (EnCodec's decoder; the
     true codes too, resynthesized the same way, for comparison).
     """
-    if lesion is None:  # `kedro giblet`'s preflight refuses --pipelines=lesion without one
+    if lesion is None:  # in the default pipeline; `kedro run --pipelines=lesion` refuses this before any node
         log.warning("experiment %r has no 'lesion' section: no lesions run", experiment["name"])
         return ({"experiment": experiment["name"], "skipped": "the spec has no 'lesion' section", "regions": {}},
                 {}, f"# Decoded text: {experiment['name']}\n\nNo lesion section in the spec.\n", {})

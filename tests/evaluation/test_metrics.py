@@ -26,23 +26,35 @@ def test_pearson_columns_matches_scipy_and_handles_constants(rng):
 
 
 def test_noise_ceiling_matches_a_planted_shared_response(rng):
-    """Subjects = shared (variance s2) + own noise (variance n2): the ceiling formulas are
+    """Subjects = shared (variance s2) + own noise (variance 1): the ceiling formulas are
     the correlation of the *true* shared response with one subject / the subjects' mean."""
     n_subjects, n_trs, n_voxels = 6, 4000, 8
     s2 = np.linspace(0.2, 3.0, n_voxels)
     shared = rng.standard_normal((n_trs, n_voxels)) * np.sqrt(s2)
     subjects = shared[None] + rng.standard_normal((n_subjects, n_trs, n_voxels))
-    ceiling_avg, rho = metrics.noise_ceiling(subjects, "average")
-    ceiling_one, _ = metrics.noise_ceiling(subjects, "subject")
+    rho = metrics.mean_pairwise_correlation(subjects)
     np.testing.assert_allclose(rho, s2 / (s2 + 1.0), atol=0.03)
-    analytic_avg = np.sqrt(s2 / (s2 + 1.0 / n_subjects))
-    np.testing.assert_allclose(ceiling_avg, analytic_avg, atol=0.02)
+    ceiling_avg = metrics.noise_ceiling(rho, n_subjects, "average")
+    np.testing.assert_allclose(ceiling_avg, np.sqrt(s2 / (s2 + 1.0 / n_subjects)), atol=0.02)
     np.testing.assert_allclose(ceiling_avg, metrics.pearson_columns(shared, subjects.mean(0)), atol=0.02)
-    np.testing.assert_allclose(ceiling_one, np.sqrt(s2 / (s2 + 1.0)), atol=0.03)
-    loso = metrics.leave_one_subject_out(subjects)
-    by_hand = np.mean([[pearsonr(subjects[i, :, v], np.delete(subjects, i, 0)[:, :, v].mean(0)).statistic
-                        for v in range(n_voxels)] for i in range(n_subjects)], axis=0)
-    np.testing.assert_allclose(loso, by_hand, atol=1e-10)
+    np.testing.assert_allclose(metrics.noise_ceiling(rho, n_subjects, "subject"), np.sqrt(s2 / (s2 + 1.0)), atol=0.03)
+    assert metrics.noise_ceiling(np.array([-0.2]), 4, "average")[0] == 0.0
+
+
+def test_inter_subject_sums_equal_the_pairwise_definition(rng):
+    """One subject at a time (running sums) gives exactly the mean of all pairwise r,
+    also with the first subject shifted (the reliability null), and constant voxels."""
+    subjects = rng.standard_normal((5, 30, 7)) + rng.standard_normal((30, 7))
+    subjects[:, :, 3] = 2.0  # a constant voxel
+    state = metrics.InterSubject.accumulate(subjects)
+    np.testing.assert_allclose(state.mean_pairwise(), metrics.mean_pairwise_correlation(subjects), atol=1e-12)
+    shifted = subjects.copy()
+    shifted[0] = np.roll(subjects[0], 7, axis=0)
+    np.testing.assert_allclose(state.mean_pairwise_first_shifted(7), metrics.mean_pairwise_correlation(shifted),
+                               atol=1e-12)
+    again = metrics.InterSubject.from_arrays(state.to_arrays("val"), "val")
+    np.testing.assert_allclose(again.mean_pairwise(), state.mean_pairwise(), atol=1e-6)
+    assert again.n_subjects == 5 and again.n_rows == 30
 
 
 def test_circular_shift_null_controls_false_positives_under_autocorrelation(rng):

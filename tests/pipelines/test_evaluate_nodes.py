@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr
 
+from giblet_kedro.evaluation.metrics import InterSubject
 from giblet_kedro.pipelines.evaluate.nodes import score_evaluation
 from giblet_kedro.spec.schema import EvaluateSpec
 
@@ -34,10 +35,11 @@ def test_scores_match_hand_computation_and_planted_voxels(rng, mode):
     tensor = subjects.mean(0) if mode == "cross_subject" else subjects
     good = shared[test] + 0.3 * rng.standard_normal((20, N_VOXELS))  # the "autoencoder"
     poor = 0.2 * shared[test] + rng.standard_normal((20, N_VOXELS))  # the "ridge"
+    agreement = {**InterSubject.accumulate(subjects[:, val]).to_arrays("val"),
+                 **InterSubject.accumulate(subjects[:, test]).to_arrays("test")}
     metrics, image, maps = score_evaluation(
-        {"rows": test, "fmri": good}, {"rows": test, "fmri": poor}, {"delays_trs": [0]}, {}, subjects[:, val],
-        subjects[:, test], tensor, split, stats, EvaluateSpec(null_shifts=100, min_shift_trs=3),
-        {"name": "t", "seed": 0})
+        {"rows": test, "fmri": good}, {"rows": test, "fmri": poor}, {"delays_trs": [0]}, {}, agreement, tensor,
+        split, stats, EvaluateSpec(null_shifts=100, min_shift_trs=3), {"name": "t", "seed": 0})
     targets = [tensor[test]] if mode == "cross_subject" else list(subjects[:, test])
     by_hand = np.mean([[pearsonr(good[:, v], t[:, v]).statistic for v in range(N_VOXELS)] for t in targets], axis=0)
     np.testing.assert_allclose(maps["r_model"], by_hand, atol=1e-6)

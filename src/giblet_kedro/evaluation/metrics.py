@@ -4,6 +4,8 @@ reconstruction quality per modality. Pure numpy; arrays are (time, ...) first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -94,18 +96,19 @@ def fdr_significant(p_values: np.ndarray, q: float) -> np.ndarray:
 
 
 def mean_pairwise_correlation(subjects: np.ndarray) -> np.ndarray:
-    """(n_voxels,) mean over subject pairs of their Pearson r over time.
+    """(n_voxels,) mean over subject pairs of their Pearson r over time: the direct
+    definition (:class:`InterSubject` computes it one subject at a time).
 
-    subjects : (n_subjects, n_trs, n_voxels), each z-scored with its own statistics.
+    subjects : (n_subjects, n_trs, n_voxels).
     """
     n = subjects.shape[0]
     if n < 2:
-        raise ValueError("a noise ceiling from the subjects needs at least 2 subjects")
+        raise ValueError("inter-subject agreement needs at least 2 subjects")
     pairs = [pearson_columns(subjects[i], subjects[j]) for i in range(n) for j in range(i + 1, n)]
     return np.mean(pairs, axis=0)
 
 
-def noise_ceiling(subjects: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
+def noise_ceiling(rho: np.ndarray, n_subjects: int, target: str) -> np.ndarray:
     """The highest r a perfect model of the shared response could reach, per voxel.
 
     Each subject is ``shared + own noise``. The mean inter-subject correlation ``rho``
@@ -113,25 +116,101 @@ def noise_ceiling(subjects: np.ndarray, target: str) -> tuple[np.ndarray, np.nda
     one subject at ``sqrt(rho)`` (``target="subject"``: ``per_subject`` mode) and with the
     average of ``n`` subjects at ``sqrt(n rho / (1 + (n - 1) rho))`` (Spearman-Brown;
     ``target="average"``: ``cross_subject``). ``rho <= 0`` gives a ceiling of 0.
-
-    Returns (ceiling, rho), each (n_voxels,).
     """
-    rho = mean_pairwise_correlation(subjects)
     clipped = np.clip(rho, 0.0, 1.0)
     if target == "subject":
         reliability = clipped
     elif target == "average":
-        n = subjects.shape[0]
-        reliability = n * clipped / (1.0 + (n - 1) * clipped)
+        reliability = n_subjects * clipped / (1.0 + (n_subjects - 1) * clipped)
     else:
         raise ValueError(f"unknown noise-ceiling target {target!r}; accepted: 'subject', 'average'")
-    return np.sqrt(reliability), rho
+    return np.sqrt(reliability)
 
 
-def leave_one_subject_out(subjects: np.ndarray) -> np.ndarray:
-    """(n_voxels,) mean over subjects of r between a subject and the mean of the others."""
-    n = subjects.shape[0]
-    return np.mean([pearson_columns(subjects[i], subjects[np.arange(n) != i].mean(0)) for i in range(n)], axis=0)
+# ------------------------------------------------------------- inter-subject agreement
+@dataclass
+class InterSubject:
+    """Inter-subject agreement on one set of rows, accumulated one subject at a time, so
+    no more than two (n_rows, n_voxels) arrays are ever held, whatever the subject count.
+
+    Each subject is standardized over the rows (z, ddof 0), so the correlation of two
+    subjects is ``mean_t(z_i z_j)`` and the sum over pairs follows from the running sum
+    of z (``total``) and of its squares (``squares``): ``sum_{i<j} r_ij =
+    (sum_t total^2 - squares) / (2 n_rows)``. The first subject is kept for the null.
+
+    total, first : (n_rows, n_voxels); squares : (n_voxels,).
+    """
+
+    total: np.ndarray
+    squares: np.ndarray
+    first: np.ndarray
+    n_subjects: int
+
+    @staticmethod
+    def standardize(data: np.ndarray) -> np.ndarray:
+        """(n_rows, n_voxels) -> z over the rows (ddof 0); constant columns become 0."""
+        data = np.asarray(data, dtype=np.float64)
+        if data.shape[0] == 0:
+            return data
+        centred = data - data.mean(0)
+        std = centred.std(0)
+        return np.divide(centred, std, out=np.zeros_like(centred), where=std > 0)
+
+    @classmethod
+    def empty(cls, n_rows: int, n_voxels: int) -> InterSubject:
+        return cls(total=np.zeros((n_rows, n_voxels)), squares=np.zeros(n_voxels),
+                   first=np.zeros((n_rows, n_voxels)), n_subjects=0)
+
+    def add(self, data: np.ndarray) -> None:
+        """Accumulate one subject's (n_rows, n_voxels) data."""
+        z = self.standardize(data)
+        if self.n_subjects == 0:
+            self.first = z
+        self.total += z
+        self.squares += (z * z).sum(0)
+        self.n_subjects += 1
+
+    @classmethod
+    def accumulate(cls, subjects) -> InterSubject:
+        """From a sequence of (n_rows, n_voxels) arrays, one per subject."""
+        subjects = list(subjects)
+        state = cls.empty(*np.shape(subjects[0]))
+        for data in subjects:
+            state.add(data)
+        return state
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}_total": self.total.astype(np.float32), f"{prefix}_squares": self.squares,
+                f"{prefix}_first": self.first.astype(np.float32), f"{prefix}_n_subjects": np.array(self.n_subjects)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> InterSubject:
+        return cls(total=np.asarray(arrays[f"{prefix}_total"], dtype=np.float64),
+                   squares=np.asarray(arrays[f"{prefix}_squares"], dtype=np.float64),
+                   first=np.asarray(arrays[f"{prefix}_first"], dtype=np.float64),
+                   n_subjects=int(arrays[f"{prefix}_n_subjects"]))
+
+    @property
+    def n_rows(self) -> int:
+        return self.total.shape[0]
+
+    def mean_pairwise(self) -> np.ndarray:
+        """(n_voxels,) mean over subject pairs of their Pearson r over the rows."""
+        n = self.n_subjects
+        if n < 2:
+            raise ValueError("inter-subject agreement needs at least 2 subjects")
+        pair_sum = ((self.total**2).sum(0) - self.squares) / (2 * self.n_rows)
+        return pair_sum / (n * (n - 1) / 2)
+
+    def mean_pairwise_first_shifted(self, shift: int) -> np.ndarray:
+        """(n_voxels,) the same with the first subject circularly shifted in time: its
+        agreement with the others becomes chance, with the same autocorrelation."""
+        n = self.n_subjects
+        others = self.total - self.first
+        others_squares = self.squares - (self.first**2).sum(0)
+        among_others = ((others**2).sum(0) - others_squares) / (2 * self.n_rows)
+        with_first = (np.roll(self.first, shift, axis=0) * others).sum(0) / self.n_rows
+        return (among_others + with_first) / (n * (n - 1) / 2)
 
 
 # ------------------------------------------------------------------ reconstruction

@@ -19,11 +19,33 @@ import torch
 from giblet_kedro.evaluation import metrics
 from giblet_kedro.evaluation.model import TrainedModel
 from giblet_kedro.evaluation.ridge import feature_band, fit_banded_ridge
+from giblet_kedro.fmri.normalize import combine_subjects
+from giblet_kedro.pipelines.fmri.nodes import subject_sources
 from giblet_kedro.pipelines.train.nodes import build_job, present_modalities, split_rows
-from giblet_kedro.spec.schema import EvaluateSpec, LossSpec, ModelSpec, TrainSpec
+from giblet_kedro.spec.schema import EvaluateSpec, FmriSpec, LossSpec, ModelSpec, TrainSpec
 from giblet_kedro.stimulus.aligned import TrAligned
 
 log = logging.getLogger(__name__)
+
+
+def intersubject_on_rows(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
+                         stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec) -> dict[str, np.ndarray]:
+    """Inter-subject agreement on the val rows (which voxels are reliable) and the test
+    rows (the noise ceiling), from each subject's cleaned, z-scored data.
+
+    The ``cross_subject`` tensor holds only the subjects' mean, so the runs are read
+    again, one subject at a time; what is kept is :class:`InterSubject`'s running sums,
+    2 x (n_rows, n_voxels) per row set whatever the number of subjects.
+    """
+    subjects, columns = subject_sources(runs, confounds, stats, fmri)
+    picked = {which: split.loc[split["split"] == which, "tr"].to_numpy(dtype=np.int64) for which in ("val", "test")}
+
+    states = {which: metrics.InterSubject.empty(len(rows), len(columns)) for which, rows in picked.items()}
+    for subject in subjects:
+        normalized = combine_subjects([subject], columns, "per_subject", fmri.chunk_trs)[0]
+        for which, rows in picked.items():
+            states[which].add(normalized[rows])
+    return {key: value for which, state in states.items() for key, value in state.to_arrays(which).items()}
 
 
 def load_trained(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict, video: TrAligned,
@@ -142,7 +164,7 @@ def fit_ridge_reference(fmri_train: np.ndarray, fmri_split: pd.DataFrame, video:
 
 
 def score_evaluation(model_predictions: dict[str, np.ndarray], ridge_predictions: dict[str, np.ndarray],
-                     ridge_summary: dict, reconstruction: dict, subjects_val: np.ndarray, subjects_test: np.ndarray,
+                     ridge_summary: dict, reconstruction: dict, intersubject: dict[str, np.ndarray],
                      fmri_train: np.ndarray,
                      fmri_split: pd.DataFrame, norm_stats: dict[str, np.ndarray], evaluate: EvaluateSpec,
                      experiment: dict[str, Any]) -> tuple[dict, nib.Nifti1Image, dict[str, np.ndarray]]:
@@ -171,11 +193,14 @@ def score_evaluation(model_predictions: dict[str, np.ndarray], ridge_predictions
 
     r_model, p_model = score(model_predictions["fmri"])
     r_ridge, p_ridge = score(ridge_predictions["fmri"])
-    ceiling, rho = metrics.noise_ceiling(subjects_test, target) if subjects_test.shape[0] > 1 else (None, None)
+    agreement_val = metrics.InterSubject.from_arrays(intersubject, "val")
+    agreement_test = metrics.InterSubject.from_arrays(intersubject, "test")
+    ceiling = rho = reliable = None
+    if agreement_test.n_subjects > 1:
+        rho = agreement_test.mean_pairwise()
+        ceiling = metrics.noise_ceiling(rho, agreement_test.n_subjects, target)
+        reliable = reliable_voxels(agreement_val, evaluate, rng)
     significant = metrics.fdr_significant(p_model, evaluate.fdr)
-    reliable = None
-    if rho is not None:
-        reliable = reliable_voxels(subjects_val, evaluate, rng)
     summary = {
         "experiment": experiment["name"], "test_trs": int(len(rows)), "voxels": int(r_model.size),
         "mode": "per_subject" if fmri_train.ndim == 3 else "cross_subject",
@@ -189,10 +214,9 @@ def score_evaluation(model_predictions: dict[str, np.ndarray], ridge_predictions
     if ceiling is not None:
         summary["noise_ceiling"] = {
             "kind": "sqrt(Spearman-Brown(mean inter-subject r))" if target == "average" else "sqrt(mean inter-subject r)",
-            "target": target, "subjects": int(subjects_test.shape[0]),
-            "median": float(np.median(ceiling)), "reliable_voxels": int(reliable.sum()),
-            "reliable_selected_on": f"val rows ({subjects_val.shape[1]} TRs)",
-            "leave_one_subject_out_median": float(np.median(metrics.leave_one_subject_out(subjects_test)))}
+            "target": target, "subjects": agreement_test.n_subjects, "median": float(np.median(ceiling)),
+            "mean_inter_subject_r_median": float(np.median(rho)), "reliable_voxels": int(reliable.sum()),
+            "reliable_selected_on": f"val rows ({agreement_val.n_rows} TRs)"}
     if fmri_train.ndim == 3:
         ids = [str(s) for s in np.atleast_1d(norm_stats["subject_ids"])]
         summary["by_subject"] = {sid: float(np.median(metrics.pearson_columns(model_predictions["fmri"], m)))
@@ -233,28 +257,16 @@ def compare_models(model: np.ndarray, ridge: np.ndarray, measured: np.ndarray, v
             "verdict": verdict}
 
 
-def reliable_voxels(subjects: np.ndarray, evaluate: EvaluateSpec, rng: np.random.Generator) -> np.ndarray:
+def reliable_voxels(agreement: metrics.InterSubject, evaluate: EvaluateSpec, rng: np.random.Generator) -> np.ndarray:
     """(n_voxels,) bool: voxels whose mean inter-subject r on these rows beats a null of
     the first subject circularly shifted (pooled over voxels), at the evaluation's FDR.
-
-    subjects : (n_subjects, n_rows, n_voxels); fewer than 2 subjects or too few rows for
-    a shift: every voxel counts as reliable.
-    """
-    n_rows = subjects.shape[1]
-    if subjects.shape[0] < 2 or n_rows < 2 * max(evaluate.min_shift_trs, 1) + 1:
-        return np.ones(subjects.shape[2], dtype=bool)
-    shifts = metrics.null_shifts(n_rows, min(evaluate.null_shifts, 50), evaluate.min_shift_trs, rng)
-    rho = metrics.mean_pairwise_correlation(subjects)
-    null = np.stack([metrics.mean_pairwise_correlation(_shift_first(subjects, int(k))) for k in shifts])
-    return metrics.fdr_significant(metrics.pooled_p_values(rho, null), evaluate.fdr)
-
-
-def _shift_first(subjects: np.ndarray, shift: int) -> np.ndarray:
-    """The subjects with the first one circularly shifted in time: its agreement with the
-    others is then chance, with the same autocorrelation."""
-    shifted = subjects.copy()
-    shifted[0] = np.roll(subjects[0], shift, axis=0)
-    return shifted
+    Fewer than 2 subjects, or too few rows for a shift: every voxel counts as reliable."""
+    n_voxels = agreement.total.shape[1]
+    if agreement.n_subjects < 2 or agreement.n_rows < 2 * max(evaluate.min_shift_trs, 1) + 1:
+        return np.ones(n_voxels, dtype=bool)
+    shifts = metrics.null_shifts(agreement.n_rows, min(evaluate.null_shifts, 50), evaluate.min_shift_trs, rng)
+    null = np.stack([agreement.mean_pairwise_first_shifted(int(k)) for k in shifts])
+    return metrics.fdr_significant(metrics.pooled_p_values(agreement.mean_pairwise(), null), evaluate.fdr)
 
 
 def _r_summary(r: np.ndarray, p: np.ndarray, fdr: float, ceiling: np.ndarray | None,

@@ -282,7 +282,7 @@ def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick,
     return report
 
 
-def _subject_sources(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
+def subject_sources(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
                      stats: dict[str, np.ndarray], fmri: FmriSpec) -> tuple[list[list[RunSource]], np.ndarray]:
     """Per subject (saved order), its runs with the saved stats and cleaning operators;
     and the mask's file-order columns."""
@@ -304,26 +304,10 @@ def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.
     """Clean and z-score every run with its saved stats, concatenate each subject's runs,
     then average (``cross_subject``, shape (n_trs, n_voxels)) or stack (``per_subject``,
     (n_subjects, n_trs, n_voxels)). float32; ``n_trs`` sums the runs' crops."""
-    subjects, columns = _subject_sources(runs, confounds, stats, fmri)
+    subjects, columns = subject_sources(runs, confounds, stats, fmri)
     log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(subjects),
              len(subjects[0]), sum(run.n_trs for run in subjects[0]), len(columns))
     return combine_subjects(subjects, columns, fmri.mode, fmri.chunk_trs)
-
-
-def subjects_on_rows(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
-                     stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Each subject's cleaned, z-scored data on the val and on the test rows of the split,
-    kept apart: two (n_subjects, n_rows, n_voxels) float32 arrays (the noise ceiling
-    needs subjects; the ``cross_subject`` tensor has only their mean). One subject is in
-    memory at a time."""
-    subjects, columns = _subject_sources(runs, confounds, stats, fmri)
-    picked = [split.loc[split["split"] == which, "tr"].to_numpy(dtype=np.int64) for which in ("val", "test")]
-    out = [np.empty((len(subjects), len(rows), len(columns)), dtype=np.float32) for rows in picked]
-    for index, subject in enumerate(subjects):
-        normalized = combine_subjects([subject], columns, "per_subject", fmri.chunk_trs)[0]
-        for array, rows in zip(out, picked, strict=True):
-            array[index] = normalized[rows]
-    return out[0], out[1]
 
 
 def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], heldout_confounds: dict[str, pd.DataFrame],

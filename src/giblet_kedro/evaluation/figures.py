@@ -28,25 +28,32 @@ def _slices(mask: np.ndarray, count: int) -> np.ndarray:
     return occupied[np.linspace(0, len(occupied) - 1, min(count, len(occupied))).round().astype(int)]
 
 
-def r_map_figure(maps: dict[str, np.ndarray], title: str, count: int = 6):
-    """Axial slices (rows: autoencoder r, ridge r, noise ceiling) on one colour scale;
-    white outlines mark voxels significant at the evaluation's FDR."""
+def r_map_figure(maps: dict[str, np.ndarray], title: str, count: int = 5):
+    """Rows: autoencoder r, ridge r, noise ceiling, on one colour scale. Columns: the
+    sagittal and coronal slices through the voxel of highest autoencoder r, then
+    ``count`` axial slices. Contours on the first row outline voxels significant at the
+    evaluation's FDR. Voxel space, first axis left-right (as stored)."""
     mask = np.asarray(maps["mask"], dtype=bool)
     rows = [("autoencoder r", maps["r_model"]), ("ridge r", maps["r_ridge"])]
     if "ceiling" in maps:
         rows.append(("noise ceiling", maps["ceiling"]))
-    slices = _slices(mask, count)
+    peak = np.argwhere(mask)[int(np.argmax(maps["r_model"]))]
+    views = [("sagittal", 0, int(peak[0])), ("coronal", 1, int(peak[1]))]
+    views += [("axial", 2, int(z)) for z in _slices(mask, count)]
     limit = max(float(np.nanmax(np.abs(np.concatenate([v for _, v in rows])))), 1e-3)
-    figure, axes = plt.subplots(len(rows), len(slices), figsize=(1.8 * len(slices), 1.9 * len(rows)), squeeze=False)
+    figure, axes = plt.subplots(len(rows), len(views), figsize=(1.8 * len(views), 1.9 * len(rows)), squeeze=False)
     significant = _volume(maps["significant"].astype(np.float32), mask)
     for i, (label, values) in enumerate(rows):
         volume = _volume(values, mask)
-        for j, z in enumerate(slices):
+        for j, (view, axis_index, index) in enumerate(views):
             axis = axes[i, j]
-            image = axis.imshow(volume[:, :, z].T, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+            cut = np.take(volume, index, axis=axis_index).T
+            image = axis.imshow(cut, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
             if i == 0:
-                axis.contour(np.nan_to_num(significant[:, :, z]).T, levels=[0.5], colors="k", linewidths=0.6)
-                axis.set_title(f"z = {z}", fontsize=8)
+                outline = np.nan_to_num(np.take(significant, index, axis=axis_index)).T
+                if outline.any():
+                    axis.contour(outline, levels=[0.5], colors="k", linewidths=0.6)
+                axis.set_title(f"{view} {'xyz'[axis_index]} = {index}", fontsize=7)
             axis.set_xticks([])
             axis.set_yticks([])
             if j == 0:

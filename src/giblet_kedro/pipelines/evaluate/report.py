@@ -72,8 +72,7 @@ def write_report(verification_summary: str, loss_curve: bytes, evaluation: dict,
                   for key, value in entry.items()]
     parts = [
         f"<h1>Experiment report: {html.escape(experiment['name'])}</h1>",
-        f"<p>Spec: <code>{html.escape(experiment['spec_file'])}</code></p>",
-        _table([(stage, fp) for stage, fp in experiment.get("fingerprints", {}).items()]),
+        f"<p>Spec: <code>{html.escape(experiment['spec_file'])}</code> (stage fingerprints at the end)</p>",
         "<h2>Training verification</h2>", _markdown_table(verification_summary), _image(loss_curve, "loss curve"),
         "<h2>Held-out fMRI prediction</h2>", _table(headline), _image(r_map, "r map"),
         "<h2>Reconstruction from the stimulus (test TRs)</h2>", _table(recon_rows),
@@ -99,6 +98,9 @@ def write_report(verification_summary: str, loss_curve: bytes, evaluation: dict,
                          f"<code>{html.escape(str(folder))}/*.wav</code></p>")
     else:
         parts.append("<p>The spec has no lesion section.</p>")
+    parts += ["<h2>Provenance: stage fingerprints</h2>",
+              "<p>Each stage's cache folder is named by the hash of what produced it.</p>",
+              _table([(stage, fp) for stage, fp in experiment.get("fingerprints", {}).items()])]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:left;font-size:13px}img{max-width:100%;margin:1em 0}")

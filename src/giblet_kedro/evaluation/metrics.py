@@ -95,19 +95,6 @@ def fdr_significant(p_values: np.ndarray, q: float) -> np.ndarray:
     return significant
 
 
-def mean_pairwise_correlation(subjects: np.ndarray) -> np.ndarray:
-    """(n_voxels,) mean over subject pairs of their Pearson r over time: the direct
-    definition (:class:`InterSubject` computes it one subject at a time).
-
-    subjects : (n_subjects, n_trs, n_voxels).
-    """
-    n = subjects.shape[0]
-    if n < 2:
-        raise ValueError("inter-subject agreement needs at least 2 subjects")
-    pairs = [pearson_columns(subjects[i], subjects[j]) for i in range(n) for j in range(i + 1, n)]
-    return np.mean(pairs, axis=0)
-
-
 def noise_ceiling(rho: np.ndarray, n_subjects: int, target: str) -> np.ndarray:
     """The highest r a perfect model of the shared response could reach, per voxel.
 
@@ -226,11 +213,6 @@ def psnr(reconstructed: np.ndarray, true: np.ndarray, data_range: float) -> np.n
     """(n,) peak signal-to-noise ratio (dB) of each sample, for values in ``[0, data_range]``."""
     error = ((reconstructed.astype(np.float64) - true.astype(np.float64)) ** 2).reshape(len(true), -1).mean(1)
     return 10.0 * np.log10(data_range**2 / np.maximum(error, 1e-12))
-
-
-def code_accuracy(logits: np.ndarray, codes: np.ndarray) -> float:
-    """Share of EnCodec codes predicted exactly: logits (n, n_q, 1024, T), codes (n, n_q, T)."""
-    return float((logits.argmax(axis=2) == codes).mean())
 
 
 def majority_code_accuracy(train_codes: np.ndarray, codes: np.ndarray) -> float:

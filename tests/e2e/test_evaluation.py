@@ -49,8 +49,13 @@ def test_demo_evaluation_and_lesions_recover_the_planted_regions(project):
     np.testing.assert_allclose(image.affine, stats["affine"])
     np.testing.assert_allclose(np.asarray(image.dataobj)[stats["mask"]], maps["r_model"], atol=1e-6)
 
-    # reconstruction from the stimulus beats chance for every modality
+    # reconstruction from the stimulus beats chance for every modality; its normalized
+    # loss is the mean squared error of the saved predictions (model units), by hand
     recon = metrics["reconstruction"]
+    saved = np.load(next(project.glob("data/07_model_output/evaluate/*/model_test_predictions.npz")))
+    for name in ("video", "text"):
+        error = (saved[name][saved[f"{name}_valid"]] - saved[f"{name}_target"][saved[f"{name}_valid"]]) ** 2
+        assert recon[name]["normalized_loss"] == pytest.approx(float(error.mean()), rel=1e-4)
     assert recon["video"]["sample_r_mean"] > 0.5 and recon["video"]["psnr_db_mean"] > 15
     assert recon["audio"]["code_accuracy"] > recon["audio"]["majority_code_accuracy"]
     assert recon["text"]["top5_retrieval"] > recon["text"]["top5_chance"]

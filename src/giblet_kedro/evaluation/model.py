@@ -16,7 +16,7 @@ import torch
 from giblet_kedro.models.autoencoder import MultimodalAutoencoder
 from giblet_kedro.training.data import TrDataset
 from giblet_kedro.training.ddp import TrainJob
-from giblet_kedro.training.losses import ModalityStats
+from giblet_kedro.training.losses import ModalityStats, modality_losses
 
 BATCH = 64
 
@@ -73,6 +73,16 @@ class TrainedModel:
     def predict(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The full autoencoder on the stimulus of each row: ``decode(encode(rows))``."""
         return self.decode(self.encode(rows))
+
+    def normalized_losses(self, outputs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+        """Each stimulus modality's loss in the training loss's normalized units (1 = the
+        training mean, or the code marginal), over its valid rows: the training code's
+        own :func:`modality_losses`, so evaluation and training cannot disagree."""
+        present = [name for name in self.modalities if targets[f"{name}_valid"].any()]
+        losses = modality_losses({name: torch.from_numpy(outputs[name]) for name in present},
+                                 {key: torch.from_numpy(np.asarray(value)) for key, value in targets.items()},
+                                 self.stats, "variance", self.job.shapes.audio_is_codes)
+        return {name: float(value) for name, value in losses.items()}
 
     def fmri_to_model_units(self, fmri: np.ndarray) -> np.ndarray:
         stats = self.stats["fmri"]

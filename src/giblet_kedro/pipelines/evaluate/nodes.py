@@ -77,28 +77,21 @@ def predict_test(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: d
         raise ValueError("the split has no test TRs to evaluate on: set fmri.split.test (a fraction or runs)")
     outputs = trained.predict(rows)
     targets = trained.batch(rows)
+    losses = trained.normalized_losses(outputs, targets)
     saved: dict[str, np.ndarray] = {"rows": rows, "fmri": outputs["fmri"]}
     for name in trained.modalities:
         saved[f"{name}_valid"] = targets[f"{name}_valid"]
         if name == "audio" and trained.job.shapes.audio_is_codes:
             saved["audio"] = outputs["audio"].argmax(axis=2).astype(np.int16)
             saved["audio_target"] = targets["audio"].astype(np.int16)
-            saved["audio_logits_loss"] = per_sample_code_loss(outputs["audio"], targets["audio"])
         else:
             saved[name], saved[f"{name}_target"] = outputs[name], targets[name]
     train_codes = np.asarray(audio.values)[split_rows(fmri_split, "train")] if "audio" in trained.modalities else None
-    return saved, reconstruction_metrics(saved, trained, train_codes)
+    return saved, reconstruction_metrics(saved, trained, train_codes, losses)
 
 
-def per_sample_code_loss(logits: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """(n,) mean cross-entropy (nats) of each sample's codes; logits (n, n_q, 1024, T)."""
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits).transpose(1, 2),
-                                             torch.from_numpy(codes.astype(np.int64)), reduction="none")
-    return loss.flatten(1).mean(1).numpy()
-
-
-def reconstruction_metrics(saved: dict[str, np.ndarray], trained: TrainedModel,
-                           train_codes: np.ndarray | None) -> dict[str, Any]:
+def reconstruction_metrics(saved: dict[str, np.ndarray], trained: TrainedModel, train_codes: np.ndarray | None,
+                           losses: dict[str, float]) -> dict[str, Any]:
     """Per modality, on the valid test rows: video frame r and PSNR (in the cache's units,
     data range of the true frames), audio code accuracy against always guessing the
     most frequent training code, text cosine and top-1/top-5 retrieval among the test TRs.
@@ -111,15 +104,13 @@ def reconstruction_metrics(saved: dict[str, np.ndarray], trained: TrainedModel,
         if not valid.any():
             report[name] = {"valid_trs": 0}
             continue
-        entry: dict[str, Any] = {"valid_trs": int(valid.sum())}
+        entry: dict[str, Any] = {"valid_trs": int(valid.sum()), "normalized_loss": losses[name]}
         if name == "audio" and trained.job.shapes.audio_is_codes:
             codes, target = saved["audio"][valid], saved["audio_target"][valid]
             entry["code_accuracy"] = float((codes == target).mean())
             entry["majority_code_accuracy"] = metrics.majority_code_accuracy(train_codes, target)
-            entry["normalized_loss"] = float(saved["audio_logits_loss"][valid].mean() / stats["audio"].entropy)
         else:
             pred, true = saved[name][valid], saved[f"{name}_target"][valid]
-            entry["normalized_loss"] = float(((pred - true) ** 2).mean())
             entry["sample_r_mean"] = float(metrics.frame_correlation(pred, true).mean())
             if name == "video":
                 raw_pred, raw_true = pred * stats[name].std + stats[name].mean, true * stats[name].std + stats[name].mean

@@ -19,7 +19,7 @@ import pandas as pd
 
 from giblet_kedro.evaluation.lesion import BrainReadout, random_regions, region_voxels, silence
 from giblet_kedro.evaluation.model import TrainedModel
-from giblet_kedro.pipelines.evaluate.nodes import load_trained, per_sample_code_loss
+from giblet_kedro.pipelines.evaluate.nodes import load_trained, measured_fmri
 from giblet_kedro.pipelines.train.nodes import split_rows
 from giblet_kedro.spec.schema import LesionSpec, LossSpec, ModelSpec, StimulusSpec, TrainSpec
 from giblet_kedro.stimulus.aligned import TrAligned
@@ -29,24 +29,9 @@ READOUT_ALPHAS = np.logspace(-1, 6, 15)
 SHOWN_TRS = 8
 
 
-def normalized_losses(outputs: dict[str, np.ndarray], targets: dict[str, np.ndarray],
-                      trained: TrainedModel) -> dict[str, float]:
-    """Each modality's normalized loss over its valid rows (model units)."""
-    losses = {}
-    for name in trained.modalities:
-        valid = targets[f"{name}_valid"].astype(bool)
-        if not valid.any():
-            continue
-        if name == "audio" and trained.job.shapes.audio_is_codes:
-            value = per_sample_code_loss(outputs["audio"][valid], targets["audio"][valid]).mean()
-            losses[name] = float(value / trained.stats["audio"].entropy)
-        else:
-            losses[name] = float(((outputs[name][valid] - targets[name][valid]) ** 2).mean())
-    return losses
-
-
 def _mean_subjects(fmri_train: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return np.asarray(fmri_train[rows]) if fmri_train.ndim == 2 else np.asarray(fmri_train[:, rows]).mean(0)
+    """(n_rows, V): the measured fMRI of these rows, averaged over subjects in ``per_subject``."""
+    return measured_fmri(fmri_train, rows).mean(0)
 
 
 def fit_readout(trained: TrainedModel, fmri_train: np.ndarray, rows: np.ndarray) -> BrainReadout:
@@ -87,8 +72,8 @@ def run_lesions(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: di
         return trained.decode(readout(activity))
 
     intact = decode(brain)
-    intact_loss = normalized_losses(intact, targets, trained)
-    from_stimulus = normalized_losses(trained.predict(test_rows), targets, trained)
+    intact_loss = trained.normalized_losses(intact, targets)
+    from_stimulus = trained.normalized_losses(trained.predict(test_rows), targets)
     report: dict[str, Any] = {
         "experiment": experiment["name"], "method": lesion.method, "test_trs": int(len(test_rows)),
         "readout": {"kind": "identity (bottleneck: voxels)" if readout.coef is None else "ridge, brain -> bottleneck",
@@ -107,8 +92,8 @@ def run_lesions(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: di
         label = f"lesion.regions.{name}"
         voxels = region_voxels(region_images[name], region.labels, mask, norm_stats["affine"], label)
         lesioned = decode(silence(brain, voxels, lesion.method, rng))
-        increase = _increase(normalized_losses(lesioned, targets, trained), intact_loss)
-        randoms = [_increase(normalized_losses(decode(silence(brain, other, lesion.method, rng)), targets, trained),
+        increase = _increase(trained.normalized_losses(lesioned, targets), intact_loss)
+        randoms = [_increase(trained.normalized_losses(decode(silence(brain, other, lesion.method, rng)), targets),
                            intact_loss)
                    for other in random_regions(coordinates, int(voxels.sum()), lesion.random_regions, rng)]
         report["regions"][name] = _region_entry(int(voxels.sum()), increase, randoms)

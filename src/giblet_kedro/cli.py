@@ -244,16 +244,13 @@ def caches(prune: bool, yes: bool, extra: tuple[str, ...]) -> None:
 def job(experiment: str | None) -> None:
     """Write the training job file for a multi-node torchrun launch and print its path.
 
-    The fMRI and stimulus caches must exist (run the train pipeline with
-    --to-nodes=compute_loss_stats first). Then on every node:
+    The fMRI and stimulus caches and the job must exist (run the train pipeline with
+    --to-nodes=build_training_job first). Then on every node:
     torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT
     --rdzv-id ID -m giblet_kedro.training.ddp JOB.json
     """
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
-
-    from giblet_kedro.pipelines.train.nodes import build_job
-    from giblet_kedro.spec.schema import LossSpec, ModelSpec, TrainSpec
 
     name = experiment or default_experiment()
     try:
@@ -261,24 +258,22 @@ def job(experiment: str | None) -> None:
         bootstrap_project(project_root())
         with KedroSession.create(project_path=project_root(), runtime_params={"experiment": name}) as session:
             context = session.load_context()
-            catalog, params = context.catalog, context.params
-            loaded = {key: catalog.load(key) for key in ("fmri_train", "fmri_split", "loss_stats", "video_features",
-                                                         "audio_codes", "text_embeddings")}
+            train_job = context.catalog.load("train_job")
+            run_dir = Path(context.params["train_run_dir"])
     except GibletError as exc:
         _fail(exc)
     except Exception as exc:  # a missing cache: say which step to run first
         error = _user_error(exc)
         if error is not None:
             _fail(error)
-        _fail(GibletError(f"cannot load the training inputs of {name!r} ({exc}); run "
-                          f"`kedro run --pipelines=train --to-nodes=compute_loss_stats --params experiment={name}` first"))
-    # context.params may already hold validated models (Kedro's typed parameters)
-    train_job = build_job(*loaded.values(), ModelSpec.model_validate(params["model"]),
-                          LossSpec.model_validate(params["loss"]), TrainSpec.model_validate(params["train"]),
-                          int(params["experiment_info"]["seed"]), params["train_run_dir"])
-    path = Path(params["train_run_dir"]) / "job.json"
+        _fail(GibletError(f"cannot load the training job of {name!r} ({exc}); run "
+                          f"`kedro run --pipelines=train --to-nodes=build_training_job --params experiment={name}` "
+                          "first"))
+    # Where the job runs (world size, backend, device) is resolved by each torchrun rank.
+    path = run_dir / "job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(train_job.to_json())
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(train_job))
     click.echo(str(path))
 
 

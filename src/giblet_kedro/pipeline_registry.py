@@ -13,10 +13,9 @@
 
 from __future__ import annotations
 
-from kedro.pipeline import Pipeline, node
+from kedro.pipeline import Pipeline
 
-from giblet_kedro.pipelines import demo_data, evaluate, fmri, lesion, stimulus, train
-from giblet_kedro.pipelines.evaluate.report import write_report
+from giblet_kedro.pipelines import demo_data, evaluate, fmri, lesion, report, stimulus, train
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -27,11 +26,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     evaluate_pipeline = evaluate.pipeline.create_pipeline()
     lesion_pipeline = lesion.pipeline.create_pipeline()
     workflow = fmri_pipeline + stimulus_pipeline + train_pipeline
-    report_pipeline = Pipeline([node(
-        write_report,
-        ["verification_summary", "loss_curve", "evaluation_metrics", "r_map_figure", "reconstruction_figure",
-         "lesion_metrics", "lesion_figure", "lesion_frames", "lesion_text", "params:experiment_info"],
-        "experiment_report", name="write_report")])
+    report_pipeline = report.pipeline.create_pipeline()
     # `stimulus` includes the fMRI nodes its TR grid comes from (Kedro runs what a
     # pipeline lists; cached nodes are skipped).
     return {

@@ -67,9 +67,10 @@ def headline_metrics(compiled: CompiledExperiment) -> dict[str, Any]:
                 out[f"recon.{name}.{key}"] = recon[name][key]
     lesions = _json(compiled.cache_dir("lesion") / "lesion_metrics.json")
     for name, entry in (lesions or {}).get("regions", {}).items():
-        top = entry["most_specific"]
-        out[f"lesion.{name}"] = f"{top} +{entry['specificity'][top]:.3f}" + (
-            " (beats random)" if entry["exceeds_random"][top] else "")
+        top = entry["most_affected"]
+        effect = entry["effects"][top]
+        out[f"lesion.{name}"] = f"{top} {effect['effect']:+.3f} (p {effect['p']:.3g}" + (
+            ", FDR significant)" if effect.get("fdr_significant") else ")")
     return out
 
 

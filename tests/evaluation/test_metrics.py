@@ -7,7 +7,7 @@ import pytest
 from scipy.signal import lfilter
 from scipy.stats import pearsonr
 
-from giblet_kedro.evaluation import metrics
+from giblet_kedro.evaluation import metrics, nulls
 
 
 def mean_pairwise_correlation(subjects: np.ndarray) -> np.ndarray:
@@ -49,59 +49,30 @@ def test_noise_ceiling_matches_a_planted_shared_response(rng):
     assert metrics.noise_ceiling(np.array([-0.2]), 4, "average")[0] == 0.0
 
 
-def test_inter_subject_sums_equal_the_pairwise_definition(rng):
-    """One subject at a time (running sums) gives exactly the mean of all pairwise r,
-    also with the first subject shifted (the reliability null), and constant voxels."""
+def test_mean_pairwise_isc_equals_the_pairwise_definition(rng):
+    """The sums formula gives exactly the mean of all pairwise r, constant voxels too."""
     subjects = rng.standard_normal((5, 30, 7)) + rng.standard_normal((30, 7))
     subjects[:, :, 3] = 2.0  # a constant voxel
-    state = metrics.InterSubject.accumulate(subjects)
-    np.testing.assert_allclose(state.mean_pairwise(), mean_pairwise_correlation(subjects), atol=1e-12)
-    shifted = subjects.copy()
-    shifted[0] = np.roll(subjects[0], 7, axis=0)
-    np.testing.assert_allclose(state.mean_pairwise_first_shifted(7), mean_pairwise_correlation(shifted),
-                               atol=1e-12)
-    again = metrics.InterSubject.from_arrays(state.to_arrays("val"), "val")
-    np.testing.assert_allclose(again.mean_pairwise(), state.mean_pairwise(), atol=1e-6)
-    assert again.n_subjects == 5 and again.n_rows == 30
+    np.testing.assert_allclose(nulls.mean_pairwise_isc(subjects), mean_pairwise_correlation(subjects), atol=1e-12)
 
 
-def test_circular_shift_null_controls_false_positives_under_autocorrelation(rng):
-    """Independent AR(1) prediction and data: p-values from the pooled shift null are
-    close to uniform, so few voxels pass FDR; a naive iid t-test would flag many more."""
-    n_trs, n_voxels = 60, 400
-    prediction, measured = ar1(rng, (n_trs, n_voxels), 0.8), ar1(rng, (n_trs, n_voxels), 0.8)
-    r = metrics.pearson_columns(prediction, measured)
-    shifts = metrics.null_shifts(n_trs, 200, 5, rng)
-    p = metrics.pooled_p_values(r, metrics.circular_shift_null(prediction, measured, shifts))
-    assert (p < 0.05).mean() < 0.10
-    assert metrics.fdr_significant(p, 0.05).mean() < 0.02
-    naive = np.array([pearsonr(prediction[:, v], measured[:, v]).pvalue for v in range(n_voxels)])
-    assert (naive < 0.05).mean() > (p < 0.05).mean()
-
-
-def test_shift_null_finds_a_real_effect(rng):
+def test_shift_null_per_voxel_finds_a_real_effect(rng):
     n_trs, n_voxels = 60, 200
     signal = ar1(rng, (n_trs, n_voxels))
     measured = signal + ar1(rng, (n_trs, n_voxels))
     measured[:, 100:] = ar1(rng, (n_trs, 100))  # half the voxels carry nothing
-    r = metrics.pearson_columns(signal, measured)
-    p = metrics.pooled_p_values(r, metrics.circular_shift_null(signal, measured, metrics.null_shifts(n_trs, 200, 5, rng)))
-    significant = metrics.fdr_significant(p, 0.05)
-    assert significant[:100].mean() > 0.9 and significant[100:].mean() < 0.1
+    for test in (nulls.shift_null(signal, measured[None], 5, 200, rng),
+                 nulls.phase_null(signal, measured[None], 500, rng)):
+        significant = metrics.fdr_significant(test.p, 0.05)
+        assert significant[:100].mean() > 0.9 and significant[100:].mean() < 0.1, test.kind
 
 
 def test_null_shifts_bounds_and_too_short_series(rng):
-    shifts = metrics.null_shifts(20, 200, 5, rng)
+    shifts = nulls.null_shifts(20, 200, 5, rng)
     assert shifts.tolist() == list(range(5, 16))
-    assert len(metrics.null_shifts(1000, 50, 5, rng)) == 50
+    assert len(nulls.null_shifts(1000, 50, 5, rng)) == 50
     with pytest.raises(ValueError, match="min_shift_trs"):
-        metrics.null_shifts(8, 10, 5, rng)
-
-
-def test_pooled_p_values_by_hand():
-    null = np.array([[0.1, 0.2], [0.3, 0.4]])
-    np.testing.assert_allclose(metrics.pooled_p_values(np.array([0.35, 0.5]), null), [2 / 5, 1 / 5])
-    np.testing.assert_allclose(metrics.pooled_p_values(np.array([0.3]), null), [3 / 5])  # ties count
+        nulls.null_shifts(8, 10, 5, rng)
 
 
 def test_benjamini_hochberg_by_hand():
@@ -109,6 +80,15 @@ def test_benjamini_hochberg_by_hand():
     # sorted 0.01 0.02 0.03 0.04 0.5 vs 0.05 * k / 5 = .01 .02 .03 .04 .05: the first four pass
     assert metrics.fdr_significant(p, 0.05).tolist() == [True, True, True, False, True]
     assert not metrics.fdr_significant(np.array([0.2, 0.3]), 0.05).any()
+
+
+def test_block_bootstrap_of_a_mean_by_hand(rng):
+    values = rng.normal(0.3, 1.0, 40)
+    boot = metrics.block_bootstrap_means(values, 5, 2000, np.random.default_rng(1))
+    rows = metrics.bootstrap_rows(40, 5, np.random.default_rng(2))
+    assert rows.size == 40 and all(np.all(np.diff(rows[k:k + 5]) == 1) for k in range(0, 40, 5))
+    assert boot.mean() == pytest.approx(values.mean(), abs=0.06)  # moving blocks weigh the ends less
+    assert boot.std() == pytest.approx(values.std() / np.sqrt(40), rel=0.25)  # iid values: the usual SE
 
 
 def test_block_bootstrap_difference_is_centred_on_the_true_gap(rng):

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from giblet_kedro.errors import InputDataError
-from giblet_kedro.evaluation.lesion import BrainReadout, random_regions, region_voxels, silence
+from giblet_kedro.evaluation.lesion import (
+    BrainReadout,
+    LayerProjection,
+    add_fdr,
+    fill_values,
+    lesion_statistics,
+    random_regions,
+    region_voxels,
+)
 from giblet_kedro.evaluation.metrics import pearson_columns
 from giblet_kedro.evaluation.ridge import code_histograms, feature_band, fir_delays, fit_banded_ridge
 
@@ -88,27 +96,62 @@ def test_region_on_another_grid_is_resampled_and_an_empty_region_is_named():
         region_voxels(atlas, [9], mask, atlas.affine, "lesion.regions.nothing")
 
 
-def test_random_regions_are_contiguous_and_of_the_asked_size(rng):
+def test_random_regions_are_contiguous_of_the_asked_size_and_leave_the_target_out(rng):
     mask = np.ones((8, 8, 8), bool)
     coordinates = np.argwhere(mask)
-    for region in random_regions(coordinates, 27, 10, rng):
-        assert region.sum() == 27
+    target = np.zeros(len(coordinates), bool)
+    target[(coordinates[:, 0] < 3)] = True  # a slab
+    regions = random_regions(coordinates, 27, 200, rng, exclude=target)
+    assert len(regions) == 200
+    for region in regions:
+        assert region.size == 27 and np.unique(region).size == 27
+        assert not target[region].any()  # never overlaps the region it controls for
         inside = coordinates[region]
-        centre = inside.mean(0)
-        assert np.abs(inside - centre).max() <= 2.5  # a compact ball, not scattered voxels
+        assert np.abs(inside - inside.mean(0)).max() <= 3.0  # a compact blob, not scattered voxels
+    with pytest.raises(InputDataError, match="no random control region of its size fits"):
+        random_regions(coordinates, 500, 1, rng, exclude=target)
 
 
-def test_silence_methods(rng):
-    fmri = rng.standard_normal((50, 6)).astype(np.float32) + 3.0
-    voxels = np.array([True, False, True, False, False, False])
-    zero = silence(fmri, voxels, "zero", rng)
-    assert (zero[:, voxels] == 0).all() and np.array_equal(zero[:, ~voxels], fmri[:, ~voxels])
-    mean = silence(fmri, voxels, "mean", rng)
-    np.testing.assert_allclose(mean[:, voxels], np.broadcast_to(fmri[:, voxels].mean(0), (50, 2)), rtol=1e-6)
-    noise = silence(fmri, voxels, "noise", rng)
-    assert abs(pearson_columns(noise[:, voxels], fmri[:, voxels])).max() < 0.5
-    assert 0.6 < noise[:, voxels].std() < 1.4
-    np.testing.assert_array_equal(fmri[:, 0] - 3.0 != 0, True)  # the input is untouched
+def test_fill_values(rng):
+    layer = rng.standard_normal((50, 6)).astype(np.float32) + 3.0
+    training_mean = np.arange(6, dtype=np.float32)
+    voxels = np.array([0, 2])
+    assert (fill_values("zero", layer, training_mean, voxels, rng) == 0).all()
+    np.testing.assert_array_equal(fill_values("mean", layer, training_mean, voxels, rng), np.tile([0.0, 2.0], (50, 1)))
+    noise = fill_values("noise", layer, training_mean, voxels, rng)
+    assert abs(pearson_columns(noise, layer[:, voxels])).max() < 0.5 and 0.6 < noise.std() < 1.4
+
+
+def test_a_lesion_moves_each_decoder_input_as_zeroing_the_layer_would(rng):
+    """The projection's shortcut (the region's columns only) equals projecting the
+    silenced layer in full, for every decoder."""
+    layer = rng.standard_normal((9, 40)).astype(np.float32)
+    projection = LayerProjection({m: rng.standard_normal((40, 5)).astype(np.float32) for m in ("video", "text")},
+                                 {m: rng.standard_normal(5).astype(np.float32) for m in ("video", "text")})
+    voxels = np.array([3, 4, 17])
+    fill = rng.standard_normal((9, 3)).astype(np.float32)
+    silenced = layer.copy()
+    silenced[:, voxels] = fill
+    shortcut = projection.lesioned(projection(layer), layer, voxels, fill)
+    for name, full in projection(silenced).items():
+        np.testing.assert_allclose(shortcut[name], full, atol=1e-5)
+
+
+def test_lesion_statistics_by_hand(rng):
+    per_tr = {"video": rng.normal(0.2, 0.05, 30), "text": np.r_[rng.normal(0.0, 0.05, 28), np.nan, np.nan]}
+    randoms = [{"video": v, "text": t} for v, t in zip(rng.normal(0, 0.02, 999), rng.normal(0, 0.02, 999),
+                                                     strict=True)]
+    out = lesion_statistics(per_tr, randoms, block=5, n_boot=500, rng=rng)
+    video, text = out["video"], out["text"]
+    assert video["effect"] == pytest.approx(per_tr["video"].mean())
+    assert text["effect"] == pytest.approx(np.nanmean(per_tr["text"]))  # padded TRs do not count
+    assert video["p"] == pytest.approx(1 / 1000)  # beyond every random region: the smallest p there is
+    random_text = np.array([r["text"] for r in randoms])
+    assert text["p"] == pytest.approx((1 + (random_text >= text["effect"]).sum()) / 1000)
+    assert video["ci95"][0] < video["effect"] < video["ci95"][1] and video["ci95"][0] > 0.1
+    regions = {"a": {"effects": out}}
+    add_fdr(regions, 0.05)
+    assert regions["a"]["effects"]["video"]["fdr_significant"] and not regions["a"]["effects"]["text"]["fdr_significant"]
 
 
 def test_brain_readout_recovers_a_linear_bottleneck(rng):
@@ -118,4 +161,3 @@ def test_brain_readout_recovers_a_linear_bottleneck(rng):
     readout = BrainReadout.fit(fmri[:200], bottleneck[:200], np.logspace(-3, 3, 7))
     decoded = readout(fmri[200:])
     assert pearson_columns(decoded, bottleneck[200:]).min() > 0.95
-    assert BrainReadout.identity()(fmri).shape == fmri.shape

@@ -51,7 +51,7 @@ def test_lab_mask_matches_the_rule_as_written(tmp_path, rng):
     for i, data in enumerate(runs):
         data = data * rng.uniform(0.5, 2.0, size=grid)[..., None]  # voxel-varying stds
         headers[i] = read_header(nib.load(write_run(tmp_path / f"{i}.nii.gz", data, dtype=np.float32)), str(i))
-        moments[i] = subject_moments(headers[i], (0, n_trs), np.arange(40), 1, 16, early_trs=20)
+        moments[i] = subject_moments(headers[i], (0, n_trs), np.arange(40), 1, 16, early_rows=np.arange(20))
     mask = lab_mask(moments, grid, percentile=10, min_subject_fraction=0.5)
     early = [np.asarray(nib.load(tmp_path / f"{i}.nii.gz").get_fdata())[..., :20].std(axis=3, ddof=1)
              for i in range(5)]

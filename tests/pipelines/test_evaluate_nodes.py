@@ -1,4 +1,4 @@
-"""The scoring node on planted data, in both modes, against numpy/scipy by hand."""
+"""The scoring nodes on planted data, in both modes, against numpy/scipy by hand."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr
 
-from giblet_kedro.evaluation.metrics import InterSubject
-from giblet_kedro.pipelines.evaluate.nodes import score_evaluation
+from giblet_kedro.evaluation.agreement import agreement_arrays
+from giblet_kedro.models.autoencoder import ModalityShapes
+from giblet_kedro.pipelines.evaluate.nodes import score_voxels, summarize_evaluation
 from giblet_kedro.spec.schema import EvaluateSpec
+from giblet_kedro.training.job import ArrayPaths, TrainJob
 
 N_TRS, N_VOXELS, N_SUBJECTS = 120, 40, 3
 SIGNAL = slice(0, 20)  # voxels that carry the shared response
@@ -28,18 +30,26 @@ def planted(rng):
     return shared, subjects, split, stats
 
 
+def job_of(tmp_path, tensor: np.ndarray, mode: str) -> dict:
+    np.save(tmp_path / "fmri.npy", tensor)
+    return TrainJob(paths=ArrayPaths(fmri=str(tmp_path / "fmri.npy")), train_rows=list(range(80)),
+                    val_rows=list(range(80, 100)), mode=mode,
+                    shapes=ModalityShapes(None, None, False, (4,), N_VOXELS), model={}, loss={}, train={}, seed=0,
+                    run_dir=str(tmp_path), test_rows=list(range(100, 120))).to_dict()
+
+
 @pytest.mark.parametrize("mode", ["cross_subject", "per_subject"])
-def test_scores_match_hand_computation_and_planted_voxels(rng, mode):
+def test_scores_match_hand_computation_and_planted_voxels(tmp_path, rng, mode):
     shared, subjects, split, stats = planted(rng)
     test, val = np.arange(100, 120), np.arange(80, 100)
     tensor = subjects.mean(0) if mode == "cross_subject" else subjects
     good = shared[test] + 0.3 * rng.standard_normal((20, N_VOXELS))  # the "autoencoder"
     poor = 0.2 * shared[test] + rng.standard_normal((20, N_VOXELS))  # the "ridge"
-    agreement = {**InterSubject.accumulate(subjects[:, val]).to_arrays("val"),
-                 **InterSubject.accumulate(subjects[:, test]).to_arrays("test")}
-    metrics, image, maps = score_evaluation(
-        {"rows": test, "fmri": good}, {"rows": test, "fmri": poor}, {"delays_trs": [0]}, {}, agreement, tensor,
-        split, stats, EvaluateSpec(null_shifts=100, min_shift_trs=3), {"name": "t", "seed": 0})
+    target = "average" if mode == "cross_subject" else "subject"
+    agreement = agreement_arrays(subjects[:, val], subjects[:, test], target, 3, 500, rng)
+    scores, image, maps = score_voxels({"rows": test, "fmri": good}, {"rows": test, "fmri": poor}, agreement,
+                                       job_of(tmp_path, tensor, mode), split, stats,
+                                       EvaluateSpec(null_draws=500, min_shift_trs=3))
     targets = [tensor[test]] if mode == "cross_subject" else list(subjects[:, test])
     by_hand = np.mean([[pearsonr(good[:, v], t[:, v]).statistic for v in range(N_VOXELS)] for t in targets], axis=0)
     np.testing.assert_allclose(maps["r_model"], by_hand, atol=1e-6)
@@ -47,11 +57,15 @@ def test_scores_match_hand_computation_and_planted_voxels(rng, mode):
     assert np.asarray(image.dataobj)[~stats["mask"]].max() == 0
     assert maps["significant"][SIGNAL].mean() > 0.8 and maps["significant"][20:].mean() < 0.2
     assert maps["reliable"][SIGNAL].mean() >= 0.7 and maps["reliable"][20:].mean() < 0.2  # chosen on val rows
-    assert metrics["comparison"]["verdict"] == "better" and metrics["autoencoder_beats_ridge"]
-    ceiling = metrics["noise_ceiling"]
-    assert ceiling["target"] == ("average" if mode == "cross_subject" else "subject")
+    assert scores["comparison"]["verdict"] == "better"
+    # 20 test TRs allow 15 circular shifts of >= 3 TRs: the report says so, and that phase
+    # randomization reaches p = 1/501
+    assert scores["null"]["test_split_allows"]["circular_shifts"] == 15
+    assert scores["null"]["distinct_null_values"] == "continuous" and scores["null"]["min_p"] == pytest.approx(1 / 501)
     # planted: unit shared and unit noise variance -> rho = 1/2 on signal voxels
     expected = np.sqrt(3 * 0.5 / (1 + 2 * 0.5)) if mode == "cross_subject" else np.sqrt(0.5)
     assert maps["ceiling"][SIGNAL].mean() == pytest.approx(expected, abs=0.12)
-    assert list(metrics["by_run"]) == ["1"]
-    assert ("by_subject" in metrics) == (mode == "per_subject")
+    assert list(scores["by_run"]) == ["1"]
+    assert ("by_subject" in scores) == (mode == "per_subject")
+    summary = summarize_evaluation(scores, {"text": {}}, {"delays_trs": [0]}, {"name": "t"})
+    assert summary["autoencoder_beats_ridge"] and summary["ridge"]["delays_trs"] == [0]

@@ -27,6 +27,9 @@ from tests.conftest import random_runs, write_run
 
 
 def fmri_spec(paths: dict[str, str], **fields) -> FmriSpec:
+    """A spec of these runs; without gaps between the split's blocks unless asked (the
+    references here z-score contiguous blocks by hand; gaps have tests of their own)."""
+    fields["split"] = {"gap_trs": 0, **fields.get("split", {"val": 0.1, "test": 0.1})}
     return FmriSpec(subjects=paths, tr=fields.pop("tr", 1.5), chunk_trs=fields.pop("chunk_trs", 7), **fields)
 
 
@@ -40,7 +43,7 @@ def run_stage(paths, mask_file=None, heldout=None, with_report=False, **fields):
     masks = {"mask": nib.load(mask_file)} if mask_file else {}
     stats, report = compute_norm_stats(runs, masks, confounds, split, spec)
     validate_norm_stats(stats)
-    tensor = build_fmri_tensor(runs, confounds, stats, spec)
+    tensor = build_fmri_tensor(runs, confounds, stats, split, spec)
     validate_fmri_tensor(tensor)
     held = normalize_heldout({s: nib.load(p) for s, p in (heldout or {}).items()},
                              ConfoundTablesDataset(spec.heldout_confound_files).load(), stats, spec)

@@ -13,6 +13,21 @@ from tests.conftest import random_runs, write_run
 from tests.pipelines.test_fmri_nodes import run_stage
 
 
+def clean_by_blocks(x: np.ndarray, labels, confounds=None, **settings) -> np.ndarray:
+    """nilearn's ``signal.clean`` on each contiguous block of the split on its own (a gap
+    belongs to the block after it), with that block's confound rows."""
+    labels = np.asarray(labels)
+    starts = [0] + [i for i in range(1, len(labels)) if labels[i] != labels[i - 1] and labels[i - 1] != "gap"]
+    out = np.empty_like(x)
+    for a, b in zip(starts, [*starts[1:], len(labels)], strict=True):
+        block = {"standardize": None, "confounds": None if confounds is None else confounds[a:b], **settings}
+        try:
+            out[a:b] = signal.clean(x[a:b], **block)
+        except ValueError:  # shorter than the Butterworth padding: padded by its own length
+            out[a:b] = signal.clean(x[a:b], **block, butterworth__padlen=b - a - 1)
+    return out
+
+
 def masked(path: str, mask: np.ndarray, crop=None) -> np.ndarray:
     """(n_trs, n_voxels) float64 of ``path`` inside ``mask``, read whole with nibabel."""
     data = nib.load(path).get_fdata()
@@ -56,10 +71,13 @@ def test_each_run_is_zscored_on_its_own_then_concatenated(two_runs):
             np.testing.assert_allclose(stats[f"subject_{sid}_run_{run}_std"], std, rtol=1e-5)
             parts.append((x - mean) / std)
             pooled.append(x[:n_train])
-        # held-out runs are normalized with the subject's stats pooled over all training TRs
+        # runs without training TRs get the subject's stats: the mean over all its training
+        # TRs, the std from the within-run variance pooled over its training runs
         both = np.concatenate(pooled)
+        within = sum(((p - p.mean(0)) ** 2).sum(0) for p in pooled) / (len(both) - len(pooled))
         np.testing.assert_allclose(stats[f"subject_{sid}_mean"], both.mean(0), rtol=1e-6)
-        np.testing.assert_allclose(stats[f"subject_{sid}_std"], both.std(0, ddof=1), rtol=1e-5)
+        np.testing.assert_allclose(stats[f"subject_{sid}_std"], np.sqrt(within), rtol=1e-5)
+        assert (np.sqrt(within) < both.std(0, ddof=1)).mean() > 0.9  # run 2's offset and gain left out
         expected.append(np.concatenate(parts))
     np.testing.assert_allclose(tensor, np.mean(expected, axis=0), atol=2e-5)
     assert list(stats["train_trs"]) == [*range(32), *range(40, 64)]
@@ -71,13 +89,15 @@ def test_split_by_run_holds_out_whole_runs(two_runs):
                                            mode="per_subject")
     assert (split.loc[split["run"] == "1", "split"] == "train").all()
     assert (split.loc[split["run"] == "2", "split"] == "test").all()
-    assert list(stats["run_2_stats_trs"]) == list(range(30))  # a held-out run: its own TRs
+    assert list(stats["run_2_stats_trs"]) == []  # a test run contributes no statistic
+    assert "within-run variance" in str(stats["heldout_policy"])
     for index, (sid, runs) in enumerate(two_runs.items()):
-        x2 = masked(runs["2"], stats["mask"])
-        np.testing.assert_allclose(tensor[index, 40:], (x2 - x2.mean(0)) / x2.std(0, ddof=1), atol=2e-5)
-        x1 = masked(runs["1"], stats["mask"])
-        # pooled stats come from training runs only
-        np.testing.assert_allclose(stats[f"subject_{sid}_mean"], x1.mean(0), rtol=1e-6)
+        x1, x2 = masked(runs["1"], stats["mask"]), masked(runs["2"], stats["mask"])
+        # the test run is z-scored with the subject's training stats (run 1), never its own
+        mean, std = x1.mean(0), x1.std(0, ddof=1)
+        np.testing.assert_allclose(stats[f"subject_{sid}_mean"], mean, rtol=1e-6)
+        np.testing.assert_allclose(stats[f"subject_{sid}_run_2_std"], std, rtol=1e-5)
+        np.testing.assert_allclose(tensor[index, 40:], (x2 - mean) / std, atol=2e-5)
 
 
 def test_split_by_run_with_a_validation_fraction_of_the_training_runs(two_runs):
@@ -128,15 +148,16 @@ def test_cleaning_equals_nilearn_signal_clean(tmp_path, rng, clean):
     clean = dict(clean)
     if clean.get("confounds") == "rp":
         clean["confounds"] = {"files": tables}
-    _, split, stats, tensor, _, report = run_stage(paths, clean=clean, trs=(2, 80), with_report=True)
+    _, split, stats, tensor, _, report = run_stage(paths, clean=clean, trs=(2, 80), with_report=True,
+                                                   split={"val": 0.25, "test": 0.25})
     n_train = int((split["split"] == "train").sum())
     expected = []
     for sid, path in paths.items():
         x = masked(path, stats["mask"], crop=(2, 80))
         conf = np.loadtxt(tables[sid])[2:80] if "confounds" in clean else None
-        cleaned = signal.clean(x, detrend=clean["detrend"], standardize=None, confounds=conf, t_r=1.5,
-                               high_pass=clean.get("high_pass_hz"), low_pass=clean.get("low_pass_hz"),
-                               filter=clean.get("filter", "butterworth") if "high_pass_hz" in clean else False)
+        cleaned = clean_by_blocks(x, split["split"].astype(str), conf, detrend=clean["detrend"], t_r=1.5,
+                                  high_pass=clean.get("high_pass_hz"), low_pass=clean.get("low_pass_hz"),
+                                  filter=clean.get("filter", "butterworth") if "high_pass_hz" in clean else False)
         mean, std = cleaned[:n_train].mean(0), cleaned[:n_train].std(0, ddof=1)
         np.testing.assert_allclose(stats[f"subject_{sid}_std"], std, rtol=1e-4)
         expected.append((cleaned - mean) / std)
@@ -144,6 +165,26 @@ def test_cleaning_equals_nilearn_signal_clean(tmp_path, rng, clean):
         entry = next(e for e in report["runs"] if e["subject"] == sid)
         assert entry["variance_removed"] == pytest.approx(1 - (std**2).sum() / raw.sum(), rel=1e-4)
     np.testing.assert_allclose(tensor, np.mean(expected, axis=0), atol=1e-4)
+
+
+def test_a_block_shorter_than_the_butterworth_padding_is_padded_by_its_own_length(tmp_path, rng):
+    paths, _ = planted_confound_runs(tmp_path, rng)
+    _, split, stats, tensor, _ = run_stage(paths, clean={"detrend": True, "high_pass_hz": 0.01})  # 8-TR val/test
+    x = masked(paths["01"], stats["mask"])
+    test = slice(72, 80)
+    cleaned = signal.clean(x[test], detrend=True, standardize=None, t_r=1.5, high_pass=0.01,
+                           butterworth__padlen=7)
+    subject = tensor  # 2 subjects averaged; compare one subject through its own statistics instead
+    assert subject.shape[0] == 80 and (split["split"].iloc[test] == "test").all()
+    train = signal.clean(x[:64], detrend=True, standardize=None, t_r=1.5, high_pass=0.01)
+    np.testing.assert_allclose(stats["subject_01_std"], train.std(0, ddof=1), rtol=1e-4)
+    own = (cleaned - train.mean(0)) / train.std(0, ddof=1)
+    other = masked(paths["02"], stats["mask"])
+    other_train = signal.clean(other[:64], detrend=True, standardize=None, t_r=1.5, high_pass=0.01)
+    other_test = signal.clean(other[test], detrend=True, standardize=None, t_r=1.5, high_pass=0.01,
+                              butterworth__padlen=7)
+    expected = (own + (other_test - other_train.mean(0)) / other_train.std(0, ddof=1)) / 2
+    np.testing.assert_allclose(tensor[test], expected, atol=1e-4)
 
 
 def test_confound_regression_removes_the_planted_motion(tmp_path, rng):
@@ -187,9 +228,11 @@ def test_heldout_runs_are_cleaned_like_training_runs(tmp_path, rng):
     _, split, stats, _, held = run_stage(paths, clean=clean, heldout={"01": paths["01"]})
     n_train = int((split["split"] == "train").sum())
     x = masked(paths["01"], stats["mask"])
-    cleaned = signal.clean(x, detrend=True, standardize=None, confounds=np.loadtxt(tables["01"]), t_r=1.5)
-    # the training run's statistics, by hand (it is the same file here)
-    mean, std = cleaned[:n_train].mean(0), cleaned[:n_train].std(0, ddof=1)
+    motion = np.loadtxt(tables["01"])
+    cleaned = signal.clean(x, detrend=True, standardize=None, confounds=motion, t_r=1.5)  # all test: whole
+    # the training statistics, by hand: the training block cleaned on its own
+    train = signal.clean(x[:n_train], detrend=True, standardize=None, confounds=motion[:n_train], t_r=1.5)
+    mean, std = train.mean(0), train.std(0, ddof=1)
     np.testing.assert_allclose(held["subject_01"], (cleaned - mean) / std, atol=1e-4)
 
 
@@ -232,15 +275,13 @@ def test_alice_motion_cleaning_uses_rows_10_onwards(alice_dir, tmp_path):
     _, split, stats, tensor, _ = run_stage(paths, tr=2.0,
                                            clean={"detrend": True, "confounds": {"files": tables, "skip_rows": 10}})
     n_train = int((split["split"] == "train").sum())
-    for sid in ids:
-        motion = np.loadtxt(tables[sid])
-        aligned = signal.clean(real[sid], detrend=True, standardize=None, confounds=motion[10:], t_r=2.0)
-        shifted = signal.clean(real[sid], detrend=True, standardize=None, confounds=motion[9:371], t_r=2.0)
-        assert not np.allclose(aligned, shifted, atol=1e-3)  # the offset matters
-        np.testing.assert_allclose(stats[f"subject_{sid}_std"], aligned[:n_train].std(0, ddof=1), rtol=1e-3)
+    labels = split["split"].astype(str)
     expected = []
     for sid in ids:
         motion = np.loadtxt(tables[sid])
-        aligned = signal.clean(real[sid], detrend=True, standardize=None, confounds=motion[10:], t_r=2.0)
+        aligned = clean_by_blocks(real[sid], labels, motion[10:], detrend=True, t_r=2.0)
+        shifted = clean_by_blocks(real[sid], labels, motion[9:371], detrend=True, t_r=2.0)
+        assert not np.allclose(aligned, shifted, atol=1e-3)  # the offset matters
+        np.testing.assert_allclose(stats[f"subject_{sid}_std"], aligned[:n_train].std(0, ddof=1), rtol=1e-3)
         expected.append((aligned - aligned[:n_train].mean(0)) / aligned[:n_train].std(0, ddof=1))
     np.testing.assert_allclose(tensor, np.mean(expected, axis=0), atol=2e-3)

@@ -136,9 +136,9 @@ def test_bids_experiment_runs_through_the_fmri_nodes(tmp_path):
     confounds = ConfoundTablesDataset(fmri.confound_files).load()
     split = make_split(inspect_runs(runs, fmri), fmri)
     stats, report = compute_norm_stats(runs, {}, confounds, split, fmri)
-    tensor = build_fmri_tensor(runs, confounds, stats, fmri)
+    tensor = build_fmri_tensor(runs, confounds, stats, split, fmri)
     assert tensor.shape == (60, 18) and np.isfinite(tensor).all()
-    assert len(report["runs"]) == 4 and all(0 < r["variance_removed"] < 1 for r in report["runs"])
+    assert len(report["runs"]) == 2 and all(0 < r["variance_removed"] < 1 for r in report["runs"])  # training runs
 
 
 def test_sidecar_tr_is_cross_checked_with_the_nifti_header(tmp_path):

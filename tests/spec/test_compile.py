@@ -10,7 +10,7 @@ import pytest
 
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.spec import fingerprint
-from giblet_kedro.spec.compile import compile_spec, resolve_path
+from giblet_kedro.spec.compile import STAGES, compile_spec, resolve_path
 from giblet_kedro.spec.load import parse_spec
 from tests.conftest import random_runs, write_run
 
@@ -77,7 +77,7 @@ def test_evaluation_and_lesion_settings_move_only_their_stages(project, rng):
     def moved(other: dict[str, str]) -> set[str]:
         return {stage for stage in base if base[stage] != other[stage]}
 
-    assert moved(compile_text(project, extra=lesion + "evaluate: {null_shifts: 50}\n")) == {"evaluate", "report"}
+    assert moved(compile_text(project, extra=lesion + "evaluate: {null_draws: 50}\n")) == {"evaluate", "report"}
     assert moved(compile_text(project, extra=lesion.replace("[1]", "[2]"))) == {"lesion", "report"}
     write_run(project / "data" / "01_raw" / "atlas.nii.gz", rng.integers(0, 3, (5, 4, 3, 1)).astype(np.float32))
     assert moved(compile_text(project, extra=lesion)) == {"lesion", "report"}  # new atlas content
@@ -108,19 +108,49 @@ def test_missing_input_file_names_the_subject(project):
         compile_text(project)
 
 
-def test_code_hash_ignores_docstrings_and_comments_but_not_code(tmp_path, monkeypatch):
-    module = tmp_path / "stage_mod.py"
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_code_hash_ignores_docstrings_and_comments_but_not_code():
+    base = fingerprint.source_hash('def f(x):\n    """Doc."""\n    return x + 1\n')
+    assert fingerprint.source_hash('def f(x):\n    """Other doc."""\n    # a comment\n    return x + 1\n') == base
+    assert fingerprint.source_hash('def f(x):\n    return x + 2\n') != base
 
-    def code_hash(source):
-        module.write_text(source)
-        fingerprint.module_code_hash.cache_clear()
-        return fingerprint.module_code_hash("stage_mod")
 
-    base = code_hash('def f(x):\n    """Doc."""\n    return x + 1\n')
-    assert code_hash('def f(x):\n    """Other doc."""\n    # a comment\n    return x + 1\n') == base
-    assert code_hash('def f(x):\n    return x + 2\n') != base
-    fingerprint.module_code_hash.cache_clear()
+def runtime_imports(module: str) -> set[str]:
+    """The project modules a fresh interpreter holds after importing ``module``: the
+    import graph as Python itself walks it (package ``__init__``s left out)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('giblet_kedro.') "
+            "and getattr(sys.modules[m], '__file__', '') and not sys.modules[m].__file__.endswith('__init__.py')))")
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+
+
+@pytest.mark.parametrize("module", sorted({m for stage in STAGES.values() for m, _ in stage.functions}))
+def test_the_stages_of_a_node_module_fingerprint_every_module_it_imports(module):
+    """Stage code is derived from the import graph: everything Python loads with a node
+    module belongs to the stages whose nodes live there (the lesion stage once missed the
+    evaluate nodes it imported). Pipeline wiring modules are not code that computes."""
+    stages = [stage for stage in STAGES.values() if any(m == module for m, _ in stage.functions)]
+    covered = set().union(*(stage.code_modules for stage in stages))
+    missing = {m for m in runtime_imports(module) - covered if not m.endswith(".pipeline")}
+    assert not missing, missing
+
+
+def test_stage_code_follows_functions_and_tracks_library_versions():
+    from importlib.metadata import version
+
+    lesion, libraries = fingerprint.stage_code(STAGES["lesion"].functions)
+    assert {"giblet_kedro.evaluation.lesion_study", "giblet_kedro.evaluation.model", "giblet_kedro.training.job",
+            "giblet_kedro.models.autoencoder", "giblet_kedro.stimulus.audio"} <= lesion  # the last one lazily
+    assert libraries["torch"] == version("torch")
+    assert fingerprint.stage_code(STAGES["evaluate"].functions)[1]["himalaya"] == version("himalaya")
+    assert "nilearn" in fingerprint.stage_code(STAGES["fmri_stats"].functions)[1]  # cleaning imports it lazily
+    assert fingerprint.stage_code(STAGES["audio_codes_tr"].functions)[1]["encodec"] == version("encodec")
+    assert "open_clip" in fingerprint.stage_code(STAGES["text_embeddings_tr"].functions)[1]
+    # the stimulus nodes share one module; each extraction stage follows its own node function
+    video = STAGES["video_frames_tr"].code_modules
+    assert "giblet_kedro.stimulus.video" in video and "giblet_kedro.stimulus.audio" not in video
+    assert "giblet_kedro.stimulus.hrf" not in video and "giblet_kedro.stimulus.hrf" in STAGES["video_features"].code_modules
 
 
 def test_hash_payload_is_order_independent():

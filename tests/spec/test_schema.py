@@ -37,7 +37,25 @@ def test_minimal_spec_gets_documented_defaults():
     spec = parse_spec(MINIMAL)
     assert spec.fmri.mask == "auto" and spec.fmri.zscore.ddof == 1
     assert spec.fmri.split.val == 0.1 and spec.fmri.split.test == 0.1
-    assert spec.loss.normalize == "variance" and spec.model.bottleneck == 2048
+    assert spec.loss.normalize == "variance" and spec.model.bottleneck == "voxels" and spec.model.rank is None
+    assert spec.fmri.split.gap_trs == "auto"
+    assert spec.stimulus is None or spec.stimulus.hrf.slice_time_ref == 0.5
+    assert spec.lesion is None and spec.evaluate.null == "phase" and spec.evaluate.null_draws == 1000
+
+
+def test_a_default_never_makes_a_valid_spec_invalid():
+    """``epochs: 2`` alone used to fail: the default warmup (10 epochs) exceeded it."""
+    spec = parse_spec(MINIMAL + "train: {epochs: 2}\n")
+    assert spec.train.warmup_epochs is None and spec.train.warmup == 2
+    with pytest.raises(SpecError, match="warmup_epochs"):
+        parse_spec(MINIMAL + "train: {epochs: 2, warmup_epochs: 5}\n")
+
+
+def test_a_model_lesion_needs_the_voxel_layer():
+    lesion = "lesion: {regions: {v1: {mask: m.nii.gz}}, source: model}\n"
+    with pytest.raises(SpecError, match="lesion.source: model silences the model's voxel layer"):
+        parse_spec(MINIMAL + "model: {bottleneck: 512}\n" + lesion)
+    assert parse_spec(MINIMAL + "model: {bottleneck: 512}\n" + lesion.replace("model}", "auto}")).lesion.source == "auto"
 
 
 def test_the_labs_full_contract_example_is_accepted():

@@ -57,5 +57,5 @@ def test_hrf_does_not_carry_over_from_one_run_into_the_next():
     assert np.all(out.values[10:] == 0.0)  # run 2 starts from silence
     single = apply_hrf(TrAligned(values, np.ones(20, bool), {"grid": TrGrid.single(1.5, 0, 20).describe()}),
                        StimulusSpec())
-    assert single.values[10:].max() > 0.5  # without the run boundary the response would spill over
+    assert single.values[10:].max() > 0.2  # without the run boundary the response would spill over
     assert "each of the 2 runs on its own" in out.meta["hrf"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from giblet_kedro.errors import InputDataError
-from giblet_kedro.stimulus import hrf, text
+from giblet_kedro.stimulus import text
 from giblet_kedro.stimulus.aligned import TrGrid
 
 START, END, SCENE = "Start Time (s) ", "End Time (s) ", "Scene Details - A Level "  # trailing spaces
@@ -88,22 +88,6 @@ def test_clip_embeddings_offline_random_weights():
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(embeddings[0], embeddings[2], atol=1e-5)
     assert not np.allclose(embeddings[0], embeddings[1])
-
-
-def test_impulse_response_peaks_about_5_s_later_never_before():
-    impulse = np.zeros((40, 1), np.float32)
-    impulse[10] = 1.0
-    for kind in ("glover", "spm"):
-        response = hrf.convolve(impulse, kind, tr=1.5)[:, 0]
-        assert np.all(response[:10] == 0)  # causal: nothing before the stimulus
-        assert 4.0 <= (np.argmax(response) - 10) * 1.5 <= 7.0
-        assert response[10] < 0.05 * response.max()
-
-
-def test_shift_delays_rows_and_marks_the_first_invalid():
-    values = np.arange(6, dtype=np.int16)[:, None]
-    shifted, valid = hrf.shift(values, np.ones(6, bool), delay_s=3.0, tr=1.5)
-    assert shifted[:, 0].tolist() == [0, 0, 0, 1, 2, 3] and valid.tolist() == [False, False, True, True, True, True]
 
 
 def test_missing_or_unknown_annotation_files_are_named(tmp_path):

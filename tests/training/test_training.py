@@ -13,72 +13,117 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from giblet_kedro.models.autoencoder import ModalityShapes, MultimodalAutoencoder
-from giblet_kedro.pipelines.train.verify import expected_batches_per_epoch
-from giblet_kedro.training.data import ArrayPaths
-from giblet_kedro.training.ddp import TrainingFailed, TrainJob, launch, load_checkpoint
+from giblet_kedro.models.autoencoder import ModalityShapes
+from giblet_kedro.training.ddp import TrainingFailed, launch, load_checkpoint
+from giblet_kedro.training.job import ArrayPaths, TrainJob
 from giblet_kedro.training.losses import (
     ModalityStats,
-    code_loss,
     code_stats,
-    continuous_loss,
     continuous_stats,
+    modality_losses,
+    stats_to_arrays,
+    torch_stats,
 )
+from giblet_kedro.training.verification import expected_batches_per_epoch
 
 
 # ------------------------------------------------------------------------- losses
-def test_variance_normalized_loss_is_mse_over_variance_by_hand(rng):
-    x = rng.normal(3.0, 2.0, size=(50, 7)).astype(np.float32)
-    pred_raw = x + rng.normal(0, 0.5, size=x.shape).astype(np.float32)
+def loss_of(name: str, prediction: np.ndarray, raw: np.ndarray, stats: ModalityStats, normalize: str,
+            valid: np.ndarray | None = None) -> float:
+    """The training's loss for one continuous modality, from raw predictions and targets."""
+    valid = np.ones(len(raw), bool) if valid is None else valid
+    batch = {name: torch.from_numpy(stats.standardize(raw)), f"{name}_valid": torch.from_numpy(valid)}
+    outputs = {name: torch.from_numpy(stats.standardize(prediction))}
+    return float(modality_losses(outputs, batch, torch_stats({name: stats}), normalize, False)[name])
+
+
+PER_FEATURE_CASES = {  # modality -> (sample shape, the axes of a sample that repeat a feature)
+    "video": ((3, 3, 6, 8), (0,)),  # frames of a TR: every pixel's (channel, row, column) is a feature
+    "audio": ((5, 12), (1,)),  # mel: bands x frames within the TR
+    "text": ((16,), ()),
+    "fmri": ((30,), ()),
+}
+
+
+@pytest.mark.parametrize("name", list(PER_FEATURE_CASES))
+def test_predicting_each_features_training_mean_scores_exactly_1(rng, name):
+    """Each feature standardized with its own mean and std: the per-feature-mean predictor
+    scores 1 on the training TRs in every continuous modality, however unequal the
+    features' means and spreads (one grand mean and std scored 0.58 for video)."""
+    shape, pool = PER_FEATURE_CASES[name]
+    feature_shape = tuple(1 if axis in pool else size for axis, size in enumerate(shape))
+    centres = rng.uniform(0, 200, size=feature_shape) * rng.uniform(0, 1, size=feature_shape) ** 3
+    spreads = rng.uniform(0.1, 30.0, size=feature_shape)
+    x = (centres + spreads * rng.standard_normal((64, *shape))).astype(np.float32)
+    stats = continuous_stats(x, np.arange(64), pool_axes=pool)
+    axes = (0, *(a + 1 for a in pool))
+    by_hand = x.astype(np.float64).mean(axis=axes, keepdims=True)[0]
+    np.testing.assert_allclose(stats.mean, by_hand, rtol=1e-6)
+    np.testing.assert_allclose(stats.std, x.astype(np.float64).std(axis=axes, keepdims=True)[0], rtol=1e-6)
+    feature_mean = np.broadcast_to(by_hand, x.shape)
+    assert loss_of(name, feature_mean, x, stats, "variance") == pytest.approx(1.0, abs=1e-5)
+    grand = np.full_like(x, x.mean())  # one grand mean for everything scores worse than 1
+    assert loss_of(name, grand, x, stats, "variance") > 1.5
+
+
+def test_the_variance_loss_is_the_mean_squared_error_over_each_features_variance_by_hand(rng):
+    x = rng.normal(3.0, 2.0, size=(50, 7)).astype(np.float32) * np.arange(1, 8)
+    prediction = x + rng.normal(0, 0.5, size=x.shape).astype(np.float32)
     stats = continuous_stats(x, np.arange(50))
-    assert stats.mean == pytest.approx(x.astype(np.float64).mean()) and stats.std == pytest.approx(x.astype(np.float64).std())
-    standardize = lambda a: torch.from_numpy((a - stats.mean) / stats.std)  # noqa: E731
-    got = continuous_loss(standardize(pred_raw), standardize(x), torch.ones(50, dtype=bool), stats, "variance")
-    by_hand = ((pred_raw.astype(np.float64) - x) ** 2).mean() / x.astype(np.float64).var()
-    assert float(got) == pytest.approx(by_hand, rel=1e-5)
+    by_hand = (((prediction.astype(np.float64) - x) ** 2) / x.astype(np.float64).var(axis=0)).mean()
+    assert loss_of("text", prediction, x, stats, "variance") == pytest.approx(by_hand, rel=1e-5)
 
 
-def test_scaling_a_modality_by_255_leaves_its_normalized_loss_unchanged(rng):
-    x = rng.uniform(0, 1, size=(40, 12)).astype(np.float32)
-    pred = x + rng.normal(0, 0.1, size=x.shape).astype(np.float32)
+def test_scaling_a_modality_by_255_changes_nothing(rng):
+    x = rng.uniform(0, 1, size=(40, 2, 3, 4, 5)).astype(np.float32)
+    prediction = x + rng.normal(0, 0.1, size=x.shape).astype(np.float32)
     losses = []
     for scale in (1.0, 255.0):
-        stats = continuous_stats(x * scale, np.arange(40))
-        z = lambda a: torch.from_numpy((a * scale - stats.mean) / stats.std)  # noqa: E731, B023
-        losses.append(float(continuous_loss(z(pred), z(x), torch.ones(40, dtype=bool), stats, "variance")))
-        raw = float(continuous_loss(z(pred), z(x), torch.ones(40, dtype=bool), stats, "none"))
-        assert raw == pytest.approx(((pred - x) ** 2).mean() * scale**2, rel=1e-4)  # raw units grow with scale
+        stats = continuous_stats(x * scale, np.arange(40), pool_axes=(0,))
+        losses.append(loss_of("video", prediction * scale, x * scale, stats, "variance"))
+        raw = loss_of("video", prediction * scale, x * scale, stats, "none")
+        assert raw == pytest.approx(((prediction - x) ** 2).mean() * scale**2, rel=1e-4)  # raw units grow
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_std_mode_is_the_labs_formula(rng):
     x = rng.normal(10, 4, size=(30, 5)).astype(np.float32)
-    pred = x + 1.0
     stats = continuous_stats(x, np.arange(30))
-    z = lambda a: torch.from_numpy((a - stats.mean) / stats.std)  # noqa: E731
-    got = float(continuous_loss(z(pred), z(x), torch.ones(30, dtype=bool), stats, "std"))
-    assert got == pytest.approx(((pred - x) ** 2).mean() / x.std(ddof=1), rel=1e-4)
+    assert loss_of("text", x + 1.0, x, stats, "std") == pytest.approx(1.0 / x.std(ddof=1), rel=1e-4)
 
 
-def test_invalid_samples_do_not_count():
-    stats = ModalityStats()
-    target = torch.zeros(4, 3)
-    pred = torch.tensor([[1.0] * 3, [1.0] * 3, [9.0] * 3, [9.0] * 3])
-    assert float(continuous_loss(pred, target, torch.tensor([True, True, False, False]), stats, "variance")) == 1.0
+def test_constant_features_are_left_out_and_invalid_samples_do_not_count(rng):
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    x[:, 2] = 7.0  # constant over the training TRs: no information, no division by zero
+    stats = continuous_stats(x, np.arange(20))
+    assert stats.std[2] == 0 and stats.informative.tolist() == [True, True, False, True]
+    prediction = np.broadcast_to(x.mean(0), x.shape).copy()
+    prediction[:, 2] = 1000.0  # a wild guess on the constant feature changes nothing
+    assert loss_of("text", prediction, x, stats, "variance") == pytest.approx(1.0, abs=1e-5)
+    valid = np.arange(20) < 10
+    wrong = prediction.copy()
+    wrong[~valid] += 100.0
+    assert loss_of("text", wrong, x, stats, "variance", valid) == pytest.approx(
+        (((prediction[valid] - x[valid]) ** 2)[:, [0, 1, 3]] / x.var(0)[[0, 1, 3]]).mean(), rel=1e-5)
 
 
-def test_code_loss_is_cross_entropy_over_marginal_entropy(rng):
-    codes = rng.integers(0, 8, size=(20, 2, 6))
+def test_codes_score_cross_entropy_over_each_codebooks_marginal_entropy(rng):
+    codes = np.stack([rng.integers(0, 8, size=(20, 6)), rng.integers(0, 300, size=(20, 6))], axis=1)
     stats = code_stats(codes, np.arange(20))
-    by_hand = []
+    entropies = []
     for q in range(2):
         p = np.bincount(codes[:, q].ravel(), minlength=1024) / codes[:, q].size
         p = p[p > 0]
-        by_hand.append(-(p * np.log(p)).sum())
-    assert stats.entropy == pytest.approx(np.mean(by_hand))
-    logits = torch.zeros(20, 2, 1024, 6)
-    loss = code_loss(logits, torch.from_numpy(codes), torch.ones(20, dtype=bool), stats, "variance")
-    assert float(loss) == pytest.approx(math.log(1024) / stats.entropy, rel=1e-5)
+        entropies.append(-(p * np.log(p)).sum())
+    np.testing.assert_allclose(stats.entropy, entropies)
+    logits = torch.from_numpy(np.log(np.maximum(stats.marginal, 1e-30)).astype(np.float32))[None, :, :, None]
+    logits = logits.expand(20, 2, 1024, 6).contiguous()  # every frame predicts its codebook's marginal
+    batch = {"audio": torch.from_numpy(codes), "audio_valid": torch.ones(20, dtype=torch.bool)}
+    loss = modality_losses({"audio": logits}, batch, torch_stats({"audio": stats}), "variance", True)["audio"]
+    assert float(loss) == pytest.approx(1.0, rel=1e-5)  # predicting the marginal scores 1 in every codebook
+    uniform = modality_losses({"audio": torch.zeros(20, 2, 1024, 6)}, batch, torch_stats({"audio": stats}),
+                              "variance", True)["audio"]
+    assert float(uniform) == pytest.approx(np.mean([math.log(1024) / h for h in entropies]), rel=1e-5)
 
 
 # ------------------------------------------------------------------ batch arithmetic
@@ -108,20 +153,21 @@ def tiny_job(folder, rng, **overrides) -> TrainJob:
         np.save(tmp_path / f"{name}_valid.npy", np.ones(n, bool))
         paths[name] = str(tmp_path / f"{name}.npy")
     rows = np.arange(n)
-    stats = {"fmri": continuous_stats(arrays["fmri"], rows).to_dict(),
-             "video": continuous_stats(arrays["video"], rows).to_dict(),
-             "audio": code_stats(arrays["audio"], rows).to_dict(),
-             "text": continuous_stats(arrays["text"], rows).to_dict()}
+    stats = {"fmri": continuous_stats(arrays["fmri"], rows), "video": continuous_stats(arrays["video"], rows, (0,)),
+             "audio": code_stats(arrays["audio"], rows), "text": continuous_stats(arrays["text"], rows)}
+    np.savez(tmp_path / "loss_stats.npz", **stats_to_arrays(stats))
     job = TrainJob(
         paths=ArrayPaths(fmri=paths["fmri"], values={k: paths[k] for k in ("video", "audio", "text")},
-                         valid={k: str(tmp_path / f"{k}_valid.npy") for k in ("video", "audio", "text")}),
-        train_rows=list(range(12)), val_rows=list(range(12, 16)), mode="cross_subject", stats=stats,
+                         valid={k: str(tmp_path / f"{k}_valid.npy") for k in ("video", "audio", "text")},
+                         loss_stats=str(tmp_path / "loss_stats.npz")),
+        train_rows=list(range(12)), val_rows=list(range(12, 16)), mode="cross_subject",
         shapes=ModalityShapes(video=(1, 3, 8, 8), audio=(2, 12), audio_is_codes=True, text=(16,), n_voxels=voxels),
-        model={"bottleneck": 16, "hidden": 16, "dropout": 0.0},
+        model={"bottleneck": "voxels", "rank": 8, "hidden": 16, "dropout": 0.0},
         loss={"normalize": "variance", "weights": {"fmri": 1.0, "video": 1.0, "audio": 1.0, "text": 1.0}},
         train={"epochs": 1, "batch_size": 12, "lr": 1e-2, "weight_decay": 0.0, "warmup_epochs": 0, "grad_clip": None,
-               "precision": "fp32", "checkpoint_every": 1, "early_stop_patience": None},
-        seed=0, run_dir=str(tmp_path / "run"))
+               "precision": "fp32", "checkpoint_every": 1, "early_stop_patience": None, "devices": 1,
+               "backend": "auto"},
+        seed=0, run_dir=str(tmp_path / "run"), world_size=1, backend="gloo", device_type="cpu")
     return dataclasses.replace(job, **overrides)
 
 
@@ -130,18 +176,23 @@ def params(path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_one_ddp_step_on_two_ranks_equals_one_process_on_the_global_batch(tmp_path):
-    single = tiny_job(tmp_path / "a", np.random.default_rng(0))
-    double = tiny_job(tmp_path / "b", np.random.default_rng(0))
-    launch(single)  # 1 rank, batch 12 = the 12 training samples, one step
-    launch(dataclasses.replace(double, world_size=2, train={**double.train, "batch_size": 6}))  # 2 ranks x 6
-    a, b = params(tmp_path / "a" / "run" / "final.pt"), params(tmp_path / "b" / "run" / "final.pt")
-    torch.manual_seed(single.seed)
-    initial = MultimodalAutoencoder(single.shapes, 16, 16, 0.0).state_dict()
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
-    assert any(not np.allclose(a[key], initial[key].numpy()) for key in a)  # the step changed the weights
+@pytest.mark.parametrize("bottleneck", ["voxels", 16])
+def test_two_ranks_average_the_gradients_of_one_process_on_the_global_batch(tmp_path, bottleneck):
+    """The first step's gradients of a 2-rank run (each rank 6 samples, DDP averaging)
+    equal those of one process on the 12 samples, parameter by parameter. Every layer,
+    the zero-initialized output layers included, starts from seeded non-zero weights so
+    that every gradient is non-zero; a sum where a mean belongs doubles them and fails
+    (Adam's first step, about lr * sign(g), would hide it)."""
+    probe = {"gradients": True, "nonzero_init": 0.05}
+    jobs = [tiny_job(tmp_path / name, np.random.default_rng(0), probe=probe) for name in ("one", "two")]
+    jobs = [dataclasses.replace(job, model={**job.model, "bottleneck": bottleneck}) for job in jobs]
+    launch(jobs[0])  # 1 rank, batch 12 = the 12 training samples, one step
+    launch(dataclasses.replace(jobs[1], world_size=2, train={**jobs[1].train, "batch_size": 6}))
+    one, two = params(tmp_path / "one" / "run" / "grad_step1.pt"), params(tmp_path / "two" / "run" / "grad_step1.pt")
+    assert one.keys() == two.keys() and len(one) > 10
+    for key in one:
+        assert np.abs(one[key]).max() > 0, key  # every layer takes part
+        np.testing.assert_allclose(two[key], one[key], rtol=2e-4, atol=1e-7, err_msg=key)
 
 
 @pytest.mark.slow
@@ -209,7 +260,7 @@ def test_per_subject_indexes_subjects_into_one_stimulus_copy(tmp_path, rng):
     np.save(tmp_path / "valid.npy", np.ones(10, bool))
     paths = ArrayPaths(fmri=str(tmp_path / "fmri.npy"), values={"text": str(tmp_path / "text.npy")},
                        valid={"text": str(tmp_path / "valid.npy")})
-    stats = {"fmri": ModalityStats(0.0, 1.0), "text": ModalityStats(0.0, 1.0)}
+    stats = {"fmri": ModalityStats(np.zeros(5), np.ones(5)), "text": ModalityStats(np.zeros(4), np.ones(4))}
     dataset = TrDataset(paths, np.array([2, 5, 7]), "per_subject", stats, audio_is_codes=False)
     assert len(dataset) == 9  # 3 subjects x 3 TRs
     item = dataset[4]  # subject 1, second row -> TR 5

@@ -50,6 +50,13 @@ class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
         return JSONPreview(to_json(array_summary(np.load(self._filepath, mmap_mode="r", allow_pickle=False))))
 
 
+class NpzArrays(dict):
+    """The arrays of an ``.npz``, and the file they came from (``filename``, as a memmap
+    has): a training job refers to its loss statistics by path."""
+
+    filename: str = ""
+
+
 class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
     """A dict of named arrays in one ``.npz`` (no pickles: strings are unicode arrays)."""
 
@@ -60,7 +67,9 @@ class NpzDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarray]]):
 
     def load(self) -> dict[str, np.ndarray]:
         with np.load(self._filepath, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+            arrays = NpzArrays({key: archive[key] for key in archive.files})
+        arrays.filename = str(self._filepath)
+        return arrays
 
     def save(self, data: dict[str, np.ndarray]) -> None:
         writer = np.savez_compressed if self._compressed else np.savez
@@ -221,3 +230,40 @@ class FigureDataset(TextDataset):
         if not self._filepath.is_file():
             return ImagePreview("")
         return ImagePreview(base64.b64encode(self._filepath.read_bytes()).decode())
+
+
+class FiguresDataset(AbstractDataset[dict, dict[str, bytes]]):
+    """Several matplotlib figures, each saved as ``<folder>/<file>`` PNG (``files``: name ->
+    file name), atomically; loads name -> the PNG's bytes."""
+
+    def __init__(self, folder: str, files: dict[str, str], metadata: dict[str, Any] | None = None):
+        self._folder = Path(folder)
+        self._files = dict(files)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, bytes]:
+        return {name: (self._folder / file).read_bytes() for name, file in self._files.items()}
+
+    def save(self, data: dict) -> None:
+        import matplotlib.pyplot as plt
+
+        unknown = sorted(set(data) - set(self._files))
+        if unknown:
+            raise ValueError(f"figures {unknown} have no file; known: {sorted(self._files)}")
+        for name, figure in data.items():
+            with atomic_path(self._folder / self._files[name]) as tmp:
+                figure.savefig(tmp, format="png", dpi=110)
+            plt.close(figure)
+
+    def _exists(self) -> bool:
+        return intact(*(self._folder / file for file in self._files.values()))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"folder": str(self._folder), "files": self._files}
+
+    def preview(self) -> HTMLPreview:
+        """kedro-viz: every picture."""
+        parts = [f'<p>{html.escape(name)}</p><img src="data:image/png;base64,'
+                 f'{base64.b64encode((self._folder / file).read_bytes()).decode()}">'
+                 for name, file in self._files.items() if (self._folder / file).is_file()]
+        return HTMLPreview("".join(parts) or "<p>not computed yet: run the pipeline that writes it</p>")

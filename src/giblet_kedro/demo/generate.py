@@ -1,11 +1,22 @@
-"""A small, realistic synthetic experiment with a known ground truth.
+"""A small synthetic experiment with a known ground truth, made to catch mistakes.
 
-A movie of moving shapes with two tones and noise bursts, scene annotations, and
-subjects' 4D NIfTI runs (int16 with scale factors, like a scanner's) whose voxels respond
-to the stimulus through a *known* linear map of stimulus features, convolved with the
-canonical HRF, plus subject-specific baselines and gains and AR(1) noise. Regions are
-planted: visual voxels follow video features, auditory voxels audio features, language
-voxels the scene annotations, the rest only noise. Later stages must recover this map.
+A movie of moving shapes, brief flashes, two tones, noise bursts and clicks, scene
+annotations, and subjects' 4D NIfTI runs (int16 with scale factors, like a scanner's).
+Voxels respond to the stimulus through a *known* map, in continuous time:
+
+- the stimulus features are defined at the movie's frame rate; **fast** features (flashes
+  of 0.5-1 s, clicks of 0.25-0.5 s) make a one-TR timing error visible;
+- each voxel's neural signal is its weighted sum of features, convolved with a double-gamma
+  HRF at the frame rate (peak at :data:`HRF_PEAK_S`, its own formula, independent of
+  nilearn's) and sampled at each volume's time, the middle of its TR;
+- planted regions are small (about a third of the brain responds): visual voxels read
+  video features, auditory voxels audio features, language voxels the scenes; a share of
+  each region has **mixed selectivity** (a second modality at half weight);
+- each subject adds its **own** stimulus-driven component (own weights), its baselines and
+  gains, **spatially smooth** AR(1) noise and slow **drift**; the held-out run has noise of
+  its own.
+
+Later stages must recover this map, with the right timing.
 """
 
 from __future__ import annotations
@@ -16,10 +27,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
+from scipy.signal import lfilter
 from scipy.stats import gamma
 
-VIDEO_FEATURES = ("disc_x", "square_brightness", "bar_height", "luminance")
-AUDIO_FEATURES = ("tone_440hz", "tone_880hz", "noise_burst")
+VIDEO_FEATURES = ("disc_x", "square_brightness", "bar_height", "luminance", "flash")
+AUDIO_FEATURES = ("tone_440hz", "tone_880hz", "noise_burst", "click")
+FAST_FEATURES = ("flash", "click")
 SCENES = (
     "A red ball rolls slowly across an empty grey room.",
     "Sherlock studies a green lamp that flickers on the desk.",
@@ -28,17 +41,32 @@ SCENES = (
     "Rain falls on the window while music plays.",
     "A detective runs through a crowded station at night.",
 )
+N_FEATURES = len(VIDEO_FEATURES) + len(AUDIO_FEATURES) + len(SCENES)
+BLOCKS = {1: slice(0, 5), 2: slice(5, 9), 3: slice(9, 15)}  # region -> its features' columns
+SECOND = {1: 2, 2: 3, 3: 1}  # the modality a mixed voxel of each region also reads
 REGIONS = {1: "visual", 2: "auditory", 3: "language"}
 SIGNAL_CHANGE = 0.02  # responses are ~2% of the baseline, as BOLD is
+SLICE_TIME_REF = 0.5  # each volume is the BOLD signal at the middle of its TR
+MIXED_SHARE = 0.3
+OWN_SHARE = 0.4  # amplitude of a subject's own stimulus-driven component
+NOISE_AR = 0.5
+NOISE_SMOOTH_VOXELS = 1.0
+DRIFT = 1.0  # drift amplitude, in units of the noise
+
+
+def _double_gamma(t: np.ndarray) -> np.ndarray:
+    return gamma.pdf(t, 6.0) - gamma.pdf(t, 16.0) / 6.0
+
+
+HRF_PEAK_S = float(np.arange(0, 20, 0.001)[np.argmax(_double_gamma(np.arange(0, 20, 0.001)))])  # ~5.0 s
 
 
 @dataclass(frozen=True)
 class Stimulus:
     """Latent stimulus of one run.
 
-    video : (n_frames, 4) in [0, 1], at ``fps``
-    audio : (n_frames, 3) in [0, 1], envelopes at ``fps``
-    scenes : table with ``start_s``, ``end_s``, ``scene`` (index into SCENES)
+    video : (n_frames, 5) in [0, 1], at ``fps``; audio : (n_frames, 4) in [0, 1];
+    scenes : table with ``start_s``, ``end_s``, ``scene`` (index into SCENES).
     """
 
     video: np.ndarray
@@ -54,10 +82,24 @@ def _smooth_unit(rng: np.random.Generator, n: int, width: float) -> np.ndarray:
     return signal / max(signal.max(), 1e-12)
 
 
+def _events(rng: np.random.Generator, n_frames: int, fps: int, gap_s: tuple[float, float],
+            length_s: tuple[float, float]) -> np.ndarray:
+    """(n_frames,) 0/1: brief events, ``gap_s`` apart (uniform), each ``length_s`` long."""
+    on = np.zeros(n_frames, dtype=np.float32)
+    t = float(rng.uniform(*gap_s))
+    while t * fps < n_frames:
+        start = int(round(t * fps))
+        on[start:start + max(1, int(round(rng.uniform(*length_s) * fps)))] = 1.0
+        t += float(rng.uniform(*gap_s))
+    return on
+
+
 def make_stimulus(rng: np.random.Generator, duration_s: float, fps: int) -> Stimulus:
     n_frames = int(round(duration_s * fps))
-    video = np.stack([_smooth_unit(rng, n_frames, 4.0 * fps) for _ in VIDEO_FEATURES], axis=1)
-    audio = np.stack([_smooth_unit(rng, n_frames, 3.0 * fps) for _ in AUDIO_FEATURES], axis=1)
+    video = np.stack([_smooth_unit(rng, n_frames, 4.0 * fps) for _ in VIDEO_FEATURES[:4]]
+                     + [_events(rng, n_frames, fps, (3.0, 8.0), (0.5, 1.0))], axis=1)
+    audio = np.stack([_smooth_unit(rng, n_frames, 3.0 * fps) for _ in AUDIO_FEATURES[:3]]
+                     + [_events(rng, n_frames, fps, (2.0, 6.0), (0.25, 0.5))], axis=1)
     audio[:, 2] = (audio[:, 2] > 0.7) * audio[:, 2]  # noise bursts: on/off
     bounds = [0.0]
     while bounds[-1] < duration_s:
@@ -74,12 +116,13 @@ def make_stimulus(rng: np.random.Generator, duration_s: float, fps: int) -> Stim
 
 def render_frames(stimulus: Stimulus, size: tuple[int, int]) -> np.ndarray:
     """(n_frames, height, width, 3) uint8: a red disc moving left-right, a green square
-    changing brightness, a blue bar changing height, on a background of varying grey."""
+    changing brightness, a blue bar changing height, on a background of varying grey;
+    a flash washes the whole frame towards white."""
     width, height = size
     yy, xx = np.mgrid[0:height, 0:width]
     frames = np.empty((len(stimulus.video), height, width, 3), dtype=np.uint8)
     radius = height / 5
-    for index, (disc_x, brightness, bar, luminance) in enumerate(stimulus.video):
+    for index, (disc_x, brightness, bar, luminance, flash) in enumerate(stimulus.video):
         frame = np.full((height, width, 3), 40 + 80 * luminance, dtype=np.float32)
         cx = radius + disc_x * (width - 2 * radius)
         frame[(xx - cx) ** 2 + (yy - height / 3) ** 2 <= radius**2] = (220, 30, 30)
@@ -87,49 +130,62 @@ def render_frames(stimulus: Stimulus, size: tuple[int, int]) -> np.ndarray:
         frame[square] = (0, 55 + 200 * brightness, 0)
         bar_top = int(round(height * (1 - bar)))
         frame[bar_top:, width - width // 8:] = (30, 30, 220)
-        frames[index] = frame.astype(np.uint8)
+        frame = frame * (1 - 0.8 * flash) + 255 * 0.8 * flash
+        frames[index] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
 
 
 def render_audio(stimulus: Stimulus, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_samples,) float32 mono: two tones and noise bursts following the envelopes."""
+    """(n_samples,) float32 mono: two tones, noise bursts and clicks (a 1,760 Hz beep)
+    following the envelopes."""
     n = int(round(stimulus.duration_s * rate))
     t = np.arange(n) / rate
     frame_t = np.arange(len(stimulus.audio)) / stimulus.fps
     env = [np.interp(t, frame_t, stimulus.audio[:, k]) for k in range(3)]
+    click = stimulus.audio[np.minimum((t * stimulus.fps).astype(int), len(stimulus.audio) - 1), 3]
     wave = (0.25 * env[0] * np.sin(2 * np.pi * 440 * t) + 0.25 * env[1] * np.sin(2 * np.pi * 880 * t)
-            + 0.15 * env[2] * rng.standard_normal(n))
+            + 0.15 * env[2] * rng.standard_normal(n) + 0.3 * click * np.sin(2 * np.pi * 1760 * t))
     return wave.astype(np.float32)
 
 
-def per_tr_features(stimulus: Stimulus, tr: float, n_trs: int) -> np.ndarray:
-    """(n_trs, 13) features averaged over each TR window [i*tr, (i+1)*tr): 4 video,
-    3 audio, then a one-hot of the scene at the window's middle."""
+def frame_features(stimulus: Stimulus) -> np.ndarray:
+    """(n_frames, 15) every feature at the frame rate: 5 video, 4 audio, then a one-hot of
+    the scene on screen."""
     frame_t = np.arange(len(stimulus.video)) / stimulus.fps
-    tr_index = np.minimum((frame_t // tr).astype(int), n_trs - 1)
-    counts = np.bincount(tr_index, minlength=n_trs)[:, None]
-    continuous = np.concatenate([stimulus.video, stimulus.audio], axis=1)
-    sums = np.zeros((n_trs, continuous.shape[1]))
-    np.add.at(sums, tr_index, continuous)
-    averaged = sums / np.maximum(counts, 1)
-    middle = (np.arange(n_trs) + 0.5) * tr
-    scene_at = np.searchsorted(stimulus.scenes["end_s"].to_numpy(), middle, side="right")
+    scene_at = np.searchsorted(stimulus.scenes["end_s"].to_numpy(), frame_t, side="right")
     scene_at = stimulus.scenes["scene"].to_numpy()[np.minimum(scene_at, len(stimulus.scenes) - 1)]
-    one_hot = np.eye(len(SCENES))[scene_at]
-    return np.concatenate([averaged, one_hot], axis=1)
+    return np.concatenate([stimulus.video, stimulus.audio, np.eye(len(SCENES))[scene_at]], axis=1)
 
 
-def canonical_hrf(tr: float, length_s: float = 32.0) -> np.ndarray:
-    """SPM/Glover-style double gamma sampled every ``tr`` seconds, peak ~5 s, unit sum."""
-    t = np.arange(0.0, length_s, tr)
-    hrf = gamma.pdf(t, 6.0) - gamma.pdf(t, 16.0) / 6.0
-    return hrf / hrf.sum()
+def per_tr_features(stimulus: Stimulus, tr: float, n_trs: int) -> np.ndarray:
+    """(n_trs, 15) each feature averaged over each TR window [i*tr, (i+1)*tr)."""
+    frames = frame_features(stimulus)
+    frame_t = np.arange(len(frames)) / stimulus.fps
+    tr_index = np.minimum((frame_t // tr).astype(int), n_trs - 1)
+    sums = np.zeros((n_trs, frames.shape[1]))
+    np.add.at(sums, tr_index, frames)
+    return sums / np.maximum(np.bincount(tr_index, minlength=n_trs), 1)[:, None]
 
 
-def convolve_causal(features: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Response at TR i depends on features at TRs <= i only."""
-    n = features.shape[0]
-    return np.stack([np.convolve(features[:, k], kernel)[:n] for k in range(features.shape[1])], axis=1)
+def planted_hrf(fps: int, length_s: float = 32.0) -> np.ndarray:
+    """The demo's own double-gamma HRF at the frame rate, unit sum (peak ~5 s)."""
+    kernel = _double_gamma(np.arange(0.0, length_s, 1.0 / fps))
+    return kernel / kernel.sum()
+
+
+def bold(frames: np.ndarray, weights: np.ndarray, fps: int, tr: float, n_trs: int) -> np.ndarray:
+    """(n_trs, n_voxels): the neural signal ``standardized frame features @ weights``,
+    convolved with the HRF at the frame rate (causal), sampled at each volume's time
+    ``(j + 0.5) tr``."""
+    standardized = (frames - frames.mean(0)) / np.maximum(frames.std(0), 1e-12)
+    signal = lfilter(planted_hrf(fps), [1.0], standardized @ weights, axis=0)
+    at = np.minimum(np.round((np.arange(n_trs) + SLICE_TIME_REF) * tr * fps).astype(int), len(signal) - 1)
+    return signal[at]
+
+
+def unit_variance(response: np.ndarray) -> np.ndarray:
+    spread = response.std(0)
+    return response / np.where(spread > 0, spread, 1.0)
 
 
 def brain_layout(grid: tuple[int, int, int]) -> np.ndarray:
@@ -140,55 +196,66 @@ def brain_layout(grid: tuple[int, int, int]) -> np.ndarray:
                           (np.arange(nz) + 0.5) / nz - 0.5, indexing="ij")
     brain = (x / 0.48) ** 2 + (y / 0.48) ** 2 + (z / 0.46) ** 2 <= 1.0
     labels = np.where(brain, 4, 0).astype(np.int16)
-    labels[brain & (y < -0.18)] = 1
-    labels[brain & (np.abs(x) > 0.22) & (np.abs(y) <= 0.18)] = 2
-    labels[brain & (y > 0.2) & (np.abs(x) <= 0.22)] = 3
+    labels[brain & (y < -0.26)] = 1
+    labels[brain & (np.abs(x) > 0.28) & (np.abs(y) <= 0.14)] = 2
+    labels[brain & (y > 0.27) & (np.abs(x) <= 0.2)] = 3
     return labels
 
 
-def ground_truth_map(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(13, n_brain) weights: each planted region reads only its modality's features.
-
-    Brain voxels are in the C order of ``labels[labels > 0]``.
-    """
+def ground_truth_map(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(15, n_brain) weights and (n_brain,) mixed-selectivity flags: each planted region
+    reads its modality's features; a share of its voxels also read a second modality at
+    half weight. Brain voxels are in the C order of ``labels[labels > 0]``."""
     region = labels[labels > 0]
-    blocks = {1: slice(0, 4), 2: slice(4, 7), 3: slice(7, 13)}
-    weights = np.zeros((13, region.size))
-    for code, rows in blocks.items():
+    weights = np.zeros((N_FEATURES, region.size))
+    mixed = np.zeros(region.size, dtype=bool)
+    for code, rows in BLOCKS.items():
         voxels = np.flatnonzero(region == code)
         weights[rows, voxels] = rng.standard_normal((rows.stop - rows.start, voxels.size))
-    return weights
+        also = voxels[rng.random(voxels.size) < MIXED_SHARE]
+        second = BLOCKS[SECOND[code]]
+        weights[second, also] = 0.5 * rng.standard_normal((second.stop - second.start, also.size))
+        mixed[also] = True
+    return weights, mixed
 
 
-def shared_response(features: np.ndarray, weights: np.ndarray, tr: float) -> np.ndarray:
-    """(n_trs, n_brain): HRF-convolved, standardized features through the map; each
-    responsive voxel scaled to unit variance."""
-    convolved = convolve_causal(features, canonical_hrf(tr))
-    convolved = (convolved - convolved.mean(0)) / np.maximum(convolved.std(0), 1e-12)
-    response = convolved @ weights
-    spread = response.std(0)
-    return response / np.where(spread > 0, spread, 1.0)
+def subject_weights(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A subject's own weights: random values on the same features its voxels read."""
+    return np.where(weights != 0, rng.standard_normal(weights.shape), 0.0)
 
 
-def subject_run(response: np.ndarray, labels: np.ndarray, subject_rng: np.random.Generator,
-                noise: float, affine: np.ndarray, tr: float) -> nib.Nifti1Image:
+def smooth_noise(labels: np.ndarray, n_trs: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_trs, n_brain) unit-variance noise, spatially smooth (Gaussian, 1 voxel) and AR(1)
+    in time (phi 0.5)."""
+    brain = labels > 0
+    fields = np.stack([gaussian_filter(rng.standard_normal(labels.shape), NOISE_SMOOTH_VOXELS)[brain]
+                       for _ in range(n_trs)])
+    fields /= fields.std(0, keepdims=True)
+    return lfilter([np.sqrt(1 - NOISE_AR**2)], [1.0, -NOISE_AR], fields, axis=0)
+
+
+def drift(n_trs: int, n_brain: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_trs, n_brain) slow drift: a linear trend and a half cosine over the run, random
+    per voxel, about unit variance."""
+    t = np.linspace(-1.0, 1.0, n_trs)[:, None]
+    return (rng.normal(0, 1.0, n_brain) * t + rng.normal(0, 0.7, n_brain) * np.cos(np.pi * (t + 1) / 2)) * DRIFT
+
+
+def subject_run(shared: np.ndarray, own: np.ndarray, labels: np.ndarray, subject_rng: np.random.Generator,
+                noise_rng: np.random.Generator, noise: float, affine: np.ndarray, tr: float) -> nib.Nifti1Image:
     """One subject's 4D run in scanner-like units, stored int16 with scale factors.
 
-    Per voxel: ``baseline * (1 + 2% * (gain * response + noise * AR(1)))``; zero
-    outside the brain.
+    Per voxel: ``baseline * (1 + 2% * (gain * (shared + own) + noise * (smooth AR(1) +
+    drift)))``; zero outside the brain. ``subject_rng`` draws what belongs to the subject
+    (baselines, gains), ``noise_rng`` what belongs to the run (noise, drift).
     """
-    n_trs, n_brain = response.shape
+    n_trs, n_brain = shared.shape
     brain = labels > 0
     smooth = gaussian_filter(subject_rng.standard_normal(labels.shape), 2.0)
     baseline = 800.0 + 150.0 * smooth / max(np.abs(smooth).max(), 1e-12) + subject_rng.uniform(-50, 50)
     gain = subject_rng.uniform(0.7, 1.3) * subject_rng.uniform(0.8, 1.2, size=n_brain)
-    innovations = subject_rng.standard_normal((n_trs, n_brain))
-    ar = np.empty_like(innovations)
-    ar[0] = innovations[0]
-    for t in range(1, n_trs):  # AR(1), phi = 0.3, unit variance
-        ar[t] = 0.3 * ar[t - 1] + np.sqrt(1 - 0.09) * innovations[t]
-    base = baseline[brain]
-    series = base * (1.0 + SIGNAL_CHANGE * (gain * response + noise * ar))
+    disturbance = smooth_noise(labels, n_trs, noise_rng) + drift(n_trs, n_brain, noise_rng)
+    series = baseline[brain] * (1.0 + SIGNAL_CHANGE * (gain * (shared + own) + noise * disturbance))
     data = np.zeros((*labels.shape, n_trs), dtype=np.float32)
     data[brain] = series.T
     image = nib.Nifti1Image(data, affine)

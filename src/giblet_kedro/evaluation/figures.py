@@ -91,24 +91,59 @@ def frame_grid(rows: dict[str, np.ndarray], tr_labels: list[str], title: str):
 
 
 def lesion_figure(report: dict, title: str):
-    """Per region: the change in each modality's normalized loss when it is lesioned
-    (bars), with the same change for random regions of its size (dots)."""
+    """Per region: each modality's loss increase when the region is silenced (bars, with
+    the 95% bootstrap interval), against random regions of its size (grey: their 5-95%
+    range and median); a star marks effects significant after FDR."""
     regions = list(report["regions"])
-    modalities = list(report["intact"]["normalized_loss"])
     figure, axes = plt.subplots(1, len(regions), figsize=(3.4 * len(regions), 3.2), squeeze=False)
     for axis, region in zip(axes[0], regions, strict=True):
-        entry = report["regions"][region]
+        effects = report["regions"][region]["effects"]
+        modalities = list(effects)
         x = np.arange(len(modalities))
-        axis.bar(x, [entry["loss_increase"][m] for m in modalities], color="tab:red", alpha=0.8, label=region)
+        values = np.array([effects[m]["effect"] for m in modalities])
+        low = values - np.array([effects[m]["ci95"][0] for m in modalities])
+        high = np.array([effects[m]["ci95"][1] for m in modalities]) - values
+        axis.bar(x, values, color="tab:red", alpha=0.8, yerr=[low, high], capsize=3, label=region)
         for k, m in enumerate(modalities):
-            values = [r[m] for r in entry["random_loss_increase"]]
-            axis.scatter(np.full(len(values), k) + np.linspace(-0.25, 0.25, len(values)), values, s=6, color="k",
-                         label="random regions" if k == 0 else None)
+            q05, q50, q95 = effects[m]["random_q05_q50_q95"]
+            axis.plot([k + 0.3, k + 0.3], [q05, q95], color="grey", linewidth=3, alpha=0.7,
+                      label="random regions 5-95%" if k == 0 else None)
+            axis.plot(k + 0.3, q50, "k_", markersize=8)
+            if effects[m].get("fdr_significant"):
+                axis.text(k, max(values[k] + high[k], 0) * 1.05 + 1e-3, "*", ha="center", fontsize=12)
         axis.axhline(0, color="grey", linewidth=0.8)
         axis.set_xticks(x, modalities)
-        axis.set_title(f"lesion {region} ({entry['voxels']} voxels)", fontsize=9)
+        axis.set_title(f"lesion {region} ({report['regions'][region]['voxels']} voxels)", fontsize=9)
         axis.set_ylabel("normalized loss increase")
         axis.legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def evaluation_figures(maps: dict[str, np.ndarray], predictions: dict[str, np.ndarray], name: str,
+                       count: int = 8) -> tuple:
+    """The r-map slices and, with video, a grid of true and reconstructed test frames."""
+    r_map = r_map_figure(maps, f"{name}: held-out voxel r")
+    if "video" not in predictions or not predictions["video_valid"].any():
+        return r_map, message_figure("no video modality in this experiment")
+    valid = np.flatnonzero(predictions["video_valid"])
+    pick = valid[np.linspace(0, len(valid) - 1, min(count, len(valid))).round().astype(int)]
+    labels = [f"TR {int(predictions['rows'][i])}" for i in pick]
+    grid = frame_grid({"true": predictions["video_target"][pick], "autoencoder": predictions["video"][pick]},
+                      labels, f"{name}: test frames (HRF-convolved) and their reconstruction")
+    return r_map, grid
+
+
+def lesion_figures(report: dict, decoded: dict[str, np.ndarray], name: str) -> tuple:
+    """The lesion effects against random regions, and the frames decoded with each lesion."""
+    if not report["regions"]:
+        return message_figure("no lesion section in the spec"), message_figure("no lesion section in the spec")
+    bars = lesion_figure(report, f"{name}: lesions ({report['method']}, voxel layer from {report['source']}) "
+                                 "vs random regions")
+    videos = {key.removeprefix("video_").replace("_", " "): value for key, value in decoded.items()
+              if key.startswith("video_")}
+    if not videos:
+        return bars, message_figure("no video modality in this experiment")
+    labels = [f"TR {int(r)}" for r in decoded["rows"]]
+    return bars, frame_grid(videos, labels, f"{name}: frames decoded from the voxel layer")

@@ -1,5 +1,9 @@
 """Confound cleaning of a run, by nilearn's ``signal.clean``, streamed like everything else.
 
+A run is cleaned block by block (:func:`blockwise_operator`): its training TRs, then each
+val or test block with the gap before it, each on its own, so that no val or test TR
+reaches a training target through detrending, filtering or confound regression.
+
 Detrending, Butterworth or cosine filtering and confound regression are linear in the
 voxel time series, with one operator shared by every voxel of a run: ``clean(Y) = L @ Y``
 for a ``(n_trs, n_trs)`` matrix ``L``. We obtain ``L`` from nilearn itself, by cleaning the
@@ -115,15 +119,44 @@ def cleaning_operator(n_trs: int, tr: float, clean: CleanSpec, confounds: np.nda
                 f"fmri.clean.{name} = {value:g} Hz is at or above the Nyquist frequency of TR {tr:g} s "
                 f"({nyquist:g} Hz); accepted: below {nyquist:g}"
             )
+    settings = {"detrend": clean.detrend, "standardize": None, "confounds": confounds,
+                "standardize_confounds": clean.confounds.standardize if clean.confounds else True,
+                "filter": use_filter, "low_pass": clean.low_pass_hz, "high_pass": clean.high_pass_hz, "t_r": tr}
     try:
-        return signal.clean(
-            np.eye(n_trs), detrend=clean.detrend, standardize=None, confounds=confounds,
-            standardize_confounds=clean.confounds.standardize if clean.confounds else True,
-            filter=use_filter, low_pass=clean.low_pass_hz, high_pass=clean.high_pass_hz, t_r=tr,
-        )
+        try:
+            return signal.clean(np.eye(n_trs), **settings)
+        except ValueError as exc:
+            if use_filter != "butterworth" or "padlen" not in str(exc):
+                raise
+            # A block shorter than the Butterworth filter's default padding (a val or
+            # test block cleaned on its own): pad it by its own length instead.
+            log.warning("fmri.clean: a block of %d TRs is shorter than the Butterworth filter's padding; it is "
+                        "padded by %d TRs instead", n_trs, n_trs - 1)
+            return signal.clean(np.eye(n_trs), **settings, butterworth__padlen=n_trs - 1)
     except ValueError as exc:
         raise InputDataError(f"fmri.clean: nilearn cannot clean a run of {n_trs} TRs with these settings: {exc}") \
             from None
+
+
+def blockwise_operator(blocks: list[slice], tr: float, clean: CleanSpec, confounds: np.ndarray | None) -> np.ndarray:
+    """The cleaning operator of a run cut into ``blocks`` (crop-relative TR slices that
+    tile the run): nilearn's cleaning of each block on its own, with that block's own
+    confound rows, as one block-diagonal ``(n_trs, n_trs)`` matrix.
+
+    A cleaned training TR then depends on training TRs only: detrending, filtering and
+    confound regression never carry val or test TRs into a training target (or test
+    TRs into a val one). See :func:`giblet_kedro.fmri.split.blocks`.
+    """
+    n_trs = blocks[-1].stop
+    operator = np.zeros((n_trs, n_trs))
+    for rows in blocks:
+        part = None if confounds is None else confounds[rows]
+        try:
+            operator[rows, rows] = cleaning_operator(rows.stop - rows.start, tr, clean, part)
+        except InputDataError as exc:
+            raise InputDataError(f"{exc} (the block of TRs {rows.start}..{rows.stop - 1} of the crop, cleaned on its "
+                                 "own so that no val or test TR reaches a training one)") from None
+    return operator
 
 
 def clean_run(header: RunHeader, crop: tuple[int, int], columns: np.ndarray | None, operator: np.ndarray,

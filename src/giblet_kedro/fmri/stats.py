@@ -16,76 +16,43 @@ import numpy as np
 
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.fmri.clean import clean_run
+from giblet_kedro.fmri.moments import RunningMoments
 from giblet_kedro.fmri.reader import RunHeader, iter_blocks
 
 log = logging.getLogger(__name__)
 
 
-class RunningMoments:
-    """Count, mean and sum of squared deviations of columns, updated block by block."""
-
-    def __init__(self, n_columns: int):
-        self.count = 0
-        self.mean = np.zeros(n_columns, dtype=np.float64)
-        self.m2 = np.zeros(n_columns, dtype=np.float64)
-
-    def update(self, block: np.ndarray) -> None:
-        """Merge a ``(n_rows, n_columns)`` block."""
-        n = block.shape[0]
-        if n == 0:
-            return
-        # NaN/inf propagate into their own columns only; callers flag those columns.
-        with np.errstate(invalid="ignore", over="ignore"):
-            block_mean = block.mean(axis=0, dtype=np.float64)
-            centered = block - block_mean
-            block_m2 = np.einsum("ij,ij->j", centered, centered)
-            total = self.count + n
-            delta = block_mean - self.mean
-            self.mean += delta * (n / total)
-            self.m2 += block_m2 + delta**2 * (self.count * n / total)
-        self.count = total
-
-    def std(self, ddof: int) -> np.ndarray:
-        if self.count - ddof <= 0:
-            raise ValueError(f"{self.count} samples cannot give a std with ddof={ddof}")
-        return np.sqrt(self.m2 / (self.count - ddof))
-
-    def select(self, columns) -> RunningMoments:
-        """The moments of some columns only."""
-        picked = RunningMoments(0)
-        picked.count, picked.mean, picked.m2 = self.count, self.mean[columns], self.m2[columns]
-        return picked
-
-    def merge(self, other: RunningMoments) -> None:
-        """Add another set of rows of the same columns (e.g. another run)."""
-        if other.count == 0:
-            return
-        total = self.count + other.count
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * (other.count / total)
-        self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
-        self.count = total
-
-
 @dataclass
 class SubjectMoments:
-    """One subject's statistics over the voxels that were read (its ``columns``).
+    """One subject's run's statistics over the voxels that were read (its ``columns``).
 
-    mean, std : (n_columns,) float64, over the statistics TRs (normally the training TRs),
-        after cleaning when the run is cleaned.
+    mean, std : (n_columns,) float64 over the run's training TRs, after cleaning when the
+        run is cleaned; None for a run without training TRs (held out whole).
     nonfinite : (n_columns,) bool, any NaN/inf in the crop.
-    early_std : (n_columns,) float64 or None, std over the first TRs (lab mask rule).
+    early_std : (n_columns,) float64 or None, std over the run's first training TRs (lab
+        mask rule).
     moments : the running moments behind ``mean``/``std`` (to pool runs).
     raw_var : (n_columns,) float64 or None; for a cleaned run, the variance before
         cleaning over the same TRs (for the share of variance cleaning removed).
     """
 
-    mean: np.ndarray
-    std: np.ndarray
+    mean: np.ndarray | None
+    std: np.ndarray | None
     nonfinite: np.ndarray
     early_std: np.ndarray | None
     moments: RunningMoments | None = None
     raw_var: np.ndarray | None = None
+
+    @property
+    def has_training_trs(self) -> bool:
+        return self.mean is not None
+
+
+def _flags(n_trs: int, rows: np.ndarray | None) -> np.ndarray:
+    flags = np.zeros(n_trs, dtype=bool)
+    if rows is not None and len(rows):
+        flags[np.asarray(rows)] = True
+    return flags
 
 
 def subject_moments(
@@ -95,7 +62,7 @@ def subject_moments(
     ddof: int,
     block_trs: int,
     columns: np.ndarray | None = None,
-    early_trs: int | None = None,
+    early_rows: np.ndarray | None = None,
 ) -> SubjectMoments:
     """Stream one run once and return its per-voxel statistics.
 
@@ -103,34 +70,36 @@ def subject_moments(
     ----------
     header : the run.
     crop : ``(start, stop)`` file TR indices; nothing outside is read.
-    train : sorted crop-relative indices of training TRs.
+    train : sorted crop-relative indices of training TRs (empty: only the non-finite
+        flags are computed).
     ddof : degrees of freedom of the std.
     block_trs : TRs read at a time.
     columns : voxels to read (file-order flat indices); all if None.
-    early_trs : also compute the std over the first ``early_trs`` TRs of the crop.
+    early_rows : crop-relative TRs to also compute a std over (the lab mask rule).
     """
     start, stop = crop
     n_columns = header.n_grid_voxels if columns is None else len(columns)
     train_moments = RunningMoments(n_columns)
-    early = RunningMoments(n_columns) if early_trs else None
+    early = RunningMoments(n_columns) if early_rows is not None else None
     nonfinite = np.zeros(n_columns, dtype=bool)
-    is_train = np.zeros(stop - start, dtype=bool)
-    is_train[train] = True
+    is_train, is_early = _flags(stop - start, train), _flags(stop - start, early_rows)
     check_finite = header.dtype.kind == "f"
     for t0, block in iter_blocks(header, start, stop, block_trs, columns):
         rows = slice(t0 - start, t0 - start + block.shape[0])
         if check_finite:
             nonfinite |= ~np.isfinite(block).all(axis=0)
         selected = is_train[rows]
-        train_moments.update(block if selected.all() else block[selected])
-        if early is not None and rows.start < early_trs:
-            early.update(block[: early_trs - rows.start])
+        if selected.any():
+            train_moments.update(block if selected.all() else block[selected])
+        if early is not None and is_early[rows].any():
+            early.update(block[is_early[rows]])
+    trained = train_moments.count > 0
     return SubjectMoments(
-        mean=train_moments.mean,
-        std=train_moments.std(ddof),
+        mean=train_moments.mean if trained else None,
+        std=train_moments.std(ddof) if trained else None,
         nonfinite=nonfinite,
         early_std=early.std(ddof) if early is not None else None,
-        moments=train_moments,
+        moments=train_moments if trained else None,
     )
 
 
@@ -147,25 +116,26 @@ def cleaned_moments(
     block_trs: int,
     operator: np.ndarray,
     columns: np.ndarray | None = None,
-    early_trs: int | None = None,
+    early_rows: np.ndarray | None = None,
 ) -> SubjectMoments:
     """Like :func:`subject_moments`, on the run cleaned by ``operator`` (see
     :mod:`giblet_kedro.fmri.clean`); the raw moments come from the same single read.
+    ``train`` must not be empty (a run without training TRs needs no cleaning here).
 
     ``early_std`` (lab mask rule) is taken on the raw data, as the lab did.
     """
     start, stop = crop
     n_columns = header.n_grid_voxels if columns is None else len(columns)
     raw = RunningMoments(n_columns)
-    early = RunningMoments(n_columns) if early_trs else None
-    is_train = np.zeros(stop - start, dtype=bool)
-    is_train[train] = True
+    early = RunningMoments(n_columns) if early_rows is not None else None
+    is_train, is_early = _flags(stop - start, train), _flags(stop - start, early_rows)
 
     def observe(rows: slice, block: np.ndarray) -> None:
         selected = is_train[rows]
-        raw.update(block if selected.all() else block[selected])
-        if early is not None and rows.start < early_trs:
-            early.update(block[: early_trs - rows.start])
+        if selected.any():
+            raw.update(block if selected.all() else block[selected])
+        if early is not None and is_early[rows].any():
+            early.update(block[is_early[rows]])
 
     cleaned = clean_run(header, crop, columns, operator, block_trs, on_block=observe)
     nonfinite = ~np.isfinite(cleaned).all(axis=0)
@@ -184,6 +154,28 @@ def cleaned_moments(
     )
 
 
+def pooled_training_stats(runs: list[SubjectMoments], ddof: int) -> tuple[np.ndarray, np.ndarray]:
+    """A subject's training statistics pooled over its runs: the mean over every training
+    TR, and the std from the **within-run** variance only,
+    ``sqrt(sum_r m2_r / (sum_r n_r - ddof * R))``. Between-run differences of the mean
+    (a new session's baseline) would inflate a std pooled over all TRs; they are not
+    the scale of a new run's fluctuations.
+
+    runs : the moments of the runs that have training TRs (R of them).
+    """
+    trained = [m.moments for m in runs if m.moments is not None]
+    if not trained:
+        raise ValueError("no run with training TRs to pool")
+    pooled = RunningMoments(len(trained[0].mean))
+    for moments in trained:
+        pooled.merge(moments)
+    within = sum(m.m2 for m in trained)
+    dof = sum(m.count for m in trained) - ddof * len(trained)
+    if dof <= 0:
+        raise ValueError(f"{sum(m.count for m in trained)} training TRs cannot give a std with ddof={ddof}")
+    return pooled.mean, np.sqrt(within / dof)
+
+
 def _ijk(columns_selected: np.ndarray, grid: tuple[int, int, int]) -> tuple[int, int, int]:
     i, j, k = np.unravel_index(int(columns_selected), grid, order="F")
     return int(i), int(j), int(k)
@@ -191,6 +183,8 @@ def _ijk(columns_selected: np.ndarray, grid: tuple[int, int, int]) -> tuple[int,
 
 def check_not_flat(label: str, moments: SubjectMoments, path) -> None:
     """A run constant in every voxel (e.g. an all-zero file) is an error, not data."""
+    if not moments.has_training_trs:
+        return
     usable = (moments.std > 0) & ~moments.nonfinite
     if not usable.any():
         raise InputDataError(
@@ -201,7 +195,8 @@ def check_not_flat(label: str, moments: SubjectMoments, path) -> None:
 
 
 def auto_mask(moments: dict[str, SubjectMoments], grid: tuple[int, int, int]) -> np.ndarray:
-    """Voxels with finite values and nonzero training std in every subject.
+    """Voxels with finite values in every run and nonzero training std in every run with
+    training TRs, of every subject.
 
     Returns a boolean ``grid`` array. Voxels dropped for NaN/inf are logged per subject.
     """
@@ -210,7 +205,9 @@ def auto_mask(moments: dict[str, SubjectMoments], grid: tuple[int, int, int]) ->
         if m.nonfinite.any():
             log.warning("%s: %d voxels hold NaN/inf and are left out of the auto mask",
                         subject, int(m.nonfinite.sum()))
-        keep &= (m.std > 0) & ~m.nonfinite
+        keep &= ~m.nonfinite
+        if m.has_training_trs:
+            keep &= m.std > 0
     if not keep.any():
         raise InputDataError("the auto mask is empty: no voxel varies in every subject")
     return keep.reshape(grid, order="F")
@@ -242,10 +239,12 @@ def check_mask_usable(mask_columns_flat: np.ndarray, moments: dict[str, SubjectM
     than on the whole grid.
     """
     for subject, m in moments.items():
-        std = m.std if indexed else m.std[mask_columns_flat]
         bad_nonfinite = m.nonfinite if indexed else m.nonfinite[mask_columns_flat]
-        for bad, what in ((bad_nonfinite, "hold NaN/inf values"),
-                          (std == 0, "have zero variance over the training TRs")):
+        problems = [(bad_nonfinite, "hold NaN/inf values")]
+        if m.has_training_trs:
+            std = m.std if indexed else m.std[mask_columns_flat]
+            problems.append((std == 0, "have zero variance over the training TRs"))
+        for bad, what in problems:
             if bad.any():
                 first = _ijk(mask_columns_flat[np.flatnonzero(bad)[0]], grid)
                 raise InputDataError(

@@ -1,23 +1,34 @@
-"""The multimodal autoencoder: stimulus encoders -> bottleneck -> fMRI head + decoders.
+"""The multimodal autoencoder whose middle layer is the brain.
+
+Two layouts (``model.bottleneck``):
+
+- ``voxels`` (the default, the giblet idea): stimulus encoders -> a rank-``r`` code ->
+  **the voxel layer** (one unit per voxel, trained to match the standardized fMRI) ->
+  for each decoder its own projection voxels -> rank ``r`` -> the decoder. The decoders
+  read nothing but the voxel layer, so silencing a region of it (a lesion) shows what
+  that region carries. The projections are factorized (``V x r`` each) so the parameter
+  count stays bounded at 83,138 voxels: about 91 M parameters at the lab's sizes with
+  ``r = 256``, against 3.5 billion for the lab's fully connected model.
+- an integer (the lab's shipped layout): encoders -> a latent of that width -> decoders,
+  with an fMRI head latent -> voxels on the side (factorized through ``rank`` when the
+  spec gives one). Lesions cannot act on a model layer here: the lesion stage reads
+  measured brain activity into the latent through a ridge read-out, and says so.
 
 Shapes (B = batch):
 
 - video  (B, F, 3, H, W) standardized frames: frames stacked as channels, a strided conv
   encoder; a transposed-conv decoder back to (B, F, 3, H, W). Convolutions keep the
-  parameter count independent of the frame size (the lab's fully connected layer on
-  432,000 values per TR had 3.5 billion parameters).
+  parameter count independent of the frame size.
 - audio  codes (B, n_q, T) int: one embedding table per codebook, summed, a 1-D conv
-  encoder; the decoder predicts logits (B, n_q, 1024, T) for a cross-entropy (a squared
-  error on code indices would be meaningless). ``mel`` (B, n_mels, T) float: conv
-  encoder, MSE decoder.
+  encoder; the decoder predicts logits (B, n_q, 1024, T) for a cross-entropy. ``mel``
+  (B, n_mels, T) float: conv encoder, MSE decoder.
 - text   (B, D) standardized CLIP embedding: MLPs.
-- fmri   (B, V): the head maps the bottleneck to voxels; with ``bottleneck: voxels`` the
-  bottleneck *is* the voxel layer.
+- fmri   (B, V): the voxel layer itself (``voxels``) or the head's output.
 
-Every present modality is encoded to ``hidden``, the encodings are concatenated and
-projected to the bottleneck. The last layer of each decoder and of the fMRI head starts
-at zero, so before training every prediction is the training mean (standardized 0) or
-the uniform code distribution: the initial normalized losses are known in advance.
+The last layer of each decoder and of the fMRI path starts at zero, so before training
+every prediction is the training mean (standardized 0) or the uniform code
+distribution. torch only: this module runs on a GPU machine without the rest of the
+stack (``PYTHONPATH=src``).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import torch
 from torch import nn
 
 CODEBOOK_SIZE = 1024
+DEFAULT_RANK = 256  # voxels layout, when the spec leaves model.rank out
 
 
 @dataclass(frozen=True)
@@ -68,12 +80,12 @@ class VideoEncoder(nn.Module):
 
 
 class VideoDecoder(nn.Module):
-    def __init__(self, shape: tuple[int, ...], bottleneck: int):
+    def __init__(self, shape: tuple[int, ...], width: int):
         super().__init__()
         self.shape = shape
-        frames, channels, height, width = shape
-        self.grid = (math.ceil(height / 8), math.ceil(width / 8))
-        self.project = nn.Linear(bottleneck, 128 * self.grid[0] * self.grid[1])
+        frames, channels, height, width_px = shape
+        self.grid = (math.ceil(height / 8), math.ceil(width_px / 8))
+        self.project = nn.Linear(width, 128 * self.grid[0] * self.grid[1])
         self.net = nn.Sequential(
             nn.GELU(), nn.ConvTranspose2d(128, 64, 4, stride=2, padding=1),
             nn.GELU(), nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
@@ -102,12 +114,12 @@ class SequenceEncoder(nn.Module):
 
 
 class SequenceDecoder(nn.Module):
-    """(B, bottleneck) -> (B, out_channels, T)."""
+    """(B, width) -> (B, out_channels, T)."""
 
-    def __init__(self, bottleneck: int, out_channels: int, length: int):
+    def __init__(self, width: int, out_channels: int, length: int):
         super().__init__()
         self.length, self.base = length, math.ceil(length / 4)
-        self.project = nn.Linear(bottleneck, 128 * self.base)
+        self.project = nn.Linear(width, 128 * self.base)
         self.net = nn.Sequential(
             nn.GELU(), nn.ConvTranspose1d(128, 128, 4, stride=2, padding=1),
             nn.GELU(), nn.ConvTranspose1d(128, 128, 4, stride=2, padding=1),
@@ -131,49 +143,99 @@ class AudioCodeEncoder(nn.Module):
         return self.sequence(summed.transpose(1, 2))
 
 
-class MultimodalAutoencoder(nn.Module):
-    """Encoders -> fused bottleneck -> (fMRI prediction, reconstructed modalities)."""
+def resolve_rank(bottleneck: int | str, rank: int | None) -> int | None:
+    """The rank of the voxel projections: ``rank``, else 256 for the voxels layout; the
+    latent layout's fMRI head is full (None) unless a rank is given."""
+    if rank is not None:
+        return int(rank)
+    return DEFAULT_RANK if bottleneck == "voxels" else None
 
-    def __init__(self, shapes: ModalityShapes, bottleneck: int | str, hidden: int, dropout: float):
+
+def _factorized(inputs: int, outputs: int, rank: int | None, zero_output: bool) -> nn.Module:
+    """inputs -> outputs, through ``rank`` units (no nonlinearity: a low-rank linear map)."""
+    last = nn.Linear(inputs if rank is None else rank, outputs)
+    if zero_output:
+        _zero_last(last)
+    return last if rank is None else nn.Sequential(nn.Linear(inputs, rank, bias=False), last)
+
+
+class MultimodalAutoencoder(nn.Module):
+    """Encoders -> bottleneck (the voxel layer, or a latent) -> decoders (+ fMRI head).
+
+    ``encode`` gives the bottleneck the decoders read; ``decode`` maps a bottleneck to
+    every output. In the voxels layout the bottleneck is the fMRI prediction itself, and
+    ``readout`` / ``decode_readouts`` split decoding at the per-decoder projections, so a
+    lesion can be applied exactly and cheaply (see :mod:`giblet_kedro.evaluation.lesion`).
+    """
+
+    def __init__(self, shapes: ModalityShapes, bottleneck: int | str, hidden: int, dropout: float,
+                 rank: int | None = None):
         super().__init__()
         self.shapes = shapes
         present = shapes.present()
         if not present:
             raise ValueError("the model needs at least one stimulus modality (video, audio or text)")
-        width = shapes.n_voxels if bottleneck == "voxels" else int(bottleneck)
+        self.voxel_layout = bottleneck == "voxels"
+        self.rank = resolve_rank(bottleneck, rank)
+        width = shapes.n_voxels if self.voxel_layout else int(bottleneck)
+        decoder_width = self.rank if self.voxel_layout else width
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
         if shapes.video is not None:
             self.encoders["video"] = VideoEncoder(shapes.video, hidden)
-            self.decoders["video"] = VideoDecoder(shapes.video, width)
+            self.decoders["video"] = VideoDecoder(shapes.video, decoder_width)
         if shapes.audio is not None:
             channels, length = shapes.audio
             if shapes.audio_is_codes:
                 self.encoders["audio"] = AudioCodeEncoder(shapes.audio, hidden)
-                self.decoders["audio"] = SequenceDecoder(width, channels * CODEBOOK_SIZE, length)
+                self.decoders["audio"] = SequenceDecoder(decoder_width, channels * CODEBOOK_SIZE, length)
             else:
                 self.encoders["audio"] = SequenceEncoder(channels, hidden)
-                self.decoders["audio"] = SequenceDecoder(width, channels, length)
+                self.decoders["audio"] = SequenceDecoder(decoder_width, channels, length)
         if shapes.text is not None:
             (dim,) = shapes.text
             self.encoders["text"] = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
-            self.decoders["text"] = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), _zero_last(nn.Linear(hidden, dim)))
-        self.fuse = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * len(present), width))
-        self.fmri_head = nn.Identity() if bottleneck == "voxels" else _zero_last(nn.Linear(width, shapes.n_voxels))
+            self.decoders["text"] = nn.Sequential(nn.Linear(decoder_width, hidden), nn.GELU(),
+                                                  _zero_last(nn.Linear(hidden, dim)))
+        fused = hidden * len(present)
+        if self.voxel_layout:
+            # features -> rank -> voxels: the voxel layer starts at the training mean (0)
+            self.fuse = nn.Sequential(nn.Dropout(dropout), _factorized(fused, width, self.rank, zero_output=True))
+            self.readouts = nn.ModuleDict({name: nn.Linear(width, self.rank) for name in self.decoders})
+            self.fmri_head = nn.Identity()
+        else:
+            self.fuse = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused, width))
+            self.readouts = nn.ModuleDict({name: nn.Identity() for name in self.decoders})
+            self.fmri_head = _factorized(width, shapes.n_voxels, self.rank, zero_output=True)
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, bottleneck) from the present stimulus modalities."""
+        """(B, bottleneck) from the present stimulus modalities: (B, V) in the voxels layout."""
         return self.fuse(torch.cat([self.encoders[name](inputs[name]) for name in self.encoders], dim=1))
 
-    def decode(self, bottleneck: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = {"fmri": self.fmri_head(bottleneck)}
+    def readout(self, bottleneck: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each decoder's input: (B, rank) projections of the voxel layer (the latent itself otherwise)."""
+        return {name: layer(bottleneck) for name, layer in self.readouts.items()}
+
+    def decode_readouts(self, readouts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each stimulus modality's reconstruction from its decoder input (audio codes: logits)."""
+        outputs = {}
         for name, decoder in self.decoders.items():
-            out = decoder(bottleneck)
+            out = decoder(readouts[name])
             if name == "audio" and self.shapes.audio_is_codes:
                 n_q, length = self.shapes.audio
-                out = out.view(-1, n_q, CODEBOOK_SIZE, length)  # logits
+                out = out.view(-1, n_q, CODEBOOK_SIZE, length)
             outputs[name] = out
         return outputs
 
+    def decode(self, bottleneck: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``fmri`` (B, V) and every modality's reconstruction from a bottleneck."""
+        return {"fmri": self.fmri_head(bottleneck), **self.decode_readouts(self.readout(bottleneck))}
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.decode(self.encode(inputs))
+
+
+def build_model(shapes: ModalityShapes, model: dict, dropout: float | None = None) -> MultimodalAutoencoder:
+    """The autoencoder of a spec's ``model`` section (``dropout`` overrides it: 0 to evaluate)."""
+    return MultimodalAutoencoder(shapes, model["bottleneck"], model["hidden"],
+                                 model["dropout"] if dropout is None else dropout, model.get("rank"))

@@ -14,7 +14,7 @@ from typing import Any
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.paths import data_dir, raw_dir
 from giblet_kedro.spec.bids import expand_bids
-from giblet_kedro.spec.fingerprint import DigestCache, code_version, hash_payload
+from giblet_kedro.spec.fingerprint import DigestCache, hash_payload, stage_code, stage_code_version
 from giblet_kedro.spec.load import load_spec
 from giblet_kedro.spec.schema import STIMULUS_FILE_FIELDS, ExperimentSpec, StimulusSpec, run_key
 
@@ -23,58 +23,52 @@ DEMO_PLACEHOLDER = "{demo}"
 
 @dataclass(frozen=True)
 class Stage:
-    """A cached stage: where its outputs live and which code produces them."""
+    """A cached stage: where its outputs live and the node functions that write them.
+
+    Its code is derived from the import graph (:func:`stage_code`): the node functions'
+    modules and every project module they reach, plus the installed versions of the
+    tracked libraries (torch, nilearn, encodec, open_clip, himalaya) those import.
+    """
 
     name: str
     layer: str
-    code_modules: tuple[str, ...]
+    functions: tuple[tuple[str, str], ...]
 
     def cache_root(self) -> Path:
         return data_dir() / self.layer / self.name
+
+    @property
+    def code_modules(self) -> frozenset[str]:
+        return stage_code(self.functions)[0]
+
+    def code_version(self) -> str:
+        return stage_code_version(self.functions)
+
+
+def _nodes(module: str, *functions: str) -> tuple[tuple[str, str], ...]:
+    return tuple((f"giblet_kedro.pipelines.{module}", name) for name in functions)
 
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        Stage("demo", "01_raw", ("giblet_kedro.pipelines.demo_data.nodes", "giblet_kedro.demo.generate")),
-        Stage(
-            "fmri_stats",
-            "03_primary",
-            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.stats", "giblet_kedro.fmri.checks", "giblet_kedro.fmri.split",
-             "giblet_kedro.fmri.clean", "giblet_kedro.spec.bids", "giblet_kedro.pipelines.fmri.nodes"),
-        ),
-        Stage(
-            "fmri_tensor",
-            "05_model_input",
-            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.fmri.clean",
-             "giblet_kedro.pipelines.fmri.nodes"),
-        ),
-        Stage("video_frames_tr", "04_feature", ("giblet_kedro.stimulus.video", "giblet_kedro.stimulus.aligned",
-                                                  "giblet_kedro.pipelines.stimulus.nodes")),
-        Stage("audio_codes_tr", "04_feature", ("giblet_kedro.stimulus.audio", "giblet_kedro.stimulus.aligned",
-                                                 "giblet_kedro.pipelines.stimulus.nodes")),
-        Stage("text_embeddings_tr", "04_feature", ("giblet_kedro.stimulus.text", "giblet_kedro.stimulus.aligned",
-                                                     "giblet_kedro.pipelines.stimulus.nodes")),
-        *(Stage(name, "05_model_input", ("giblet_kedro.stimulus.hrf", "giblet_kedro.pipelines.stimulus.nodes"))
+        Stage("demo", "01_raw", _nodes("demo_data.nodes", "generate_demo")),
+        Stage("fmri_stats", "03_primary", _nodes("fmri.nodes", "inspect_runs", "make_split", "compute_norm_stats")),
+        Stage("fmri_tensor", "05_model_input", _nodes("fmri.nodes", "build_fmri_tensor")),
+        Stage("video_frames_tr", "04_feature", _nodes("stimulus.nodes", "extract_video_frames")),
+        Stage("audio_codes_tr", "04_feature", _nodes("stimulus.nodes", "extract_audio_codes")),
+        Stage("text_embeddings_tr", "04_feature", _nodes("stimulus.nodes", "extract_text_embeddings")),
+        *(Stage(name, "05_model_input", _nodes("stimulus.nodes", "apply_hrf"))
           for name in ("video_features", "audio_codes", "text_embeddings")),
-        Stage("stimulus_alignment", "08_reporting", ("giblet_kedro.pipelines.stimulus.nodes",)),
-        Stage("train", "06_models", ("giblet_kedro.models.autoencoder", "giblet_kedro.training.losses",
-                                     "giblet_kedro.training.data", "giblet_kedro.training.ddp",
-                                     "giblet_kedro.pipelines.train.nodes")),
-        Stage("verify", "08_reporting", ("giblet_kedro.pipelines.train.verify",)),
-        Stage("evaluate", "07_model_output", (
-            "giblet_kedro.evaluation.metrics", "giblet_kedro.evaluation.ridge", "giblet_kedro.evaluation.model",
-            "giblet_kedro.fmri.normalize", "giblet_kedro.pipelines.evaluate.nodes")),
-        Stage("lesion", "07_model_output", (
-            "giblet_kedro.evaluation.metrics", "giblet_kedro.evaluation.model", "giblet_kedro.evaluation.lesion",
-            "giblet_kedro.pipelines.lesion.nodes")),
-        Stage("report", "08_reporting", ("giblet_kedro.evaluation.figures", "giblet_kedro.pipelines.evaluate.report")),
-        Stage(
-            "fmri_heldout",
-            "05_model_input",
-            ("giblet_kedro.fmri.reader", "giblet_kedro.fmri.normalize", "giblet_kedro.fmri.clean",
-             "giblet_kedro.pipelines.fmri.nodes"),
-        ),
+        Stage("stimulus_alignment", "08_reporting", _nodes("stimulus.nodes", "check_stimulus_alignment")),
+        Stage("train", "06_models", _nodes("train.nodes", "loss_statistics", "training_job", "train_model")),
+        Stage("verify", "08_reporting", _nodes("train.nodes", "verify_training")),
+        Stage("evaluate", "07_model_output", _nodes(
+            "evaluate.nodes", "intersubject_agreement", "predict_test", "fit_ridge_reference", "score_voxels",
+            "summarize_evaluation")),
+        Stage("lesion", "07_model_output", _nodes("lesion.nodes", "run_lesions")),
+        Stage("report", "08_reporting", _nodes("report.nodes", "draw_figures", "write_report")),
+        Stage("fmri_heldout", "05_model_input", _nodes("fmri.nodes", "normalize_heldout")),
     )
 }
 
@@ -98,6 +92,9 @@ class CompiledExperiment:
         if section == "experiment":
             return {"name": self.spec.name, "seed": self.spec.seed, "spec_file": str(self.spec_file),
                     "fingerprints": dict(self.fingerprints)}
+        if section == "training":  # what the training job node reads (spec.schema.TrainingSettings)
+            return {"model": self.params("model"), "loss": self.params("loss"), "train": self.params("train"),
+                    "seed": self.spec.seed, "experiment": self.spec.name, "run_dir": str(self.cache_dir("train") / "run")}
         value = getattr(self.spec, section)
         return None if value is None else value.model_dump(mode="json")
 
@@ -199,7 +196,7 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
             "tr": spec.fmri.tr,
         }
         reads["demo"] = {"demo": spec.demo.model_dump(mode="json"), "files": demo_files,
-                         "code": code_version(STAGES["demo"].code_modules)}
+                         "code": STAGES["demo"].code_version()}
         demo_fp = fps["demo"] = hash_payload(reads["demo"])
 
     fingerprint_input = _InputFingerprinter(demo_fp)
@@ -231,18 +228,18 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
         "confounds": {run_key(sid, run): file_fp(p, fmri.file_label(sid, run, "fmri.clean.confounds.files"))
                       for sid, runs in fmri.confound_table_files().items() for run, p in runs.items()},
         "chunk_trs": fmri.chunk_trs,
-        "code": code_version(STAGES["fmri_stats"].code_modules),
+        "code": STAGES["fmri_stats"].code_version(),
     }
     fps["fmri_stats"] = hash_payload(reads["fmri_stats"])
     reads["fmri_tensor"] = {"fmri_stats": fps["fmri_stats"], "mode": fmri.mode,
-                            "code": code_version(STAGES["fmri_tensor"].code_modules)}
+                            "code": STAGES["fmri_tensor"].code_version()}
     fps["fmri_tensor"] = hash_payload(reads["fmri_tensor"])
     reads["fmri_heldout"] = {
         "fmri_stats": fps["fmri_stats"],
         "heldout": {sid: file_fp(p, f"fmri.heldout[{sid!r}]") for sid, p in fmri.heldout.items()},
         "confounds": {sid: file_fp(p, f"fmri.clean.confounds.heldout[{sid!r}]")
                       for sid, p in fmri.heldout_confound_files.items()},
-        "code": code_version(STAGES["fmri_heldout"].code_modules),
+        "code": STAGES["fmri_heldout"].code_version(),
     }
     fps["fmri_heldout"] = hash_payload(reads["fmri_heldout"])
     _stimulus_fingerprints(spec, reads, fps, file_fp, subject_fps)
@@ -284,13 +281,13 @@ def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp
     hrf = stim.hrf.model_dump(mode="json")
     for stage, payload in sections.items():
         payload = payload or {"absent": True}  # an empty cache, still specific to the grid
-        reads[stage] = {**payload, "grid": grid, "code": code_version(STAGES[stage].code_modules)}
+        reads[stage] = {**payload, "grid": grid, "code": STAGES[stage].code_version()}
         fps[stage] = hash_payload(reads[stage])
         final = FINAL_FEATURES[stage]
-        reads[final] = {stage: fps[stage], "hrf": hrf, "code": code_version(STAGES[final].code_modules)}
+        reads[final] = {stage: fps[stage], "hrf": hrf, "code": STAGES[final].code_version()}
         fps[final] = hash_payload(reads[final])
     reads["stimulus_alignment"] = {name: fps[name] for name in FINAL_FEATURES.values()} | {
-        "fmri_grid": grid, "code": code_version(STAGES["stimulus_alignment"].code_modules)}
+        "fmri_grid": grid, "code": STAGES["stimulus_alignment"].code_version()}
     fps["stimulus_alignment"] = hash_payload(reads["stimulus_alignment"])
 
 
@@ -302,10 +299,10 @@ def _training_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict) -> None
         **{name: fps[name] for name in FINAL_FEATURES.values()},
         "model": spec.model.model_dump(mode="json"), "loss": spec.loss.model_dump(mode="json"),
         "train": spec.train.model_dump(mode="json", exclude={"collective_timeout_s"}), "seed": spec.seed,
-        "code": code_version(STAGES["train"].code_modules)}
+        "code": STAGES["train"].code_version()}
     fps["train"] = hash_payload(reads["train"])
     reads["verify"] = {"train": fps["train"], "verify": spec.verify.model_dump(mode="json"),
-                       "code": code_version(STAGES["verify"].code_modules)}
+                       "code": STAGES["verify"].code_version()}
     fps["verify"] = hash_payload(reads["verify"])
 
 
@@ -316,17 +313,17 @@ def _evaluation_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_
     trained = {"train": fps["train"], "fmri_stats": fps["fmri_stats"], "fmri_tensor": fps["fmri_tensor"],
                **{name: fps[name] for name in FINAL_FEATURES.values()}}
     reads["evaluate"] = {**trained, "evaluate": spec.evaluate.model_dump(mode="json"),
-                         "code": code_version(STAGES["evaluate"].code_modules)}
+                         "code": STAGES["evaluate"].code_version()}
     fps["evaluate"] = hash_payload(reads["evaluate"])
     lesion = spec.lesion
     reads["lesion"] = {**trained, "lesion": None if lesion is None else {
         **lesion.model_dump(mode="json", exclude={"regions"}),
         "regions": {name: {"file": file_fp(region.file, f"lesion.regions.{name}"), "labels": region.labels}
                     for name, region in lesion.regions.items()}},
-        "code": code_version(STAGES["lesion"].code_modules)}
+        "code": STAGES["lesion"].code_version()}
     fps["lesion"] = hash_payload(reads["lesion"])
     reads["report"] = {"verify": fps["verify"], "evaluate": fps["evaluate"], "lesion": fps["lesion"],
-                       "code": code_version(STAGES["report"].code_modules)}
+                       "code": STAGES["report"].code_version()}
     fps["report"] = hash_payload(reads["report"])
 
 

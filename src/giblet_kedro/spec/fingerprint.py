@@ -52,16 +52,160 @@ def module_code_hash(module_name: str) -> str:
     Editing documentation never invalidates a cache; changing what the code does always
     does, with no version constant to forget to bump.
     """
-    spec = importlib.util.find_spec(module_name)
-    if spec is None or spec.origin is None:
+    path = module_file(module_name)
+    if path is None:
         raise RuntimeError(f"cannot locate module {module_name} to fingerprint its code")
-    source = Path(spec.origin).read_text(encoding="utf-8")
+    return source_hash(path.read_text(encoding="utf-8"))
+
+
+def source_hash(source: str) -> str:
+    """Hash of Python source with comments, docstrings and formatting removed."""
     tree = _strip_docstrings(ast.parse(source))
     return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
-def code_version(module_names: tuple[str, ...]) -> str:
+def code_version(module_names: tuple[str, ...] | frozenset[str]) -> str:
     return hash_payload({name: module_code_hash(name) for name in sorted(module_names)})
+
+
+# ------------------------------------------------------------------ the import graph
+PACKAGE = "giblet_kedro"
+# Libraries whose version changes what a stage computes: their installed versions are
+# part of the fingerprint of every stage whose code imports them.
+TRACKED_LIBRARIES = ("torch", "nilearn", "encodec", "open_clip", "himalaya")
+
+
+@lru_cache(maxsize=1)
+def _package_root() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def module_file(module_name: str) -> Path | None:
+    """The source file of one of the project's modules, found without importing it (so
+    fingerprinting never loads torch); None for anything else."""
+    parts = module_name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = _package_root().joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_module(name: str) -> bool:
+    return module_file(name) is not None
+
+
+@lru_cache(maxsize=256)
+def _tree(module_name: str) -> ast.Module:
+    path = module_file(module_name)
+    if path is None:
+        raise RuntimeError(f"cannot locate module {module_name} to fingerprint its code")
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+def _imported(node: ast.AST, module_name: str) -> dict[str, str]:
+    """``{local name: module}`` for every import under ``node``; a ``from X import y``
+    names module ``X.y`` when that is a module, else ``X``."""
+    names: dict[str, str] = {}
+    for item in ast.walk(node):
+        if isinstance(item, ast.Import):
+            for alias in item.names:
+                names[(alias.asname or alias.name).split(".")[0]] = alias.name if alias.asname else \
+                    alias.name.split(".")[0]
+                names.setdefault(alias.name, alias.name)
+        elif isinstance(item, ast.ImportFrom) and item.module is not None:
+            base = item.module if item.level == 0 else \
+                ".".join(module_name.split(".")[: -item.level] + [item.module])
+            for alias in item.names:
+                candidate = f"{base}.{alias.name}"
+                names[alias.asname or alias.name] = candidate if _is_module(candidate) else base
+    return names
+
+
+@lru_cache(maxsize=512)
+def module_imports(module_name: str) -> frozenset[str]:
+    """Every module ``module_name`` imports, at its top or inside its functions."""
+    return frozenset(_imported(_tree(module_name), module_name).values())
+
+
+def function_imports(module_name: str, function_name: str) -> frozenset[str]:
+    """The modules a function of ``module_name`` reaches directly: those it names (through
+    the module's imports), imports itself, or reaches through other functions of its
+    module that it calls."""
+    tree = _tree(module_name)
+    table = _imported(tree, module_name)
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    if function_name not in functions:
+        raise RuntimeError(f"{module_name} has no function {function_name} to fingerprint")
+    reached: set[str] = set()
+    seen: set[str] = set()
+    pending = [function_name]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        body = functions[name]
+        reached |= set(_imported(body, module_name).values())
+        for item in ast.walk(body):
+            if isinstance(item, ast.Name):
+                if item.id in table:
+                    reached.add(table[item.id])
+                if item.id in functions:
+                    pending.append(item.id)
+    return frozenset(reached)
+
+
+def package_closure(modules: frozenset[str] | set[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """(the project's modules reachable from ``modules`` through imports, the tracked
+    libraries any of them imports)."""
+    own, libraries = set(), set()
+    pending = list(modules)
+    while pending:
+        name = pending.pop()
+        top = name.split(".")[0]
+        if top != PACKAGE:
+            if top in TRACKED_LIBRARIES:
+                libraries.add(top)
+            continue
+        if name in own or not _is_module(name):
+            continue
+        own.add(name)
+        pending.extend(module_imports(name))
+    return frozenset(own), frozenset(libraries)
+
+
+@lru_cache(maxsize=64)
+def stage_code(functions: tuple[tuple[str, str], ...]) -> tuple[frozenset[str], dict[str, str]]:
+    """A stage's code: the modules of its node functions and everything they reach (the
+    import graph, function by function at the first step so that a node module shared by
+    several stages does not tie them together), and the installed versions of the
+    tracked libraries those modules import."""
+    start: set[str] = set()
+    for module_name, function_name in functions:
+        start.add(module_name)
+        start |= function_imports(module_name, function_name)
+    own, libraries = package_closure(start - {m for m, _ in functions})
+    own = own | {m for m, _ in functions}
+    return own, {name: _library_version(name) for name in sorted(libraries)}
+
+
+def _library_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    distribution = {"open_clip": "open_clip_torch"}.get(name, name)
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def stage_code_version(functions: tuple[tuple[str, str], ...]) -> str:
+    modules, libraries = stage_code(functions)
+    return hash_payload({"modules": code_version(modules), "libraries": libraries})
 
 
 # ---------------------------------------------------------------------- file digests

@@ -119,6 +119,9 @@ class ZScoreSpec(StrictModel):
     ddof: Literal[0, 1] = 1
 
 
+GAP_SECONDS = 15.0  # what split.gap_trs: auto leaves between blocks: the HRF's extent
+
+
 class SplitSpec(StrictModel):
     """Which TRs train, validate and test.
 
@@ -127,11 +130,18 @@ class SplitSpec(StrictModel):
     rounded to whole TRs. ``by: run``: ``test`` lists the runs held out whole; ``val``
     lists runs too, or is a fraction: the last TRs of each training run (e.g. train on
     run 1 with its last 10% for validation, test on run 2).
+
+    ``gap_trs``: TRs left unused between two blocks of one run (train | gap | val | gap |
+    test), so that no training target shares a haemodynamic response, a filter's reach or
+    autocorrelated noise with a val or test TR. ``auto``: ``ceil(15 s / tr)`` (10 TRs at
+    1.5 s), shortened, with a warning, where a run is too short to hold it; a number is
+    used as given.
     """
 
     by: Literal["blocks", "run"] = "blocks"
     val: Annotated[float, Field(ge=0.0, lt=1.0)] | list[RunId] = 0.1
     test: Annotated[float, Field(ge=0.0, lt=1.0)] | list[RunId] = 0.1
+    gap_trs: NonNegativeInt | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _consistent(self) -> SplitSpec:
@@ -455,8 +465,18 @@ class TextSpec(StrictModel):
 
 
 class HrfSpec(StrictModel):
+    """The haemodynamic response between a stimulus feature and the BOLD signal.
+
+    ``glover``/``spm``: nilearn's canonical HRF, integrated over each TR's window (the
+    features are window means). ``slice_time_ref``: where in its TR a volume's time lies,
+    as a fraction (fMRIPrep's ``--slice-time-ref``; 0.5 = the middle, its default; 0 =
+    the start, for data without slice-timing correction). ``none``: shift every feature
+    later by ``delay_s`` (whole TRs).
+    """
+
     kind: Literal["glover", "spm", "none"] = "glover"
     delay_s: NonNegativeFloat = 0.0
+    slice_time_ref: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
 
 
 class StimulusSpec(StrictModel):
@@ -474,12 +494,24 @@ class StimulusSpec(StrictModel):
 
 # ------------------------------------------------------------- model and training
 class ModelSpec(StrictModel):
-    bottleneck: PositiveInt | Literal["voxels"] = 2048
+    """The autoencoder. ``bottleneck: voxels`` (default): the middle layer is the brain,
+    one unit per voxel, trained to match the fMRI; the decoders read only it, each through
+    a projection voxels -> ``rank`` units (default 256). An integer: a latent of that
+    width with an fMRI head on the side (the lab's shipped layout); ``rank`` then
+    factorizes the head (full when left out)."""
+
+    bottleneck: PositiveInt | Literal["voxels"] = "voxels"
+    rank: PositiveInt | None = None
     hidden: PositiveInt = 1024
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
 
 
 class LossSpec(StrictModel):
+    """``variance``: each feature's squared error over that feature's training variance
+    (1 = predicting every feature's training mean; codes: cross-entropy over each
+    codebook's marginal entropy); ``std``: the lab's shipped formula, squared error over
+    the batch target's std, raw units; ``none``: raw error."""
+
     normalize: Literal["variance", "std", "none"] = "variance"
     weights: dict[Modality, NonNegativeFloat] = Field(
         default_factory=lambda: {"video": 1.0, "audio": 1.0, "text": 1.0, "fmri": 1.0}
@@ -491,7 +523,7 @@ class TrainSpec(StrictModel):
     batch_size: PositiveInt = 2
     lr: PositiveFloat = 1.0e-3
     weight_decay: NonNegativeFloat = 1.0e-5
-    warmup_epochs: NonNegativeInt = 10
+    warmup_epochs: NonNegativeInt | None = None  # None: min(10, epochs)
     grad_clip: PositiveFloat | None = 1.0
     precision: Literal["bf16", "fp32"] = "bf16"
     devices: PositiveInt | Literal["auto"] = "auto"
@@ -503,9 +535,14 @@ class TrainSpec(StrictModel):
     # Not part of the training fingerprint: it never changes the result.
     collective_timeout_s: Annotated[int, Field(ge=5, le=86_400)] = 600
 
+    @property
+    def warmup(self) -> int:
+        """Warmup epochs: as given, else 10 (fewer when training is shorter)."""
+        return min(10, self.epochs) if self.warmup_epochs is None else self.warmup_epochs
+
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> TrainSpec:
-        if self.warmup_epochs > self.epochs:
+        if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs}); "
                 "accepted: warmup_epochs <= epochs"
@@ -514,8 +551,13 @@ class TrainSpec(StrictModel):
 
 
 class VerifySpec(StrictModel):
+    """The verification's settings: the loss must drop by ``min_loss_drop`` within
+    ``drop_within_epochs``; the stimulus check shifts the stimulus by at least
+    ``min_shift_trs`` TRs; ``strict`` fails the run on any failing check."""
+
     min_loss_drop: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     drop_within_epochs: PositiveInt = 3
+    min_shift_trs: PositiveInt = 5
     strict: bool = False
 
 
@@ -563,12 +605,20 @@ class RidgeSpec(StrictModel):
 
 
 class EvaluateSpec(StrictModel):
-    """Held-out evaluation: ``null_shifts`` circular shifts of the prediction in time give a
-    null that keeps its autocorrelation (shifts shorter than ``min_shift_trs`` are left
-    out); voxels are significant at false-discovery rate ``fdr``."""
+    """Held-out evaluation.
 
-    null_shifts: PositiveInt = 200
-    min_shift_trs: NonNegativeInt = 5
+    ``null``: each voxel's own null distribution of r, from ``null_draws`` surrogates of
+    the prediction that keep that voxel's autocorrelation: ``phase`` randomization
+    (continuous values, so p can reach ``1 / (null_draws + 1)`` whatever the test length)
+    or circular ``shift``s (at most ``n_test - 2 min_shift_trs + 1`` distinct values).
+    ``min_shift_trs``: the shortest circular shift, wherever one is used (inter-subject
+    reliability, the stimulus check). Voxels are significant at false-discovery rate
+    ``fdr`` (Benjamini-Hochberg).
+    """
+
+    null: Literal["phase", "shift"] = "phase"
+    null_draws: Annotated[int, Field(ge=19, le=100_000)] = 1000
+    min_shift_trs: PositiveInt = 5
     fdr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     ridge: RidgeSpec = RidgeSpec()
 
@@ -596,17 +646,27 @@ class RegionSpec(StrictModel):
 
 
 class LesionSpec(StrictModel):
-    """Silence brain regions and decode the stimulus from what is left.
+    """Silence regions of the voxel layer and decode the stimulus from what is left.
 
-    ``method``: ``zero`` sets the region's z-scored activity to 0 (its training mean);
-    ``mean`` to its mean over the decoded TRs; ``noise`` to Gaussian noise of unit
-    variance (the power is kept, the information is not). Each region is compared with
-    ``random_regions`` contiguous random regions of the same size.
+    ``source``: what fills the voxel layer on the test TRs: ``model`` (the layer the
+    encoders compute from the test stimulus), ``brain`` (measured fMRI; with a latent
+    bottleneck it reaches the latent through a ridge read-out fit on training TRs), or
+    ``auto`` (``model`` with ``bottleneck: voxels``, else ``brain``).
+    ``method``: ``zero`` sets the region to 0, the measured training mean in standardized
+    units; ``mean`` to the layer's own mean over the training TRs; ``noise`` to Gaussian
+    noise of unit variance (the power is kept, the information is not).
+    Each region is compared with ``random_regions`` contiguous random regions of the same
+    size that leave the region out: a permutation p per region and modality,
+    Benjamini-Hochberg at ``fdr`` across all of them, and a ``bootstrap``-resample
+    moving-block interval over test TRs for each effect.
     """
 
     regions: Annotated[dict[Annotated[str, Field(pattern=SUBJECT_ID)], RegionSpec], Field(min_length=1)]
+    source: Literal["auto", "model", "brain"] = "auto"
     method: Literal["zero", "mean", "noise"] = "zero"
-    random_regions: PositiveInt = 20
+    random_regions: Annotated[int, Field(ge=19, le=100_000)] = 1000
+    fdr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000
     seed: NonNegativeInt = 0
 
     @property
@@ -652,6 +712,16 @@ class ExperimentSpec(StrictModel):
                     f"paths {uses} use '{{demo}}' but the spec has no 'demo' section; "
                     "add 'demo: {}' to generate the demo data, or give real file paths"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _lesion_source(self) -> ExperimentSpec:
+        if self.lesion is not None and self.lesion.source == "model" and self.model.bottleneck != "voxels":
+            raise ValueError(
+                f"lesion.source: model silences the model's voxel layer, but model.bottleneck is "
+                f"{self.model.bottleneck} (a latent, no voxel layer); use bottleneck: voxels, or lesion.source: "
+                "brain (measured fMRI through a ridge read-out into the latent)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -703,3 +773,15 @@ def run_onsets(fmri: FmriSpec, stimulus: StimulusSpec | None) -> dict[str, float
     default = stimulus.onset_s if stimulus is not None else 0.0
     given = {run: s.onset_s for run, s in fmri.runs.items() if s.onset_s is not None}
     return {run: given.get(run, default) for run in fmri.run_ids}
+
+
+class TrainingSettings(StrictModel):
+    """What the training job node reads (one typed parameter): the spec's model, loss and
+    train sections, its seed and name, and the folder the ranks write to."""
+
+    model: ModelSpec
+    loss: LossSpec
+    train: TrainSpec
+    seed: NonNegativeInt
+    experiment: str
+    run_dir: str

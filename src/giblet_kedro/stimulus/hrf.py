@@ -1,16 +1,26 @@
 """Haemodynamic response: causal convolution of continuous features, or a plain shift.
 
-``glover`` and ``spm`` use nilearn's canonical HRFs sampled at the TR; the response at
-TR ``i`` depends on stimulus at TRs ``<= i`` only (``scipy.signal.lfilter``), so
-features never lead the stimulus. TRs before the crop count as silence.
+A feature on the TR grid is the mean of the stimulus over its TR's window
+``[i tr, (i + 1) tr)``; volume ``j`` is the BOLD signal at ``(j + ref) tr``, where
+``ref`` (``hrf.slice_time_ref``, fMRIPrep's default 0.5) places the volume inside its
+TR. A window-mean feature held over window ``i`` therefore reaches volume ``i + d``
+through the kernel
+
+    k[d] = integral of h(u) du over u in ((d + ref - 1) tr, (d + ref) tr]
+
+with ``h`` nilearn's canonical HRF on its oversampled grid (``glover`` or ``spm``,
+oversampling 50: peak at 5.04 s). Sampling ``h`` once per TR instead
+(``glover_hrf(tr, oversampling=1)``) is wrong twice: nilearn then spreads 21 samples
+over 32 s (1.6 s apart, not 1.5) and shifts the gamma by one whole sample, so the
+kernel peaked at 6.0 s and every convolved feature came one TR late. The kernel sums to
+1: a feature held constant keeps its value.
 
 Integer EnCodec codes are never convolved (a weighted sum of code indices is
-meaningless): with ``glover``/``spm`` they are delayed by the HRF's peak time (rounded
-to whole TRs, 4 TRs at 1.5 s), so the codes a TR sees are the sound that drives its
-BOLD response; with ``none`` codes, like every feature, are shifted later by
-``delay_s``. (Without the delay the model saw each TR's own sound, ~5 s before the
-auditory response it had to predict, and auditory voxels were unpredictable: held-out
-r 0.05 against a noise ceiling of 0.6 on the demo.)
+meaningless): with ``glover``/``spm`` they are delayed by the kernel's peak lag, in whole
+TRs (3 TRs at 1.5 s), so the codes a TR sees are the sound that drives its BOLD
+response; with ``none`` codes, like every feature, are shifted later by ``delay_s``.
+The response at TR ``i`` depends on stimulus at TRs ``<= i`` only, and TRs before the
+crop count as silence.
 """
 
 from __future__ import annotations
@@ -19,30 +29,52 @@ import numpy as np
 from scipy.signal import lfilter
 
 KERNEL_SECONDS = 32.0
+OVERSAMPLING = 50  # nilearn's own default
 
 
-def hrf_kernel(kind: str, tr: float) -> np.ndarray:
-    """The canonical HRF sampled every ``tr`` seconds from t = 0, scaled to unit peak."""
+def oversampled_hrf(kind: str, tr: float) -> tuple[np.ndarray, np.ndarray]:
+    """nilearn's canonical HRF on its own oversampled grid: (times s, mass per sample),
+    the mass summing to 1."""
     from nilearn.glm.first_level.hemodynamic_models import glover_hrf, spm_hrf
 
     make = {"glover": glover_hrf, "spm": spm_hrf}[kind]
-    kernel = np.asarray(make(tr, oversampling=1, time_length=KERNEL_SECONDS), dtype=np.float64)
-    return kernel / kernel.max()
+    mass = np.asarray(make(tr, oversampling=OVERSAMPLING, time_length=KERNEL_SECONDS), dtype=np.float64)
+    times = np.linspace(0.0, KERNEL_SECONDS, mass.size)  # nilearn's grid: a linspace over time_length
+    return times, mass / mass.sum()
 
 
-def peak_lag_s(kind: str, tr: float) -> float:
-    """Seconds from stimulus to the sampled HRF's peak (a whole number of TRs)."""
-    return float(np.argmax(hrf_kernel(kind, tr))) * tr
+def hrf_kernel(kind: str, tr: float, slice_time_ref: float = 0.5) -> np.ndarray:
+    """(n_lags,) the response of volume ``i + d`` to a unit feature over TR window ``i``.
+
+    Each lag integrates the oversampled HRF over its own TR window (see the module
+    docstring); sums to 1 over the kernel's 32 s.
+    """
+    times, mass = oversampled_hrf(kind, tr)
+    step = times[1] - times[0]
+    edges = np.concatenate([[times[0] - step / 2], times + step / 2])
+    cumulative = np.concatenate([[0.0], np.cumsum(mass)])  # the HRF's mass before each edge
+
+    def mass_before(u: np.ndarray) -> np.ndarray:
+        return np.interp(u, edges, cumulative, left=0.0, right=1.0)
+
+    n_lags = int(np.ceil(KERNEL_SECONDS / tr)) + 1
+    upper = (np.arange(n_lags) + slice_time_ref) * tr
+    kernel = mass_before(upper) - mass_before(upper - tr)
+    return kernel / kernel.sum()
 
 
-def convolve(values: np.ndarray, kind: str, tr: float) -> np.ndarray:
+def peak_lag_trs(kind: str, tr: float, slice_time_ref: float = 0.5) -> int:
+    """Whole TRs from a feature's window to the volume its response peaks in."""
+    return int(np.argmax(hrf_kernel(kind, tr, slice_time_ref)))
+
+
+def convolve(values: np.ndarray, kind: str, tr: float, slice_time_ref: float = 0.5) -> np.ndarray:
     """Causal convolution along axis 0 (TRs) of (n_trs, ...) features."""
-    return lfilter(hrf_kernel(kind, tr), [1.0], values.astype(np.float64), axis=0).astype(np.float32)
+    return lfilter(hrf_kernel(kind, tr, slice_time_ref), [1.0], values.astype(np.float64), axis=0).astype(np.float32)
 
 
-def shift(values: np.ndarray, valid: np.ndarray, delay_s: float, tr: float) -> tuple[np.ndarray, np.ndarray]:
-    """Delay (n_trs, ...) rows by ``round(delay_s / tr)`` TRs; the first rows become zero/invalid."""
-    lag = int(round(delay_s / tr))
+def shift(values: np.ndarray, valid: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Delay (n_trs, ...) rows by ``lag`` TRs; the first rows become zero/invalid."""
     if lag == 0:
         return values, valid
     shifted = np.zeros_like(values)

@@ -8,24 +8,12 @@ lab's per-subject cache reached 58 GB).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from giblet_kedro.training.job import ArrayPaths
 from giblet_kedro.training.losses import ModalityStats
-
-MODALITIES = ("video", "audio", "text")
-
-
-@dataclass(frozen=True)
-class ArrayPaths:
-    """Paths of the ``.npy`` caches: fMRI tensor and each present modality's values/valid."""
-
-    fmri: str
-    values: dict[str, str] = field(default_factory=dict)  # modality -> values.npy
-    valid: dict[str, str] = field(default_factory=dict)  # modality -> valid.npy
 
 
 class TrDataset(Dataset):
@@ -34,8 +22,9 @@ class TrDataset(Dataset):
     ``cross_subject``: one sample per TR (fMRI (n_trs, V)). ``per_subject``: one sample per
     (subject, TR) (fMRI (S, n_trs, V)); sample ``i`` is subject ``i // n_rows``.
 
-    Each item: ``fmri`` (V,) and continuous modalities standardized with ``stats``;
-    ``audio`` codes as int64 when ``audio_is_codes``; ``<name>_valid`` flags.
+    Each item: ``fmri`` (V,) and continuous modalities standardized per feature with
+    ``stats``; ``audio`` codes as int64 when ``audio_is_codes``; ``<name>_valid`` flags;
+    ``subject`` and ``row`` (what was drawn, for the verification's sample count).
     """
 
     def __init__(self, paths: ArrayPaths, rows: np.ndarray, mode: str, stats: dict[str, ModalityStats],
@@ -68,7 +57,8 @@ class TrDataset(Dataset):
         subjects, positions = np.divmod(np.asarray(indices, dtype=np.int64), len(self.rows))
         trs = self.rows[positions]
         fmri = arrays["fmri"][subjects, trs] if self.mode == "per_subject" else arrays["fmri"][trs]
-        batch = {"fmri": self._standardize("fmri", fmri), "fmri_valid": torch.ones(len(trs), dtype=torch.bool)}
+        batch = {"fmri": self._standardize("fmri", fmri), "fmri_valid": torch.ones(len(trs), dtype=torch.bool),
+                 "subject": torch.from_numpy(subjects), "row": torch.from_numpy(trs)}
         for name in self.paths.values:
             values = arrays[name][trs]
             if name == "audio" and self.audio_is_codes:
@@ -79,8 +69,8 @@ class TrDataset(Dataset):
         return batch
 
     def _standardize(self, name: str, value: np.ndarray) -> torch.Tensor:
-        stats = self.stats[name]
-        return torch.from_numpy(((np.asarray(value, dtype=np.float32) - stats.mean) / stats.std).astype(np.float32))
+        """Each feature with its own training mean and std (see :mod:`training.losses`)."""
+        return torch.from_numpy(self.stats[name].standardize(value))
 
 
 def identity_collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -33,7 +33,6 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -46,45 +45,12 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from giblet_kedro.datasets.atomic import atomic_path, check_file
-from giblet_kedro.models.autoencoder import ModalityShapes, MultimodalAutoencoder
-from giblet_kedro.training.data import ArrayPaths, TrDataset, identity_collate
-from giblet_kedro.training.losses import ModalityStats, modality_losses, weighted_total
+from giblet_kedro.models.autoencoder import build_model
+from giblet_kedro.training.data import TrDataset, identity_collate
+from giblet_kedro.training.job import TrainJob, resolve_devices
+from giblet_kedro.training.losses import modality_losses, torch_stats, weighted_total
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainJob:
-    """Everything a rank needs, as plain data (pickled to spawned processes, or JSON)."""
-
-    paths: ArrayPaths
-    train_rows: list[int]
-    val_rows: list[int]
-    mode: str
-    stats: dict[str, dict]
-    shapes: ModalityShapes
-    model: dict
-    loss: dict
-    train: dict
-    seed: int
-    run_dir: str
-    world_size: int = 1
-    backend: str = "gloo"
-    device_type: str = "cpu"
-    init_method: str | None = None
-    # Tests of failure handling only: [rank, epoch] raises in that epoch; a third item
-    # "hang" or "kill" makes the rank hang forever or SIGKILL itself instead.
-    crash_at: list | None = field(default=None)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainJob:
-        raw = json.loads(text)
-        raw["paths"] = ArrayPaths(**raw["paths"])
-        raw["shapes"] = ModalityShapes(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["shapes"].items()})
-        return cls(**raw)
 
 
 class TrainingFailed(RuntimeError):
@@ -107,6 +73,12 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def warmup_epochs(train: dict) -> int:
+    """``train.warmup_epochs``, or by default 10 (fewer when training is shorter)."""
+    given = train.get("warmup_epochs")
+    return min(10, int(train["epochs"])) if given is None else int(given)
+
+
 def save_checkpoint(obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -121,34 +93,63 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def _reduce_sums(sums: dict[str, float], count: float, device: torch.device) -> tuple[dict[str, float], float]:
-    names = sorted(sums)
-    tensor = torch.tensor([sums[n] for n in names] + [count], dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    values = tensor.tolist()
-    return dict(zip(names, values[:-1], strict=True)), values[-1]
+class LossSums:
+    """Per-modality sums of batch losses weighted by the batch's valid samples of that
+    modality, and the samples seen; all-reduced over ranks into means."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.samples = 0.0
+
+    def add(self, losses: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            valid = float(batch[f"{name}_valid"].sum())
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach()) * valid
+            self.weights[name] = self.weights.get(name, 0.0) + valid
+        self.samples += float(batch["fmri"].shape[0])
+
+    def means(self, weights: dict[str, float], device: torch.device) -> tuple[dict[str, float], float]:
+        """({modality: mean, "total": weighted sum}, samples), over every rank."""
+        names = sorted(self.sums)
+        tensor = torch.tensor([self.sums[n] for n in names] + [self.weights[n] for n in names] + [self.samples],
+                              dtype=torch.float64, device=device)
+        if dist.is_initialized():
+            dist.all_reduce(tensor)
+        values = tensor.tolist()
+        means = {n: values[i] / max(values[len(names) + i], 1.0) for i, n in enumerate(names)}
+        means["total"] = sum(weights.get(n, 1.0) * v for n, v in means.items())
+        return means, values[-1]
 
 
 def _evaluate(model, loader, job: TrainJob, stats, device, autocast) -> dict[str, float]:
     """Mean of each loss component (and the weighted total) over a loader, all ranks."""
     model.eval()
-    sums: dict[str, float] = {}
-    count = 0.0
+    sums = LossSums()
     with torch.no_grad():
         for batch in loader:
             batch = _to_device(batch, device)
             with autocast():
                 outputs = model({name: batch[name] for name in job.shapes.present()})
-            losses = modality_losses(outputs, batch, stats, job.loss["normalize"], job.shapes.audio_is_codes)
-            size = float(batch["fmri"].shape[0])
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * size
-            count += size
-    sums, count = _reduce_sums(sums, count, device)
-    means = {name: value / max(count, 1.0) for name, value in sums.items()}
-    means["total"] = sum(job.loss["weights"].get(name, 1.0) * value for name, value in means.items())
-    return means
+            sums.add(modality_losses(outputs, batch, stats, job.loss["normalize"], job.shapes.audio_is_codes), batch)
+    return sums.means(job.loss["weights"], device)[0]
+
+
+def _gather_drawn(drawn: list[np.ndarray], world: int) -> dict:
+    """What every rank drew in epoch 1, counted on each rank and gathered: the samples
+    (with ``DistributedSampler``'s padding), the distinct (subject, TR) samples and the
+    batches per rank. The verification compares them with arithmetic from the spec."""
+    keys = np.concatenate(drawn) if drawn else np.zeros(0, np.int64)
+    mine = {"samples": int(keys.size), "batches": len(drawn), "keys": keys.tolist()}
+    per_rank = [None] * world
+    if dist.is_initialized() and world > 1:
+        dist.all_gather_object(per_rank, mine)
+    else:
+        per_rank = [mine]
+    every = np.concatenate([np.asarray(r["keys"], dtype=np.int64) for r in per_rank])
+    return {"samples": int(sum(r["samples"] for r in per_rank)), "distinct_samples": int(np.unique(every).size),
+            "batches_per_rank": [int(r["batches"]) for r in per_rank],
+            "subjects": int(np.unique(every >> 32).size)}
 
 
 def _inject_fault(rank: int, epoch: int, kind: str) -> None:
@@ -204,9 +205,9 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    stats = {name: ModalityStats(**value) for name, value in job.stats.items()}
-    train_set = TrDataset(job.paths, np.asarray(job.train_rows), job.mode, stats, job.shapes.audio_is_codes)
-    val_set = TrDataset(job.paths, np.asarray(job.val_rows), job.mode, stats, job.shapes.audio_is_codes)
+    train_set = TrDataset(job.paths, np.asarray(job.train_rows), job.mode, job.stats, job.shapes.audio_is_codes)
+    val_set = TrDataset(job.paths, np.asarray(job.val_rows), job.mode, job.stats, job.shapes.audio_is_codes)
+    stats = torch_stats(job.stats, device)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=job.seed, drop_last=False)
     batched = {"batch_size": settings["batch_size"], "collate_fn": identity_collate, "num_workers": 0}
     loader = DataLoader(train_set, sampler=sampler, **batched)
@@ -216,13 +217,18 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
                                 sampler=DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=False))
 
     torch.manual_seed(job.seed)  # identical initial weights on every rank
-    module = MultimodalAutoencoder(job.shapes, job.model["bottleneck"], job.model["hidden"], job.model["dropout"]).to(device)
+    module = build_model(job.shapes, job.model).to(device)
+    probe = job.probe or {}
+    if probe.get("nonzero_init"):
+        with torch.no_grad():
+            for parameter in module.parameters():
+                parameter.add_(torch.randn_like(parameter) * float(probe["nonzero_init"]))
     # One rank has nothing to synchronize: skip DDP's gradient buckets and all-reduces.
     model = module if world == 1 else DistributedDataParallel(
         module, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     steps_per_epoch, epochs = len(loader), settings["epochs"]
-    warmup = settings["warmup_epochs"] * steps_per_epoch
+    warmup = warmup_epochs(settings) * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, max(warmup, 1) if warmup else 0, epochs * steps_per_epoch))
 
@@ -255,8 +261,8 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
         _seed_everything(job.seed, epoch, rank)
         sampler.set_epoch(epoch)
         model.train()
-        sums: dict[str, float] = {}
-        count, started = 0.0, time.perf_counter()
+        sums, started = LossSums(), time.perf_counter()
+        drawn: list[np.ndarray] = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=rank != 0, unit="batch")
         for step, batch in enumerate(bar):
             if job.crash_at is not None and list(job.crash_at[:2]) == [rank, epoch] and step == 1:
@@ -268,18 +274,20 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
             total = weighted_total(losses, weights)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if probe.get("gradients") and epoch == 0 and step == 0 and rank == 0:
+                save_checkpoint({name: p.grad.detach().cpu().clone() for name, p in module.named_parameters()
+                                 if p.grad is not None}, run_dir / "grad_step1.pt")
             if settings.get("grad_clip"):
                 torch.nn.utils.clip_grad_norm_(module.parameters(), settings["grad_clip"])
             optimizer.step()
             scheduler.step()
-            size = float(batch["fmri"].shape[0])
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * size
-            count += size
+            sums.add(losses, batch)
+            if epoch == 0:
+                drawn.append((batch["subject"] * (1 << 32) + batch["row"]).cpu().numpy())
         seconds = time.perf_counter() - started
-        sums, count = _reduce_sums(sums, count, device)
-        train_means = {name: value / max(count, 1.0) for name, value in sums.items()}
-        train_means["total"] = sum(weights.get(n, 1.0) * v for n, v in train_means.items())
+        if epoch == 0:
+            history["epoch1_drawn"] = _gather_drawn(drawn, world)
+        train_means, count = sums.means(weights, device)
         val_means = _evaluate(model, val_loader, job, stats, device, autocast) if len(val_set) else train_means
         record = {"epoch": epoch + 1, "train": train_means, "val": val_means, "lr": scheduler.get_last_lr()[0],
                   "samples_per_s": count / max(seconds, 1e-9), "seconds": seconds, "batches": steps_per_epoch}
@@ -367,10 +375,21 @@ def run_lock(run_dir: Path):
         handle.close()
 
 
+def with_devices(job: TrainJob) -> TrainJob:
+    """The job with its world size, backend and device resolved on this machine (kept
+    when already set, e.g. by a test)."""
+    if job.world_size is not None and job.backend is not None and job.device_type is not None:
+        return job
+    world, backend, device_type = resolve_devices(job.train)
+    return dataclasses.replace(job, world_size=job.world_size or world, backend=job.backend or backend,
+                               device_type=job.device_type or device_type)
+
+
 def launch(job: TrainJob) -> dict:
     """Run ``job`` on ``job.world_size`` local processes; return the training history."""
     import torch.multiprocessing as mp
 
+    job = with_devices(job)
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
     with run_lock(Path(job.run_dir)), tempfile.TemporaryDirectory(prefix="giblet-rdzv-") as rendezvous:
         job = dataclasses.replace(job, init_method=f"file://{rendezvous}/store")
@@ -389,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
         raise SystemExit("usage: torchrun [--nnodes N ...] -m giblet_kedro.training.ddp JOB.json")
-    job = TrainJob.from_json(Path(args[0]).read_text())
+    job = with_devices(TrainJob.from_json(Path(args[0]).read_text()))
     job = dataclasses.replace(job, init_method=None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_rank(int(os.environ.get("RANK", 0)), job)

@@ -1,73 +1,177 @@
-"""Per-modality normalized losses.
+"""Per-modality losses in units of each feature's own spread.
 
-The lab meant to "scale the loss values by subtracting the mean and dividing by the
-standard deviation of all of the values within each modality", so that every loss is in
-standard-deviation units of its modality and pixels (0-255) or voxel units cannot
-swamp the others. Statistics are computed once over the training TRs and saved
+The lab meant every modality's error to be "in standard-deviation units of that
+modality", so that pixels (0-255) or voxel units cannot swamp the others. One grand mean
+and std per modality does not do that: a feature that varies little around its own mean
+(a border pixel, a quiet embedding dimension) looks predictable, and predicting each
+feature's own training mean already scored 0.58 (video), 0.32 (text) or 1.00 (fMRI).
+So each **feature** is standardized with its own training-TR mean and std
 (``loss_stats``):
 
-- continuous modalities (video, text, mel, fmri): one mean and std of all values.
-  ``variance``: the model works in standardized units, so the loss is
-  ``mean((prediction - x)^2) / var(x)``; predicting the training mean scores 1.
-  ``std``: the lab's shipped formula, ``mean((prediction - x)^2) / std(x in batch)`` in
-  raw units, for comparison with old runs. ``none``: raw squared error.
-- EnCodec codes: cross-entropy, divided (``variance`` and ``std``) by the entropy of
-  the training codes' marginal distribution, so predicting that marginal scores 1: the
-  categorical counterpart of dividing a squared error by the variance.
+- a feature is a pixel (channel, row, column: the frames of a TR pool), a CLIP
+  embedding dimension, a mel band (its frames within the TR pool) or a voxel;
+- ``variance`` (the default): the model works in standardized units and the loss is
+  the mean over features of ``(prediction - x)^2 / var_feature``. Predicting every
+  feature's training mean scores exactly 1 on the training TRs, in every continuous
+  modality; scaling a modality (pixels x 255) changes nothing. Features that are constant
+  over the training TRs carry no information and are left out of the mean;
+- ``std``: the lab's shipped formula, ``mean((prediction - x)^2) / std(x in batch)`` in
+  raw units, for comparison with old runs; ``none``: raw squared error;
+- EnCodec codes: each codebook's cross-entropy divided by the entropy (nats) of its
+  training marginal, averaged over codebooks, so predicting each codebook's marginal
+  scores 1 (``variance`` and ``std``); ``none``: raw cross-entropy. A codebook that uses
+  one code only carries no information and is left out.
 
-Samples whose stimulus is padding for a modality (``valid`` False) do not count in that
-modality's loss.
+Samples whose stimulus is padding for a modality (``valid`` False) do not count.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from giblet_kedro.fmri.moments import RunningMoments
+
 CODEBOOK_SIZE = 1024
+NORMALIZE_MODES = ("variance", "std", "none")
 
 
 @dataclass(frozen=True)
 class ModalityStats:
-    """mean/std of all training values (continuous) or the marginal code entropy (nats)."""
+    """Training statistics of one modality.
 
-    mean: float = 0.0
-    std: float = 1.0
-    entropy: float | None = None
+    Continuous: ``mean`` and ``std`` (ddof 0) have one training sample's shape, with
+    size 1 on the pooled axes (e.g. video ``(1, 3, H, W)`` for samples ``(F, 3, H, W)``).
+    Codes: ``entropy`` ``(n_q,)`` nats of each codebook's training marginal, and
+    ``marginal`` ``(n_q, 1024)`` that distribution.
+    """
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    marginal: np.ndarray | None = None
+
+    @property
+    def is_codes(self) -> bool:
+        return self.entropy is not None
+
+    @property
+    def scale(self) -> np.ndarray:
+        """The std, with 1 where a feature is constant (so standardizing never divides by 0)."""
+        return np.where(self.std > 0, self.std, 1.0)
+
+    @property
+    def informative(self) -> np.ndarray:
+        """Which features (or codebooks) vary over the training TRs and enter the loss."""
+        return self.entropy > 1e-9 if self.is_codes else self.std > 0
+
+    def standardize(self, values: np.ndarray) -> np.ndarray:
+        """(n, *sample) raw values -> float32 ``(x - mean) / std`` per feature."""
+        return ((np.asarray(values, dtype=np.float32) - self.mean.astype(np.float32))
+                / self.scale.astype(np.float32)).astype(np.float32)
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        fields = ("entropy", "marginal") if self.is_codes else ("mean", "std")
+        return {f"{prefix}_{name}": np.asarray(getattr(self, name)) for name in fields}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> ModalityStats:
+        if f"{prefix}_entropy" in arrays:
+            return cls(entropy=np.asarray(arrays[f"{prefix}_entropy"], dtype=np.float64),
+                       marginal=np.asarray(arrays[f"{prefix}_marginal"], dtype=np.float64))
+        return cls(mean=np.asarray(arrays[f"{prefix}_mean"], dtype=np.float64),
+                   std=np.asarray(arrays[f"{prefix}_std"], dtype=np.float64))
 
 
-def continuous_stats(values: np.ndarray, rows: np.ndarray, block: int = 64) -> ModalityStats:
-    """Mean and std (ddof 0) of every value in ``values[rows]``, streamed in blocks of rows
-    (float64 accumulation; a memmap is never read whole)."""
-    count, total, total_sq = 0, 0.0, 0.0
+def stats_to_arrays(stats: dict[str, ModalityStats]) -> dict[str, np.ndarray]:
+    """The ``loss_stats`` npz: ``modalities`` plus each modality's arrays."""
+    out = {"modalities": np.array(list(stats), dtype=np.str_)}
+    for name, value in stats.items():
+        out |= value.to_arrays(name)
+    return out
+
+
+def stats_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, ModalityStats]:
+    return {str(name): ModalityStats.from_arrays(arrays, str(name)) for name in np.atleast_1d(arrays["modalities"])}
+
+
+def _feature_rows(chunk: np.ndarray, pool_axes: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(n, *sample) -> (n * pooled, n_features) observations, and the stats' shape."""
+    sample_axes = [axis + 1 for axis in pool_axes]
+    moved = np.moveaxis(chunk, sample_axes, list(range(1, 1 + len(sample_axes))))
+    feature_shape = moved.shape[1 + len(sample_axes):]
+    stats_shape = tuple(1 if axis in pool_axes else size for axis, size in enumerate(chunk.shape[1:]))
+    return moved.reshape(-1, int(np.prod(feature_shape, dtype=np.int64))), stats_shape
+
+
+def continuous_stats(values: np.ndarray, rows: np.ndarray, pool_axes: tuple[int, ...] = (), block: int = 64
+                     ) -> ModalityStats:
+    """Per-feature mean and std (ddof 0) over ``values[rows]``, streamed in blocks of rows
+    (float64; a memmap is never read whole).
+
+    Parameters
+    ----------
+    values : (n_trs, *sample) array, e.g. video (n_trs, F, 3, H, W).
+    rows : training rows.
+    pool_axes : axes of one sample that are repeated observations of the same feature
+        (video: 0, the frames of a TR; mel: 1, the frames within the TR).
+
+    Returns
+    -------
+    ModalityStats with ``mean``/``std`` of one sample's shape, size 1 on ``pool_axes``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        raise ValueError("no training TRs with a valid stimulus: the modality cannot be normalized")
+    moments, shape = None, None
     for start in range(0, len(rows), block):
-        chunk = np.asarray(values[rows[start:start + block]], dtype=np.float64)
-        count += chunk.size
-        total += chunk.sum()
-        total_sq += np.square(chunk).sum()
-    mean = total / count
-    variance = max(total_sq / count - mean**2, 0.0)
-    if variance <= 0:
+        observations, shape = _feature_rows(np.asarray(values[rows[start:start + block]], dtype=np.float64), pool_axes)
+        if moments is None:
+            moments = RunningMoments(observations.shape[1])
+        moments.update(observations)
+    std = np.sqrt(np.maximum(moments.m2 / moments.count, 0.0))
+    if not (std > 0).any():
         raise ValueError("the modality is constant over the training TRs; it cannot be normalized")
-    return ModalityStats(mean=float(mean), std=float(math.sqrt(variance)))
+    return ModalityStats(mean=moments.mean.reshape(shape), std=std.reshape(shape))
 
 
 def code_stats(codes: np.ndarray, rows: np.ndarray) -> ModalityStats:
-    """Mean over codebooks of the entropy (nats) of each codebook's code histogram."""
-    selected = np.asarray(codes[rows])  # (n, n_q, T)
-    entropies = []
-    for q in range(selected.shape[1]):
-        counts = np.bincount(selected[:, q].ravel().astype(np.int64), minlength=CODEBOOK_SIZE)
-        p = counts[counts > 0] / counts.sum()
-        entropies.append(float(-(p * np.log(p)).sum()))
-    return ModalityStats(entropy=max(float(np.mean(entropies)), 1e-6))
+    """Each codebook's training marginal over ``codes[rows]`` ((n, n_q, T) ints) and its entropy (nats)."""
+    selected = np.asarray(codes[np.asarray(rows, dtype=np.int64)])
+    marginal = np.stack([np.bincount(selected[:, q].ravel().astype(np.int64), minlength=CODEBOOK_SIZE)
+                         for q in range(selected.shape[1])]).astype(np.float64)
+    marginal /= marginal.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(marginal > 0, marginal * np.log(marginal), 0.0).sum(axis=1)
+    if not (entropy > 1e-9).any():
+        raise ValueError("every codebook uses a single code over the training TRs; the codes carry no information")
+    return ModalityStats(entropy=entropy, marginal=marginal)
+
+
+# ------------------------------------------------------------------------- torch
+@dataclass(frozen=True)
+class TorchStats:
+    """One modality's statistics as tensors on the training device."""
+
+    mean: torch.Tensor | None
+    scale: torch.Tensor | None
+    weight: torch.Tensor  # 1 for informative features / codebooks, else 0
+    entropy: torch.Tensor | None
+
+    @classmethod
+    def of(cls, stats: ModalityStats, device: torch.device | str = "cpu") -> TorchStats:
+        tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)  # noqa: E731
+        weight = tensor(stats.informative)
+        if stats.is_codes:
+            return cls(mean=None, scale=None, weight=weight, entropy=tensor(np.maximum(stats.entropy, 1e-9)))
+        return cls(mean=tensor(stats.mean), scale=tensor(stats.scale), weight=weight, entropy=None)
+
+
+def torch_stats(stats: dict[str, ModalityStats], device: torch.device | str = "cpu") -> dict[str, TorchStats]:
+    return {name: TorchStats.of(value, device) for name, value in stats.items()}
 
 
 def _masked_mean(per_sample: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -75,39 +179,55 @@ def _masked_mean(per_sample: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (per_sample * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-def continuous_loss(prediction: torch.Tensor, target_std: torch.Tensor, valid: torch.Tensor,
-                    stats: ModalityStats, normalize: str) -> torch.Tensor:
-    """``prediction`` and ``target_std`` are in standardized units ((x - mean) / std)."""
+def continuous_per_sample(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, stats: TorchStats,
+                          normalize: str) -> torch.Tensor:
+    """(B,) loss of each sample; ``prediction`` and ``target`` are standardized per feature.
+
+    ``variance``: mean over informative features of the squared standardized error;
+    ``std``: raw squared error over the std of the batch's valid raw targets (the lab's);
+    ``none``: raw squared error.
+    """
     if normalize == "variance":
-        squared = (prediction - target_std) ** 2
-    else:
-        raw_pred = prediction * stats.std + stats.mean
-        raw_target = target_std * stats.std + stats.mean
-        squared = (raw_pred - raw_target) ** 2
-        if normalize == "std":
-            squared = squared / raw_target[valid].std().clamp_min(1e-12) if valid.any() else squared
-    return _masked_mean(squared.flatten(1).mean(dim=1), valid)
+        squared = (prediction - target) ** 2 * stats.weight
+        per_feature = stats.weight.expand_as(prediction[0]).sum().clamp_min(1.0)
+        return squared.flatten(1).sum(1) / per_feature
+    raw_prediction = prediction * stats.scale + stats.mean
+    raw_target = target * stats.scale + stats.mean
+    squared = ((raw_prediction - raw_target) ** 2).flatten(1).mean(1)
+    if normalize == "std":
+        spread = raw_target[valid].std() if int(valid.sum()) * raw_target[0].numel() > 1 else None
+        return squared / spread.clamp_min(1e-12) if spread is not None else squared
+    if normalize == "none":
+        return squared
+    raise ValueError(f"unknown loss.normalize {normalize!r}; accepted: {NORMALIZE_MODES}")
 
 
-def code_loss(logits: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor, stats: ModalityStats,
-              normalize: str) -> torch.Tensor:
-    """logits (B, n_q, 1024, T), codes (B, n_q, T)."""
-    per_sample = F.cross_entropy(logits.float().transpose(1, 2), codes.long(), reduction="none").flatten(1).mean(1)
-    loss = _masked_mean(per_sample, valid)
-    return loss if normalize == "none" else loss / stats.entropy
+def code_per_sample(logits: torch.Tensor, codes: torch.Tensor, stats: TorchStats, normalize: str) -> torch.Tensor:
+    """(B,) loss of each sample; logits (B, n_q, 1024, T), codes (B, n_q, T)."""
+    cross_entropy = F.cross_entropy(logits.float().transpose(1, 2), codes.long(), reduction="none").mean(2)  # (B, n_q)
+    if normalize == "none":
+        return cross_entropy.mean(1)
+    return (cross_entropy / stats.entropy * stats.weight).sum(1) / stats.weight.sum().clamp_min(1.0)
+
+
+def per_sample_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                      stats: dict[str, TorchStats], normalize: str, audio_is_codes: bool) -> dict[str, torch.Tensor]:
+    """(B,) loss of every sample, per modality present in ``outputs`` (unweighted)."""
+    losses = {}
+    for name, prediction in outputs.items():
+        if name == "audio" and audio_is_codes:
+            losses[name] = code_per_sample(prediction, batch["audio"], stats[name], normalize)
+        else:
+            losses[name] = continuous_per_sample(prediction.float(), batch[name], batch[f"{name}_valid"],
+                                                 stats[name], normalize)
+    return losses
 
 
 def modality_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-                    stats: dict[str, ModalityStats], normalize: str, audio_is_codes: bool) -> dict[str, torch.Tensor]:
-    """One loss per modality present in ``outputs`` (unweighted)."""
-    losses = {}
-    for name, prediction in outputs.items():
-        valid = batch[f"{name}_valid"]
-        if name == "audio" and audio_is_codes:
-            losses[name] = code_loss(prediction, batch["audio"], valid, stats[name], normalize)
-        else:
-            losses[name] = continuous_loss(prediction.float(), batch[name], valid, stats[name], normalize)
-    return losses
+                    stats: dict[str, TorchStats], normalize: str, audio_is_codes: bool) -> dict[str, torch.Tensor]:
+    """One loss per modality present in ``outputs``: the mean over valid samples."""
+    per_sample = per_sample_losses(outputs, batch, stats, normalize, audio_is_codes)
+    return {name: _masked_mean(value, batch[f"{name}_valid"]) for name, value in per_sample.items()}
 
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

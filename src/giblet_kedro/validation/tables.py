@@ -7,7 +7,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from giblet_kedro.fmri.split import SPLITS
+from giblet_kedro.fmri.split import GAP, LABELS, SPLITS
 
 ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -55,7 +55,7 @@ class SplitTable(pa.DataFrameModel):
     run_tr: Series[int] = pa.Field(ge=0)
     file_tr: Series[int] = pa.Field(ge=0)
     onset_s: Series[float] = pa.Field(ge=0)
-    split: Series[str] = pa.Field(isin=list(SPLITS))
+    split: Series[str] = pa.Field(isin=list(LABELS))
 
     class Config:
         strict = True
@@ -64,7 +64,7 @@ class SplitTable(pa.DataFrameModel):
 
 def validate_split_table(table: pd.DataFrame) -> pd.DataFrame:
     """Schema, plus: TRs numbered 0..n-1; each run one contiguous stretch of consecutive
-    file TRs, its splits in contiguous train, val, test order."""
+    file TRs, its splits in contiguous train, val, test order, gaps only between blocks."""
     table = SplitTable.validate(table)
     if not np.array_equal(table["tr"].to_numpy(), np.arange(len(table))):
         raise ValueError("split table: 'tr' must number the TRs 0..n-1 in order")
@@ -77,9 +77,12 @@ def validate_split_table(table: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"split table: run {run!r}: 'run_tr' must number its TRs 0..n-1")
         if not (np.diff(part["file_tr"].to_numpy()) == 1).all():
             raise ValueError(f"split table: run {run!r}: 'file_tr' must be consecutive file TRs")
-        order = part["split"].map({name: i for i, name in enumerate(SPLITS)}).to_numpy()
+        labels = part["split"].astype(str).to_numpy()
+        order = pd.Series(labels[labels != GAP]).map({name: i for i, name in enumerate(SPLITS)}).to_numpy()
         if (np.diff(order) < 0).any():
             raise ValueError(f"split table: run {run!r}: splits must be contiguous blocks in the order train, val, test")
+        if labels[0] == GAP or labels[-1] == GAP:
+            raise ValueError(f"split table: run {run!r}: gap TRs lie between two blocks, never at a run's ends")
     if not (table["split"] == "train").any():
         raise ValueError("split table: no training TRs")
     return table

@@ -12,18 +12,25 @@ import pandas as pd
 from giblet_kedro.datasets.movie import Movie
 from giblet_kedro.demo.generate import (
     AUDIO_FEATURES,
+    FAST_FEATURES,
+    HRF_PEAK_S,
+    OWN_SHARE,
     REGIONS,
     SCENES,
+    SLICE_TIME_REF,
     VIDEO_FEATURES,
+    bold,
     brain_layout,
     demo_affine,
+    frame_features,
     ground_truth_map,
     make_stimulus,
     per_tr_features,
     render_audio,
     render_frames,
-    shared_response,
     subject_run,
+    subject_weights,
+    unit_variance,
 )
 from giblet_kedro.errors import SpecError
 from giblet_kedro.spec.schema import DemoSpec, FmriSpec, run_key, run_onsets
@@ -62,29 +69,33 @@ def generate_demo(
     })
 
     labels = brain_layout(demo.grid)
-    weights = ground_truth_map(labels, rng)
+    weights, mixed = ground_truth_map(labels, rng)
+    frames = frame_features(stimulus)
     features = per_tr_features(stimulus, demo.tr, demo.n_trs)
-    response = shared_response(features, weights, demo.tr)
+    response = unit_variance(bold(frames, weights, demo.fps, demo.tr, demo.n_trs))
     affine = demo_affine(demo.grid, demo.voxel_size_mm)
 
     heldout_n = max(demo.n_trs // 2, 20)
     heldout_stimulus = make_stimulus(rng, heldout_n * demo.tr, demo.fps)
+    heldout_frames = frame_features(heldout_stimulus)
     heldout_features = per_tr_features(heldout_stimulus, demo.tr, heldout_n)
-    heldout_response = shared_response(heldout_features, weights, demo.tr)
+    heldout_response = unit_variance(bold(heldout_frames, weights, demo.fps, demo.tr, heldout_n))
 
     parts = demo_run_parts(fmri, demo)
     runs, heldout = {}, {}
     for index, sid in enumerate(fmri.subject_ids):
-        # Seeded per subject (and run), so a subject's runs and held-out run share its
-        # baseline/gain pattern.
-        subject_seed = [demo.seed, index]
+        # A subject's baselines, gains and own weights come from its own seed, so its runs
+        # share them; the noise and drift of every run (held-out too) from a seed of that run.
+        own_weights = subject_weights(weights, np.random.default_rng([demo.seed, index, 1]))
+        own = OWN_SHARE * unit_variance(bold(frames, own_weights, demo.fps, demo.tr, demo.n_trs))
         for run_index, (run, rows) in enumerate(parts.items()):
-            seed = subject_seed if run_index == 0 else [*subject_seed, run_index]
-            runs[run_key(sid, run)] = subject_run(response[rows], labels, np.random.default_rng(seed), demo.noise,
-                                                  affine, demo.tr)
+            runs[run_key(sid, run)] = subject_run(
+                response[rows], own[rows], labels, np.random.default_rng([demo.seed, index]),
+                np.random.default_rng([demo.seed, index, 2, run_index]), demo.noise, affine, demo.tr)
         if sid in fmri.heldout:
-            heldout[sid] = subject_run(heldout_response, labels, np.random.default_rng(subject_seed),
-                                       demo.noise, affine, demo.tr)
+            own_heldout = OWN_SHARE * unit_variance(bold(heldout_frames, own_weights, demo.fps, demo.tr, heldout_n))
+            heldout[sid] = subject_run(heldout_response, own_heldout, labels, np.random.default_rng([demo.seed, index]),
+                                       np.random.default_rng([demo.seed, index, 3]), demo.noise, affine, demo.tr)
 
     truth = {
         "run_ids": np.array(list(parts), dtype=np.str_),
@@ -92,11 +103,15 @@ def generate_demo(
         "region_labels": labels,
         "region_names": np.array([f"{code}:{name}" for code, name in REGIONS.items()]),
         "weights": weights,
+        "mixed_selectivity": mixed,
         "feature_names": np.array([*VIDEO_FEATURES, *AUDIO_FEATURES, *(f"scene_{i}" for i in range(len(SCENES)))]),
+        "fast_features": np.array(FAST_FEATURES),
         "features_tr": features,
         "shared_response": response.astype(np.float32),
         "heldout_features_tr": heldout_features,
         "heldout_shared_response": heldout_response.astype(np.float32),
+        "hrf_peak_s": np.array(HRF_PEAK_S),
+        "slice_time_ref": np.array(SLICE_TIME_REF),
         "affine": affine,
         "noise": np.array(demo.noise),
     }

@@ -1,32 +1,28 @@
-"""Evaluation: subjects' test data -> model and ridge predictions -> scores -> pictures."""
+"""Evaluation: subjects' agreement -> model and ridge predictions -> voxel scores."""
 
 from kedro.pipeline import Pipeline, node
 
 from giblet_kedro.pipelines.evaluate.nodes import (
     fit_ridge_reference,
-    intersubject_on_rows,
-    plot_evaluation,
+    intersubject_agreement,
     predict_test,
-    score_evaluation,
+    score_voxels,
+    summarize_evaluation,
 )
-
-FEATURES = ["video_features", "audio_codes", "text_embeddings"]
-TRAINED = ["fmri_train", "fmri_split", "loss_stats", *FEATURES, "model_checkpoint", "params:model", "params:loss",
-           "params:train", "params:experiment_info", "params:train_run_dir"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        node(intersubject_on_rows, ["fmri_raw", "fmri_confounds", "fmri_norm_stats", "fmri_split", "params:fmri"],
-             "fmri_intersubject", name="intersubject_agreement"),
-        node(predict_test, TRAINED, ["model_test_predictions", "reconstruction_metrics"], name="predict_test_trs"),
-        node(fit_ridge_reference, ["fmri_train", "fmri_split", *FEATURES, "params:evaluate", "params:experiment_info"],
+        node(intersubject_agreement, ["fmri_raw", "fmri_confounds", "fmri_norm_stats", "fmri_split", "params:fmri",
+                                      "params:evaluate"], "fmri_intersubject", name="intersubject_agreement"),
+        node(predict_test, ["train_job", "model_checkpoint"], ["model_test_predictions", "reconstruction_metrics"],
+             name="predict_test_trs"),
+        node(fit_ridge_reference, ["train_job", "fmri_split", "params:evaluate"],
              ["ridge_test_predictions", "ridge_reference"], name="fit_ridge_reference"),
-        node(score_evaluation,
-             ["model_test_predictions", "ridge_test_predictions", "ridge_reference", "reconstruction_metrics",
-              "fmri_intersubject", "fmri_train", "fmri_split", "fmri_norm_stats", "params:evaluate",
-              "params:experiment_info"],
-             ["evaluation_metrics", "voxel_r_map", "evaluation_maps"], name="score_evaluation"),
-        node(plot_evaluation, ["evaluation_maps", "model_test_predictions", "params:experiment_info"],
-             ["r_map_figure", "reconstruction_figure"], name="plot_evaluation"),
+        node(score_voxels,
+             ["model_test_predictions", "ridge_test_predictions", "fmri_intersubject", "train_job", "fmri_split",
+              "fmri_norm_stats", "params:evaluate"],
+             ["voxel_scores", "voxel_r_map", "evaluation_maps"], name="score_voxels"),
+        node(summarize_evaluation, ["voxel_scores", "reconstruction_metrics", "ridge_reference",
+                                    "params:experiment_info"], "evaluation_metrics", name="summarize_evaluation"),
     ])

@@ -18,10 +18,19 @@ import pandas as pd
 
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.fmri.checks import check_runs, check_space, check_tr, resolve_crop
-from giblet_kedro.fmri.clean import cleaning_operator, confound_matrix
 from giblet_kedro.fmri.normalize import RunSource, combine_subjects, normalize_source
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
+from giblet_kedro.fmri.sources import (
+    RunKey,
+    run_confounds,
+    run_headers,
+    run_label,
+    run_operator,
+    run_operators,
+    subject_sources,
+)
 from giblet_kedro.fmri.split import (
+    auto_gap_trs,
     concatenate_runs,
     run_crops,
     split_table,
@@ -30,35 +39,18 @@ from giblet_kedro.fmri.split import (
     whole_run_table,
 )
 from giblet_kedro.fmri.stats import (
-    RunningMoments,
     SubjectMoments,
     auto_mask,
     check_mask_usable,
     check_not_flat,
     cleaned_moments,
     lab_mask,
+    pooled_training_stats,
     subject_moments,
 )
-from giblet_kedro.spec.schema import FmriSpec, run_key
+from giblet_kedro.spec.schema import GAP_SECONDS, FmriSpec, run_key
 
 log = logging.getLogger(__name__)
-
-RunKey = tuple[str, str]  # (subject, run)
-
-
-def run_label(fmri: FmriSpec, subject: str, run: str) -> str:
-    """How errors name a run: ``subject '01'``, plus ``run '2'`` when there are several."""
-    return f"subject {subject!r}" + (f" run {run!r}" if len(fmri.run_ids) > 1 else "")
-
-
-def _headers(runs: dict[str, nib.Nifti1Image], fmri: FmriSpec) -> dict[RunKey, RunHeader]:
-    """Every (subject, run) header, in subject then run order."""
-    keys = [(sid, run) for sid in fmri.subject_ids for run in fmri.run_ids]
-    missing = [run_key(*k) for k in keys if run_key(*k) not in runs]
-    if missing:
-        raise InputDataError(f"no run loaded for {missing}")
-    return {k: read_header(runs[run_key(*k)], run_label(fmri, *k)) for k in keys}
-
 
 def inspect_runs(runs: dict[str, nib.Nifti1Image], fmri: FmriSpec) -> pd.DataFrame:
     """Check every run's header against the spec and the others; describe them.
@@ -66,7 +58,7 @@ def inspect_runs(runs: dict[str, nib.Nifti1Image], fmri: FmriSpec) -> pd.DataFra
     Returns the subject table: one row per subject and run with its file, grid, TR
     count, TR, storage type, scale factors and the TR range (crop) it contributes.
     """
-    headers = _headers(runs, fmri)
+    headers = run_headers(runs, fmri)
     check_runs(list(headers.values()), fmri.tr)
     crops = {}
     for run in fmri.run_ids:
@@ -92,16 +84,21 @@ def inspect_runs(runs: dict[str, nib.Nifti1Image], fmri: FmriSpec) -> pd.DataFra
 
 def make_split(subjects: pd.DataFrame, fmri: FmriSpec) -> pd.DataFrame:
     """The per-TR split table of the concatenated runs: contiguous train, val and test
-    blocks within each run (``split.by: blocks``), or whole runs (``by: run``)."""
+    blocks within each run (``split.by: blocks``), or whole runs (``by: run``), with
+    ``split.gap_trs`` unused TRs between two blocks of a run."""
+    explicit = fmri.split.gap_trs != "auto"
+    gap = int(fmri.split.gap_trs) if explicit else auto_gap_trs(fmri.tr, GAP_SECONDS)
     tables = []
     for run in fmri.run_ids:
         row = subjects.loc[subjects["run"].astype(str) == run].iloc[0]
         start, stop = int(row["crop_start"]), int(row["crop_stop"])
+        what = f" of run {run!r}" if len(fmri.run_ids) > 1 else ""
         if fmri.split.by == "blocks":
-            what = f" of run {run!r}" if len(fmri.run_ids) > 1 else ""
-            tables.append(split_table(start, stop, fmri.tr, fmri.split.val, fmri.split.test, run, what))
+            tables.append(split_table(start, stop, fmri.tr, fmri.split.val, fmri.split.test, run, what, gap,
+                                      explicit))
         elif fmri.split.split_of_run(run) == "train" and not isinstance(fmri.split.val, list):
-            tables.append(split_table(start, stop, fmri.tr, float(fmri.split.val), 0.0, run, f" of run {run!r}"))
+            tables.append(split_table(start, stop, fmri.tr, float(fmri.split.val), 0.0, run, f" of run {run!r}",
+                                      gap, explicit))
         else:
             tables.append(whole_run_table(start, stop, fmri.tr, run, fmri.split.split_of_run(run)))
     table = concatenate_runs(tables)
@@ -111,18 +108,6 @@ def make_split(subjects: pd.DataFrame, fmri: FmriSpec) -> pd.DataFrame:
     return table
 
 
-def run_confounds(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table: pd.DataFrame | None,
-                  label: str) -> np.ndarray | None:
-    """One run's confound regressors over its crop, ``(n_trs, k)``; None when the spec
-    regresses no confounds. Raises naming ``label`` when the table does not fit."""
-    spec = fmri.clean.confounds if fmri.clean else None
-    if spec is None:
-        return None
-    if table is None:
-        raise InputDataError(f"{label}: no confound table loaded")
-    return confound_matrix(table, spec.columns, spec.skip_rows, n_trs_file, crop, label)
-
-
 def check_confound_tables(subjects: pd.DataFrame, confounds: dict[str, pd.DataFrame], fmri: FmriSpec) -> None:
     """Every confound table fits its run (rows, columns, values), from the subject table
     alone: what ``kedro run`` checks before any node runs."""
@@ -130,23 +115,6 @@ def check_confound_tables(subjects: pd.DataFrame, confounds: dict[str, pd.DataFr
         sid, run = str(row.subject_id), str(row.run)
         run_confounds(fmri, int(row.n_trs_file), (int(row.crop_start), int(row.crop_stop)),
                       confounds.get(run_key(sid, run)), f"{run_label(fmri, sid, run)}: fmri.clean.confounds")
-
-
-def run_operator(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table: pd.DataFrame | None,
-                 label: str) -> np.ndarray | None:
-    """One run's cleaning operator over its crop (None when ``fmri.clean`` is off)."""
-    if fmri.clean is None:
-        return None
-    matrix = run_confounds(fmri, n_trs_file, crop, table, label)
-    return cleaning_operator(crop[1] - crop[0], fmri.tr, fmri.clean, matrix)
-
-
-def _operators(fmri: FmriSpec, headers: dict[RunKey, RunHeader], crops: dict[str, tuple[int, int]],
-               confounds: dict[str, pd.DataFrame]) -> dict[RunKey, np.ndarray | None]:
-    """Each run's cleaning operator."""
-    return {(sid, run): run_operator(fmri, header.n_trs, crops[run], confounds.get(run_key(sid, run)),
-                                     f"{run_label(fmri, sid, run)}: fmri.clean.confounds")
-            for (sid, run), header in headers.items()}
 
 
 def _given_mask(mask_file: dict[str, nib.Nifti1Image], reference: RunHeader) -> np.ndarray:
@@ -183,31 +151,31 @@ def compute_norm_stats(
     cleaning : JSON report: the settings and, per subject and run, the share of
         variance (over the mask, on the statistics TRs) that cleaning removed.
     """
-    headers = _headers(runs, fmri)
+    headers = run_headers(runs, fmri)
     reference = next(iter(headers.values()))
     crops = run_crops(split)
     ddof = fmri.zscore.ddof
-    operators = _operators(fmri, headers, crops, confounds)
+    operators = run_operators(fmri, headers, split, confounds)
 
     given = fmri.mask not in ("auto", "lab")
     given_mask = _given_mask(mask_file, reference) if given else None
     columns = mask_columns(given_mask) if given else None
-    first_run = fmri.run_ids[0]
+    train_trs = {run: stats_rows(split, run) for run in crops}  # crop-relative; empty for runs held out whole
+    trained_runs = [run for run in fmri.run_ids if train_trs[run].size]
+    lab_run = trained_runs[0]  # the lab's rule reads the first training TRs of the first run that has them
 
-    stats_trs = {run: stats_rows(split, run) for run in crops}  # (crop-relative TRs, "train" | "all")
-    sources = {run: source for run, (_, source) in stats_trs.items()}
     moments: dict[RunKey, SubjectMoments] = {}
     for (sid, run), header in headers.items():
-        crop = crops[run]
-        rows = stats_trs[run][0]
-        early = min(fmri.lab_mask.first_trs, crop[1] - crop[0]) if fmri.mask == "lab" and run == first_run else None
+        crop, rows = crops[run], train_trs[run]
+        early = rows[: fmri.lab_mask.first_trs] if fmri.mask == "lab" and run == lab_run else None
         label = run_label(fmri, sid, run)
-        log.info("fmri stats: %s (%d TRs, %s%s)", label, crop[1] - crop[0], header.path.name,
-                 ", cleaned" if operators[(sid, run)] is not None else "")
-        if operators[(sid, run)] is None:
-            m = subject_moments(header, crop, rows, ddof, fmri.chunk_trs, columns, early)
-        else:
+        cleaned = operators[(sid, run)] is not None and rows.size
+        log.info("fmri stats: %s (%d TRs, %d training, %s%s)", label, crop[1] - crop[0], rows.size,
+                 header.path.name, ", cleaned" if cleaned else "")
+        if cleaned:
             m = cleaned_moments(header, crop, rows, ddof, fmri.chunk_trs, operators[(sid, run)], columns, early)
+        else:  # no cleaning, or a run held out whole: only its non-finite voxels are looked at
+            m = subject_moments(header, crop, rows, ddof, fmri.chunk_trs, columns, early)
         check_not_flat(label, m, header.path)
         moments[(sid, run)] = m
 
@@ -220,7 +188,7 @@ def compute_norm_stats(
         if fmri.mask == "auto":
             mask = auto_mask(labelled, reference.grid)
         else:
-            firsts = {run_label(fmri, sid, run): m for (sid, run), m in moments.items() if run == first_run}
+            firsts = {run_label(fmri, sid, run): m for (sid, run), m in moments.items() if run == lab_run}
             mask = lab_mask(firsts, reference.grid, fmri.lab_mask.percentile, fmri.lab_mask.min_subject_fraction)
         pick = mask_columns(mask)
         check_mask_usable(pick, labelled, reference.grid, fmri.mask, indexed=False)
@@ -235,29 +203,44 @@ def compute_norm_stats(
         "train_trs": train_rows(split),
         "tr": np.array(fmri.tr),
         "mask_kind": np.array("file" if given else fmri.mask),
+        "heldout_policy": np.array(HELDOUT_POLICY),
     }
     for run, crop in crops.items():
         stats[f"run_{run}_crop"] = np.array(crop, dtype=np.int64)
-        stats[f"run_{run}_stats_trs"] = stats_trs[run][0] + crop[0]
+        stats[f"run_{run}_stats_trs"] = train_trs[run] + crop[0]
     if len(crops) == 1:
-        stats["crop"] = stats[f"run_{first_run}_crop"]
+        stats["crop"] = stats[f"run_{fmri.run_ids[0]}_crop"]
     for sid in fmri.subject_ids:
-        pooled = RunningMoments(int(mask.sum()))
+        selected = [_select(moments[(sid, run)], pick) for run in trained_runs]
+        mean, std = pooled_training_stats(selected, ddof)
+        stats[f"subject_{sid}_mean"], stats[f"subject_{sid}_std"] = mean, std
         for run in fmri.run_ids:
             m = moments[(sid, run)]
-            stats[f"subject_{sid}_run_{run}_mean"] = m.mean[pick]
-            stats[f"subject_{sid}_run_{run}_std"] = m.std[pick]
-            if sources[run] == "train":
-                pooled.merge(m.moments.select(pick))
-        stats[f"subject_{sid}_mean"] = pooled.mean
-        stats[f"subject_{sid}_std"] = pooled.std(ddof)
-    return stats, cleaning_report(fmri, moments, pick, sources)
+            own = m.has_training_trs
+            stats[f"subject_{sid}_run_{run}_mean"] = m.mean[pick] if own else mean
+            stats[f"subject_{sid}_run_{run}_std"] = m.std[pick] if own else std
+    return stats, cleaning_report(fmri, moments, pick)
 
 
-def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick, sources: dict[str, str]) -> dict:
-    """What cleaning did: per subject and run, the share of the raw variance over the mask
-    (summed over voxels, on the statistics TRs) that it removed, and the median share per
-    voxel."""
+# What the npz's ``heldout_policy`` says (and the README).
+HELDOUT_POLICY = (
+    "each run with training TRs is z-scored, all its TRs, with the mean and std of its own training TRs; a run "
+    "without training TRs (split.by: run val/test runs, fmri.heldout runs) with its subject's training stats: "
+    "subject_<id>_mean over every training TR of the subject, subject_<id>_std from the within-run variance "
+    "pooled over its training runs (between-run differences of the mean excluded)"
+)
+
+
+def _select(m: SubjectMoments, pick) -> SubjectMoments:
+    """The moments of the mask's voxels."""
+    return SubjectMoments(mean=m.mean[pick], std=m.std[pick], nonfinite=m.nonfinite[pick], early_std=None,
+                          moments=m.moments.select(pick))
+
+
+def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick) -> dict:
+    """What cleaning did: per subject and run with training TRs, the share of the raw
+    variance over the mask (summed over voxels, on the training TRs) that it removed, and
+    the median share per voxel."""
     report: dict[str, Any] = {
         "clean": fmri.clean.model_dump(mode="json") if fmri.clean else None,
         "runs": [],
@@ -266,11 +249,13 @@ def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick,
         return report
     confound_files = fmri.confound_files
     for (sid, run), m in moments.items():
+        if m.raw_var is None:  # held out whole: cleaned when it is normalized, not measured here
+            continue
         raw = m.raw_var[pick]
         kept = m.std[pick] ** 2
         share = 1.0 - kept / raw
         entry = {
-            "subject": sid, "run": run, "stats_trs": sources[run],
+            "subject": sid, "run": run, "stats_trs": "train",
             "variance_removed": float(1.0 - kept.sum() / raw.sum()),
             "median_voxel_variance_removed": float(np.median(share)),
             "confounds": confound_files.get(run_key(sid, run)),
@@ -282,29 +267,12 @@ def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick,
     return report
 
 
-def subject_sources(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
-                     stats: dict[str, np.ndarray], fmri: FmriSpec) -> tuple[list[list[RunSource]], np.ndarray]:
-    """Per subject (saved order), its runs with the saved stats and cleaning operators;
-    and the mask's file-order columns."""
-    headers = _headers(runs, fmri)
-    ids = [str(s) for s in np.atleast_1d(stats["subject_ids"])]
-    run_ids = [str(r) for r in np.atleast_1d(stats["run_ids"])]
-    crops = {run: (int(stats[f"run_{run}_crop"][0]), int(stats[f"run_{run}_crop"][1])) for run in run_ids}
-    operators = _operators(fmri, headers, crops, confounds)
-    subjects = [
-        [RunSource(headers[(sid, run)], crops[run], stats[f"subject_{sid}_run_{run}_mean"],
-                   stats[f"subject_{sid}_run_{run}_std"], operators[(sid, run)]) for run in run_ids]
-        for sid in ids
-    ]
-    return subjects, mask_columns(stats["mask"])
-
-
 def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
-                      stats: dict[str, np.ndarray], fmri: FmriSpec) -> np.ndarray:
+                      stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec) -> np.ndarray:
     """Clean and z-score every run with its saved stats, concatenate each subject's runs,
     then average (``cross_subject``, shape (n_trs, n_voxels)) or stack (``per_subject``,
     (n_subjects, n_trs, n_voxels)). float32; ``n_trs`` sums the runs' crops."""
-    subjects, columns = subject_sources(runs, confounds, stats, fmri)
+    subjects, columns = subject_sources(runs, confounds, stats, split, fmri)
     log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(subjects),
              len(subjects[0]), sum(run.n_trs for run in subjects[0]), len(columns))
     return combine_subjects(subjects, columns, fmri.mode, fmri.chunk_trs)
@@ -312,8 +280,9 @@ def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.
 
 def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], heldout_confounds: dict[str, pd.DataFrame],
                       stats: dict[str, np.ndarray], fmri: FmriSpec) -> dict[str, np.ndarray]:
-    """Clean (as the training runs) and z-score each held-out run, all its TRs, with its
-    subject's *saved training* stats (pooled over the subject's training TRs).
+    """Clean (the whole run at once: it is all test) and z-score each held-out run, all
+    its TRs, with its subject's *saved training* stats (the mean over its training TRs,
+    the std from the within-run variance pooled over its training runs).
 
     Returns ``{"subject_<id>": (n_trs, n_voxels) float32}``.
     """

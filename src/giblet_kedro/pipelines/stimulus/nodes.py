@@ -79,10 +79,11 @@ def extract_text_embeddings(split: pd.DataFrame, fmri: FmriSpec, stimulus: Stimu
 
 
 def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
-    """Continuous features: causal convolution with the canonical HRF (``glover``/``spm``)
-    or a shift by ``delay_s`` (``none``). Integer codes: never convolved; shifted by the
-    HRF's peak time (``glover``/``spm``) or by ``delay_s`` (``none``). Each run on its own: nothing carries over from one run into the next
-    (the scanner was off in between)."""
+    """Continuous features: causal convolution with the canonical HRF integrated over each
+    TR window (``glover``/``spm``) or a shift by ``delay_s`` (``none``). Integer codes:
+    never convolved; shifted by the kernel's peak lag (``glover``/``spm``) or by
+    ``delay_s`` (``none``). Each run on its own: nothing carries over from one run into
+    the next (the scanner was off in between)."""
     settings = (stimulus or StimulusSpec()).hrf
     tr = float(aligned.meta["grid"]["tr"])
     values, valid = np.asarray(aligned.values), np.asarray(aligned.valid)
@@ -90,16 +91,20 @@ def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
     if aligned.meta.get("absent") or values.size == 0:
         return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": "none (absent)"})
     if settings.kind == "none" or np.issubdtype(values.dtype, np.integer):
-        lag_s = settings.delay_s if settings.kind == "none" else hrf.peak_lag_s(settings.kind, tr)
-        parts = [hrf.shift(values[rows], valid[rows], lag_s, tr) for rows in segments]
+        lag = (int(round(settings.delay_s / tr)) if settings.kind == "none"
+               else hrf.peak_lag_trs(settings.kind, tr, settings.slice_time_ref))
+        parts = [hrf.shift(values[rows], valid[rows], lag) for rows in segments]
         values = np.concatenate([p[0] for p in parts])
         valid = np.concatenate([p[1] for p in parts])
-        applied = f"shift by {int(round(lag_s / tr))} TRs"
+        applied = f"shift by {lag} TRs"
         if settings.kind != "none":
-            applied += f" (integer codes are not convolved: delayed by the {settings.kind} HRF's peak, {lag_s:g} s)"
+            applied += (f" (integer codes are not convolved: delayed by the {settings.kind} HRF's peak lag, "
+                        f"volumes at {settings.slice_time_ref:g} of their TR)")
     else:
-        values = np.concatenate([hrf.convolve(values[rows], settings.kind, tr) for rows in segments])
-        applied = f"causal convolution with nilearn's {settings.kind} HRF"
+        values = np.concatenate([hrf.convolve(values[rows], settings.kind, tr, settings.slice_time_ref)
+                                 for rows in segments])
+        applied = (f"causal convolution with nilearn's {settings.kind} HRF integrated over each TR window, "
+                   f"volumes at {settings.slice_time_ref:g} of their TR")
     if len(segments) > 1:
         applied += f", each of the {len(segments)} runs on its own"
     return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": applied})

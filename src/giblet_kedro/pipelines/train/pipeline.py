@@ -1,22 +1,21 @@
-"""Training: loss statistics -> DDP training -> verification report."""
+"""Training: loss statistics -> the training job -> DDP training -> verification report."""
 
 from kedro.pipeline import Pipeline, node
 
-from giblet_kedro.pipelines.train.nodes import compute_loss_stats, train_model
-from giblet_kedro.pipelines.train.verify import verify_training
+from giblet_kedro.pipelines.train.nodes import loss_statistics, train_model, training_job, verify_training
 
 FEATURES = ["video_features", "audio_codes", "text_embeddings"]
-SPEC = ["params:model", "params:loss", "params:train"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        node(compute_loss_stats, ["fmri_train", "fmri_split", *FEATURES], "loss_stats", name="compute_loss_stats"),
-        node(train_model, ["fmri_train", "fmri_split", "loss_stats", *FEATURES, *SPEC, "params:experiment_info",
-                           "params:train_run_dir", "params:train_fresh"],
-             ["model_checkpoint", "training_history"], name="train_model"),
+        node(loss_statistics, ["fmri_train", "fmri_split", *FEATURES], "loss_stats", name="compute_loss_stats"),
+        node(training_job, ["fmri_train", "fmri_split", "loss_stats", *FEATURES, "params:training"], "train_job",
+             name="build_training_job"),
+        node(train_model, ["train_job", "params:train_fresh"], ["model_checkpoint", "training_history"],
+             name="train_model"),
         node(verify_training,
-             ["training_history", "fmri_norm_stats", "fmri_split", "fmri_train", "model_checkpoint", "loss_stats",
-              *FEATURES, *SPEC, "params:verify", "params:experiment_info", "params:train_run_dir"],
+             ["train_job", "training_history", "model_checkpoint", "fmri_norm_stats", "fmri_split", "params:fmri",
+              "params:verify"],
              ["verification_report", "verification_summary", "loss_curve"], name="verify_training"),
     ])

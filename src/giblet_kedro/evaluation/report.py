@@ -6,7 +6,19 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The report's pictures, PNG bytes each."""
+
+    loss_curve: bytes
+    r_map: bytes
+    reconstruction: bytes
+    lesion_bars: bytes
+    lesion_frames: bytes
 
 
 def _image(png: bytes, alt: str) -> str:
@@ -16,6 +28,12 @@ def _image(png: bytes, alt: str) -> str:
 def _table(rows: list[tuple[str, Any]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _fmt(value: Any) -> str:
@@ -49,9 +67,8 @@ def _markdown_table(text: str) -> str:
     return "\n".join(out)
 
 
-def write_report(verification_summary: str, loss_curve: bytes, evaluation: dict, r_map: bytes,
-                 reconstruction: bytes, lesions: dict, lesion_bars: bytes, lesion_frames: bytes,
-                 lesion_text: str, experiment: dict[str, Any]) -> str:
+def html_report(verification_summary: str, evaluation: dict, lesions: dict, lesion_text: str, figures: Figures,
+                experiment: dict[str, Any]) -> str:
     """The HTML report."""
     model, ridge = evaluation["autoencoder"], evaluation["ridge"]
     ceiling = evaluation.get("noise_ceiling", {})
@@ -62,7 +79,8 @@ def write_report(verification_summary: str, loss_curve: bytes, evaluation: dict,
         ("autoencoder minus ridge, mean r on " + evaluation["comparison"]["on"],
          f"{evaluation['comparison']['difference']:+.3f} (95% CI {evaluation['comparison']['ci95'][0]:+.3f} to "
          f"{evaluation['comparison']['ci95'][1]:+.3f}): {evaluation['comparison']['verdict']}"),
-        ("share of voxels significant (autoencoder, FDR)", model["share_significant"]),
+        ("share of voxels significant (autoencoder, FDR; per-voxel null)", model["share_significant"]),
+        ("null", evaluation["null"]),
     ]
     if ceiling:
         headline += [("noise ceiling median", ceiling["median"]), ("reliable voxels", ceiling["reliable_voxels"]),
@@ -73,22 +91,26 @@ def write_report(verification_summary: str, loss_curve: bytes, evaluation: dict,
     parts = [
         f"<h1>Experiment report: {html.escape(experiment['name'])}</h1>",
         f"<p>Spec: <code>{html.escape(experiment['spec_file'])}</code> (stage fingerprints at the end)</p>",
-        "<h2>Training verification</h2>", _markdown_table(verification_summary), _image(loss_curve, "loss curve"),
-        "<h2>Held-out fMRI prediction</h2>", _table(headline), _image(r_map, "r map"),
+        "<h2>Training verification</h2>", _markdown_table(verification_summary), _image(figures.loss_curve, "loss curve"),
+        "<h2>Held-out fMRI prediction</h2>", _table(headline), _image(figures.r_map, "r map"),
         "<h2>Reconstruction from the stimulus (test TRs)</h2>", _table(recon_rows),
-        _image(reconstruction, "reconstructed frames"),
+        _image(figures.reconstruction, "reconstructed frames"),
         "<h2>Lesions</h2>",
     ]
     if lesions.get("regions"):
-        rows = [("method", lesions["method"]), ("read-out", lesions["readout"]),
+        rows = [("model layout", lesions["layout"]), ("voxel layer from", lesions["source"]),
+                ("read-out", lesions["readout"]), ("method", lesions["method"]), ("units", lesions["units"]),
+                ("controls", lesions["random_regions"]), ("statistics", lesions["statistics"]),
                 ("normalized loss, decoded from the stimulus", lesions["from_stimulus"]["normalized_loss"]),
-                ("normalized loss, decoded from brain activity", lesions["intact"]["normalized_loss"])]
-        for name, entry in lesions["regions"].items():
-            rows += [(f"{name}: voxels", entry["voxels"]), (f"{name}: loss increase", entry["loss_increase"]),
-                     (f"{name}: specificity", entry["specificity"]),
-                     (f"{name}: beats every random region on", [m for m, ok in entry["exceeds_random"].items() if ok])]
-        parts += [_table(rows), _image(lesion_bars, "lesion comparison"), _image(lesion_frames, "lesion frames"),
-                  _markdown_table(lesion_text)]
+                ("normalized loss, decoded from the intact voxel layer", lesions["intact"]["normalized_loss"])]
+        effect_rows = [[name, str(entry["voxels"]), m, f"{e['effect']:+.4f}",
+                        f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}]", f"{e['p']:.4f}",
+                        "yes" if e.get("fdr_significant") else "no",
+                        f"{e['random_q05_q50_q95'][1]:+.4f} / {e['random_q05_q50_q95'][2]:+.4f}"]
+                       for name, entry in lesions["regions"].items() for m, e in entry["effects"].items()]
+        header = ["region", "voxels", "modality", "effect", "95% CI", "p", "FDR", "random median / 95%"]
+        parts += [_table(rows), _grid(header, effect_rows), _image(figures.lesion_bars, "lesion comparison"),
+                  _image(figures.lesion_frames, "lesion frames"), _markdown_table(lesion_text)]
         fingerprint = experiment.get("fingerprints", {}).get("lesion")
         if fingerprint:
             from giblet_kedro.spec.compile import STAGES

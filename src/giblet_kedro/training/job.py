@@ -1,0 +1,193 @@
+"""The training job: everything a rank, the verification and the evaluation need, as
+plain data (file paths, rows, shapes, spec sections), never arrays.
+
+A job is built once from the cached fMRI tensor, split, loss statistics and stimulus
+features (:func:`build_job`) and saved as ``train_job`` (JSON). Ranks, the verification,
+the evaluation and the lesions memory-map the caches through its paths, so later stages
+take one input instead of every cache and spec section again. Where the job runs (world
+size, backend, device) is resolved when it is launched, on the machine that runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from giblet_kedro.errors import SpecError
+from giblet_kedro.models.autoencoder import ModalityShapes
+from giblet_kedro.training.losses import ModalityStats, code_stats, continuous_stats, stats_from_arrays
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MODALITIES = ("video", "audio", "text")
+
+
+@dataclass(frozen=True)
+class ArrayPaths:
+    """Paths of the caches: the fMRI tensor, each present modality's values/valid, and
+    the loss statistics (npz)."""
+
+    fmri: str
+    values: dict[str, str] = field(default_factory=dict)  # modality -> values.npy
+    valid: dict[str, str] = field(default_factory=dict)  # modality -> valid.npy
+    loss_stats: str = ""
+
+
+@dataclass
+class TrainJob:
+    """Everything a rank needs, as plain data (pickled to spawned processes, or JSON).
+
+    ``world_size``, ``backend`` and ``device_type`` are None until the job is launched
+    (:func:`resolve_devices`), so a job file written on a login node does not carry the
+    login node's device.
+    """
+
+    paths: ArrayPaths
+    train_rows: list[int]
+    val_rows: list[int]
+    mode: str
+    shapes: ModalityShapes
+    model: dict
+    loss: dict
+    train: dict
+    seed: int
+    run_dir: str
+    experiment: str = ""
+    tr: float = 0.0
+    test_rows: list[int] = field(default_factory=list)  # never read by training; the evaluation's rows
+    world_size: int | None = None
+    backend: str | None = None
+    device_type: str | None = None
+    init_method: str | None = None
+    # Tests of failure handling only: [rank, epoch] raises in that epoch; a third item
+    # "hang" or "kill" makes the rank hang forever or SIGKILL itself instead.
+    crash_at: list | None = field(default=None)
+    # Tests of the gradient arithmetic only: {"nonzero_init": std} adds seeded noise of
+    # that std to every parameter (the zero-initialized output layers included), and
+    # {"gradients": true} saves step 1's gradients after DDP's averaging from rank 0.
+    probe: dict | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainJob:
+        raw = dict(raw)
+        raw["paths"] = ArrayPaths(**raw["paths"])
+        raw["shapes"] = ModalityShapes(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["shapes"].items()})
+        return cls(**raw)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainJob:
+        return cls.from_dict(json.loads(text))
+
+    @cached_property
+    def stats(self) -> dict[str, ModalityStats]:
+        """The loss statistics of the fMRI and every present modality (read once)."""
+        with np.load(self.paths.loss_stats, allow_pickle=False) as archive:
+            return stats_from_arrays({key: archive[key] for key in archive.files})
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.shapes.present()
+
+    def __getstate__(self):  # the cached stats are re-read by each process
+        state = dict(self.__dict__)
+        state.pop("stats", None)
+        return state
+
+
+def present_modalities(video, audio, text) -> dict:
+    """The modalities the spec has (absent ones are empty caches), by name."""
+    return {name: a for name, a in (("video", video), ("audio", audio), ("text", text))
+            if not a.meta.get("absent") and a.values.size}
+
+
+def split_rows(split: pd.DataFrame, which: str) -> np.ndarray:
+    """(n,) int64 rows of the fMRI tensor in the ``which`` part ("train", "val", "test")."""
+    return split.loc[split["split"] == which, "tr"].to_numpy(dtype=np.int64)
+
+
+def audio_is_codes(audio) -> bool:
+    """EnCodec codes (integers) rather than a mel spectrogram."""
+    return np.issubdtype(np.asarray(audio.values[:1]).dtype, np.integer)
+
+
+def pool_axes(name: str) -> tuple[int, ...]:
+    """Axes of one sample that repeat the same features: the frames of a TR (video, axis
+    0 of (F, 3, H, W)), the frames within a TR (mel, axis 1 of (n_mels, T))."""
+    return {"video": (0,), "audio": (1,)}.get(name, ())
+
+
+def compute_loss_stats(fmri_train: np.ndarray, train_rows: np.ndarray, features: dict) -> dict[str, ModalityStats]:
+    """Per-feature statistics over the training TRs (valid TRs only): every voxel's mean
+    and std (over subjects too in ``per_subject``), every pixel's, embedding dimension's
+    and mel band's; each codebook's marginal for codes."""
+    if fmri_train.ndim == 3:  # (S, n_trs, V): a voxel's samples are every subject's TRs
+        fmri = continuous_stats(np.swapaxes(fmri_train, 0, 1), train_rows, pool_axes=(0,))
+        stats = {"fmri": ModalityStats(mean=fmri.mean.reshape(-1), std=fmri.std.reshape(-1))}
+    else:
+        stats = {"fmri": continuous_stats(fmri_train, train_rows)}
+    for name, aligned in features.items():
+        rows = train_rows[np.asarray(aligned.valid)[train_rows]]
+        stats[name] = (code_stats(aligned.values, rows) if name == "audio" and audio_is_codes(aligned)
+                       else continuous_stats(aligned.values, rows, pool_axes(name)))
+    return stats
+
+
+def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str, features: dict,
+              model: dict, loss: dict, train: dict, seed: int, run_dir: str, experiment: str = "") -> TrainJob:
+    """The job of a spec: cache paths (the memmaps' files), rows, shapes and settings.
+
+    ``features``: the present modalities' TR-aligned caches (memory-mapped), by name.
+    """
+    if not features:
+        raise SpecError("training needs at least one stimulus modality: add stimulus.video, stimulus.audio or "
+                         "stimulus.text to the spec (the fMRI stage alone runs with --pipelines=fmri)")
+    audio = features.get("audio")
+    shapes = ModalityShapes(
+        video=tuple(features["video"].values.shape[1:]) if "video" in features else None,
+        audio=tuple(audio.values.shape[1:]) if audio is not None else None,
+        audio_is_codes=audio is not None and audio_is_codes(audio),
+        text=tuple(features["text"].values.shape[1:]) if "text" in features else None,
+        n_voxels=int(fmri_train.shape[-1]))
+    paths = ArrayPaths(fmri=str(fmri_train.filename),
+                       values={n: str(a.values.filename) for n, a in features.items()},
+                       valid={n: str(Path(a.values.filename).with_name("valid.npy")) for n, a in features.items()},
+                       loss_stats=str(loss_stats_file))
+    weights = {name: float(loss["weights"].get(name, 1.0)) for name in ("fmri", *features)}
+    tr = next(iter(features.values())).meta.get("grid", {}).get("tr", 0.0)
+    return TrainJob(paths=paths, train_rows=split_rows(split, "train").tolist(),
+                    val_rows=split_rows(split, "val").tolist(),
+                    mode="per_subject" if fmri_train.ndim == 3 else "cross_subject", shapes=shapes,
+                    model=dict(model), loss={"normalize": loss["normalize"], "weights": weights}, train=dict(train),
+                    seed=int(seed), run_dir=str(run_dir), experiment=experiment, tr=float(tr or 0.0),
+                    test_rows=split_rows(split, "test").tolist())
+
+
+def resolve_devices(train: dict) -> tuple[int, str, str]:
+    """(world size, backend, device type) from ``train.devices`` / ``train.backend``, on
+    the machine that runs the job."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if train["devices"] == "auto":
+        world = torch.cuda.device_count() if cuda else 1
+    else:
+        world = int(train["devices"])
+        if cuda and world > torch.cuda.device_count():
+            raise SpecError(f"train.devices = {world} but only {torch.cuda.device_count()} GPUs are visible")
+    backend = train["backend"] if train["backend"] != "auto" else ("nccl" if cuda else "gloo")
+    if backend == "nccl" and not cuda:
+        raise SpecError("train.backend is 'nccl' but no GPU is visible; use 'auto' or 'gloo'")
+    return world, backend, "cuda" if cuda else "cpu"

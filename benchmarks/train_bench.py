@@ -28,24 +28,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from giblet_kedro.models.autoencoder import MultimodalAutoencoder
+from giblet_kedro.models.autoencoder import build_model
 from giblet_kedro.training.data import TrDataset
-from giblet_kedro.training.ddp import TrainJob, launch, lr_factor
-from giblet_kedro.training.losses import ModalityStats, modality_losses, weighted_total
+from giblet_kedro.training.ddp import launch, lr_factor, warmup_epochs
+from giblet_kedro.training.job import TrainJob
+from giblet_kedro.training.losses import ModalityStats, modality_losses, torch_stats, weighted_total
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(job: TrainJob, epochs: int) -> float:
     """Steady-state samples/s of a textbook loop over in-memory tensors."""
-    stats = {k: ModalityStats(**v) for k, v in job.stats.items()}
-    dataset = TrDataset(job.paths, np.asarray(job.train_rows), job.mode, stats, job.shapes.audio_is_codes)
+    dataset = TrDataset(job.paths, np.asarray(job.train_rows), job.mode, job.stats, job.shapes.audio_is_codes)
+    stats = torch_stats(job.stats)
     tensors = dataset.__getitems__(list(range(len(dataset))))  # everything in memory up front
     torch.manual_seed(job.seed)
-    model = MultimodalAutoencoder(job.shapes, job.model["bottleneck"], job.model["hidden"], job.model["dropout"])
+    model = build_model(job.shapes, job.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=job.train["lr"], weight_decay=job.train["weight_decay"])
     loader = DataLoader(list(range(len(dataset))), batch_size=job.train["batch_size"], shuffle=True)
-    warmup, total = job.train["warmup_epochs"] * len(loader), epochs * len(loader)
+    warmup, total = warmup_epochs(job.train) * len(loader), epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
     samples, seconds = 0, 0.0
     for epoch in range(epochs):
@@ -69,7 +70,7 @@ def plain_loop(job: TrainJob, epochs: int) -> float:
 
 def node_loop(job: TrainJob, epochs: int) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
-        history = launch(dataclasses.replace(job, run_dir=run_dir, world_size=1, train={
+        history = launch(dataclasses.replace(job, run_dir=run_dir, world_size=1, backend="gloo", device_type="cpu", train={
             **job.train, "epochs": epochs, "checkpoint_every": epochs, "early_stop_patience": None}))
     steady = history["epochs"][1:]
     return sum(history["train_samples"] for _ in steady) / sum(e["seconds"] for e in steady)
@@ -77,15 +78,18 @@ def node_loop(job: TrainJob, epochs: int) -> float:
 
 def lab_size_step(device: str, steps: int = 5) -> tuple[float, float]:
     """Seconds per training step and peak GPU memory (GB) at the lab's sizes: video
-    3x3x90x160, 4 codebooks x 112 frames, 512-d text, 83,138 voxels, bottleneck 2048,
-    hidden 1024, batch 2; bf16 autocast on GPU, AdamW, all losses."""
+    3x3x90x160, 4 codebooks x 112 frames, 512-d text, 83,138 voxels, the default voxel
+    bottleneck (rank 256), hidden 1024, batch 2; bf16 autocast on GPU, AdamW, all losses."""
     from giblet_kedro.models.autoencoder import ModalityShapes
 
     shapes = ModalityShapes(video=(3, 3, 90, 160), audio=(4, 112), audio_is_codes=True, text=(512,), n_voxels=83_138)
     torch.manual_seed(0)
-    model = MultimodalAutoencoder(shapes, 2048, 1024, 0.3).to(device)
+    model = build_model(shapes, {"bottleneck": "voxels", "rank": None, "hidden": 1024, "dropout": 0.3}).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    stats = {name: ModalityStats() for name in ("fmri", "video", "text")} | {"audio": ModalityStats(entropy=6.0)}
+    unit = lambda shape: ModalityStats(mean=np.zeros(shape), std=np.ones(shape))  # noqa: E731
+    stats = torch_stats({"fmri": unit((83_138,)), "video": unit((1, 3, 90, 160)), "text": unit((512,)),
+                         "audio": ModalityStats(entropy=np.full(4, 6.0), marginal=np.full((4, 1024), 1 / 1024))},
+                        device)
     batch = {"video": torch.randn(2, 3, 3, 90, 160), "audio": torch.randint(0, 1024, (2, 4, 112)),
              "text": torch.randn(2, 512), "fmri": torch.randn(2, 83_138)}
     batch = {k: v.to(device) for k, v in batch.items()} | {

@@ -4,6 +4,7 @@ valid, the run resumes, and the final outputs equal those of an uninterrupted ru
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -47,19 +48,48 @@ def arrays(project: Path, pattern: str) -> dict[str, np.ndarray]:
     return {"array": np.load(path)}
 
 
-def test_fmri_stage_killed_at_random_points_resumes_to_the_same_result(project, tmp_path):
+def nodes_in_flight(log: Path) -> list[str]:
+    """Nodes the log shows started but not completed."""
+    text = log.read_text(errors="replace")
+    started = re.findall(r"Running node: (\w+)", text)
+    completed = set(re.findall(r"Completed node: (\w+)", text))
+    return [name for name in started if name not in completed]
+
+
+def kill_inside(project: Path, log: Path, node: str | None, rng: np.random.Generator, timeout: float = 180) -> str:
+    """Start the fMRI stage, wait until ``node`` (or any node) has started, kill -9 the
+    whole process group a few milliseconds later; the node it landed in."""
+    process = start(project, "--pipelines=fmri", log=log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flight = nodes_in_flight(log) if log.exists() else []
+        if flight and (node is None or node in flight):
+            time.sleep(float(rng.uniform(0.0, 0.05)))
+            break
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before {node or 'any node'} started:\n{log.read_text()[-2000:]}")
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    flight = nodes_in_flight(log)
+    assert flight, "the kill did not land inside a node"
+    return flight[-1]
+
+
+def test_fmri_stage_killed_inside_nodes_resumes_to_the_same_result(project, tmp_path):
+    """kill -9 inside the slow nodes in turn (each kill asserted to land inside a node:
+    its start is logged and its completion is not); after each, whatever is on disk is
+    whole, and the final run equals an uninterrupted one bit for bit."""
     reference = tmp_path / "reference"
     shutil.copytree(project, reference)
     kedro(reference, "run", "--pipelines=fmri")
 
     rng = np.random.default_rng(2026)
-    for delay in rng.uniform(1.5, 7.0, size=4):
-        process = start(project, "--pipelines=fmri")
-        time.sleep(delay)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    killed = []
+    for index, node in enumerate(("generate_demo_data", "compute_fmri_norm_stats", "build_fmri_tensor", None)):
+        killed.append(kill_inside(project, tmp_path / f"kill{index}.log", node, rng))
         assert damaged_outputs(project) == []
-        # the demo data and fMRI outputs present at this point are whole (digests match)
+    assert killed[:3] == ["generate_demo_data", "compute_fmri_norm_stats", "build_fmri_tensor"], killed
     kedro(project, "run", "--pipelines=fmri")
     for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy"):
         ours, theirs = arrays(project, pattern), arrays(reference, pattern)
@@ -87,7 +117,7 @@ def test_a_damaged_cache_is_recomputed_not_used(project):
 def short_training(project: Path) -> str:
     """The demo with 6 epochs and a checkpoint after every one."""
     spec = (project / "conf/base/experiments/demo.yml").read_text()
-    spec = spec.replace("epochs: 20", "epochs: 6").replace("checkpoint_every: 5", "checkpoint_every: 1")
+    spec = spec.replace("epochs: 40", "epochs: 6").replace("checkpoint_every: 5", "checkpoint_every: 1")
     (project / "short.yml").write_text(spec.replace("name: demo", "name: short"))
     return "experiment=short.yml"
 

@@ -32,7 +32,7 @@ def test_demo_fmri_run_then_cache_reuse_then_mode_change(project):
     assert stats_file.stat().st_mtime_ns == stamp
     per_subject, = [p for p in outputs(project, "fmri_tensor/*/fmri_train.npy") if p != tensor_file]
     cross, per = np.load(tensor_file), np.load(per_subject)
-    assert per.shape == (4, *cross.shape)  # 4 subjects x 200 TRs vs 200 TRs
+    assert per.shape == (4, *cross.shape)  # 4 subjects x 300 TRs vs 300 TRs
     np.testing.assert_allclose(per.mean(0), cross, atol=1e-5)
 
     truth = np.load(next(project.glob("data/01_raw/demo/*/ground_truth.npz")))

@@ -30,7 +30,7 @@ def test_default_experiment_is_valid_and_complete():
     assert path.name == "demo.yml"
     assert spec.fmri.mode == "cross_subject"
     # every section of the contract is present and typed
-    assert spec.stimulus.audio.bandwidth == 3.0 and spec.train.epochs >= 1 and spec.verify.min_loss_drop > 0
+    assert spec.stimulus.audio.bandwidth == 1.5 and spec.train.epochs >= 1 and spec.verify.min_loss_drop > 0
 
 
 def test_minimal_spec_gets_documented_defaults():

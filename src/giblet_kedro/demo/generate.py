@@ -6,9 +6,9 @@ Voxels respond to the stimulus through a *known* map, in continuous time:
 
 - the stimulus features are defined at the movie's frame rate; **fast** features (flashes
   of 0.5-1 s, clicks of 0.25-0.5 s) make a one-TR timing error visible;
-- each voxel's neural signal is its weighted sum of features, convolved with a double-gamma
-  HRF at the frame rate (peak at :data:`HRF_PEAK_S`, its own formula, independent of
-  nilearn's) and sampled at each volume's time, the middle of its TR;
+- each voxel's neural signal is its weighted sum of features, convolved with Glover's HRF
+  at the frame rate (peak at :data:`HRF_PEAK_S`; written from the published formula,
+  independent of nilearn's code) and sampled at each volume's time, the middle of its TR;
 - planted regions are small (about a third of the brain responds): visual voxels read
   video features, auditory voxels audio features, language voxels the scenes; a share of
   each region has **mixed selectivity** (a second modality at half weight);
@@ -54,11 +54,14 @@ NOISE_SMOOTH_VOXELS = 1.0
 DRIFT = 1.0  # drift amplitude, in units of the noise
 
 
-def _double_gamma(t: np.ndarray) -> np.ndarray:
-    return gamma.pdf(t, 6.0) - gamma.pdf(t, 16.0) / 6.0
+def glover(t: np.ndarray) -> np.ndarray:
+    """Glover's (1999) canonical HRF, from its published parameters: a gamma of delay 6 s
+    and dispersion 0.9 minus 0.35 of one of delay 12 s (the model ``hrf.kind: glover``
+    names; written here from the formula, not taken from nilearn)."""
+    return gamma.pdf(t, 6.0 / 0.9, scale=0.9) - 0.35 * gamma.pdf(t, 12.0 / 0.9, scale=0.9)
 
 
-HRF_PEAK_S = float(np.arange(0, 20, 0.001)[np.argmax(_double_gamma(np.arange(0, 20, 0.001)))])  # ~5.0 s
+HRF_PEAK_S = float(np.arange(0, 20, 0.001)[np.argmax(glover(np.arange(0, 20, 0.001)))])  # ~5.0 s
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,8 @@ def per_tr_features(stimulus: Stimulus, tr: float, n_trs: int) -> np.ndarray:
 
 
 def planted_hrf(fps: int, length_s: float = 32.0) -> np.ndarray:
-    """The demo's own double-gamma HRF at the frame rate, unit sum (peak ~5 s)."""
-    kernel = _double_gamma(np.arange(0.0, length_s, 1.0 / fps))
+    """Glover's HRF at the frame rate, unit sum (peak ~5 s)."""
+    kernel = glover(np.arange(0.0, length_s, 1.0 / fps))
     return kernel / kernel.sum()
 
 

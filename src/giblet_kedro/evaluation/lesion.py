@@ -143,7 +143,7 @@ def lesion_statistics(observed: dict[str, np.ndarray], randoms: list[dict[str, f
     observed : modality -> (n_trs,) per-TR loss increase (NaN where the TR is padding).
     randoms : per random region, modality -> mean loss increase.
 
-    Per modality: the effect (mean over valid TRs), its 95% moving-block bootstrap
+    Per modality: the effect (mean over valid TRs), its 95% circular-block bootstrap
     interval over TRs (blocks of ``block`` TRs), and the permutation p
     ``(1 + #random >= effect) / (1 + N)``.
     """

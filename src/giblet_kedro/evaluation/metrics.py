@@ -28,16 +28,17 @@ def pearson_columns(prediction: np.ndarray, measured: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_rows(n: int, block: int, rng: np.random.Generator) -> np.ndarray:
-    """(n,) row indices of one moving-block bootstrap resample: blocks of ``block``
-    consecutive rows, started at random, until ``n`` rows (keeps autocorrelation within
-    blocks)."""
+    """(n,) row indices of one circular block bootstrap resample (Politis & Romano): blocks
+    of ``block`` consecutive rows, started anywhere and wrapping around the end, until
+    ``n`` rows. Blocks keep the autocorrelation within them; wrapping gives every row the
+    same weight (a moving-block bootstrap under-samples the ends and biases the mean)."""
     block = max(1, min(block, n))
-    starts = rng.choice(np.arange(n - block + 1), size=int(np.ceil(n / block)))
-    return (starts[:, None] + np.arange(block)[None]).ravel()[:n]
+    starts = rng.integers(0, n, size=int(np.ceil(n / block)))
+    return ((starts[:, None] + np.arange(block)[None]) % n).ravel()[:n]
 
 
 def block_bootstrap_means(values: np.ndarray, block: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) means of moving-block bootstrap resamples of the (n,) series ``values``."""
+    """(n_boot,) means of circular-block bootstrap resamples of the (n,) series ``values``."""
     values = np.asarray(values, dtype=np.float64)
     return np.array([values[bootstrap_rows(len(values), block, rng)].mean() for _ in range(n_boot)])
 
@@ -48,7 +49,7 @@ def block_bootstrap_difference(prediction_a: np.ndarray, prediction_b: np.ndarra
     """(n_boot,) resampled differences of mean r (a minus b) over ``voxels``.
 
     Test TRs are resampled in contiguous blocks of ``block`` TRs with replacement (a
-    moving-block bootstrap keeps the autocorrelation within blocks); both predictions
+    circular-block bootstrap keeps the autocorrelation within blocks); both predictions
     see the same resampled TRs.
 
     prediction_a, prediction_b : (n_trs, n_voxels); measured : (n_subjects, n_trs, n_voxels).

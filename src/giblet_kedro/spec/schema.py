@@ -658,7 +658,7 @@ class LesionSpec(StrictModel):
     Each region is compared with ``random_regions`` contiguous random regions of the same
     size that leave the region out: a permutation p per region and modality,
     Benjamini-Hochberg at ``fdr`` across all of them, and a ``bootstrap``-resample
-    moving-block interval over test TRs for each effect.
+    circular-block interval over test TRs for each effect.
     """
 
     regions: Annotated[dict[Annotated[str, Field(pattern=SUBJECT_ID)], RegionSpec], Field(min_length=1)]

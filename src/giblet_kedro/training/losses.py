@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from giblet_kedro.fmri.moments import RunningMoments
 
@@ -204,7 +203,9 @@ def continuous_per_sample(prediction: torch.Tensor, target: torch.Tensor, valid:
 
 def code_per_sample(logits: torch.Tensor, codes: torch.Tensor, stats: TorchStats, normalize: str) -> torch.Tensor:
     """(B,) loss of each sample; logits (B, n_q, 1024, T), codes (B, n_q, T)."""
-    cross_entropy = F.cross_entropy(logits.float().transpose(1, 2), codes.long(), reduction="none").mean(2)  # (B, n_q)
+    logits = logits.float()
+    picked = logits.gather(2, codes.long().unsqueeze(2)).squeeze(2)  # (B, n_q, T)
+    cross_entropy = (torch.logsumexp(logits, dim=2) - picked).mean(2)  # (B, n_q): log-softmax over the codes
     if normalize == "none":
         return cross_entropy.mean(1)
     return (cross_entropy / stats.entropy * stats.weight).sum(1) / stats.weight.sum().clamp_min(1.0)

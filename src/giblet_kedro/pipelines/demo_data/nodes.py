@@ -97,6 +97,7 @@ def generate_demo(
             heldout[sid] = subject_run(heldout_response, own_heldout, labels, np.random.default_rng([demo.seed, index]),
                                        np.random.default_rng([demo.seed, index, 3]), demo.noise, affine, demo.tr)
 
+    names = [*VIDEO_FEATURES, *AUDIO_FEATURES]
     truth = {
         "run_ids": np.array(list(parts), dtype=np.str_),
         "run_first_trs": np.array([rows.start for rows in parts.values()], dtype=np.int64),
@@ -111,6 +112,10 @@ def generate_demo(
         "heldout_features_tr": heldout_features,
         "heldout_shared_response": heldout_response.astype(np.float32),
         "hrf_peak_s": np.array(HRF_PEAK_S),
+        # the planted response of a voxel that would read one fast feature only: a timing probe
+        "fast_responses": np.stack([unit_variance(bold(frames, np.eye(frames.shape[1])[:, [names.index(f)]],
+                                                      demo.fps, demo.tr, demo.n_trs))[:, 0] for f in FAST_FEATURES],
+                                   axis=1).astype(np.float32),
         "slice_time_ref": np.array(SLICE_TIME_REF),
         "affine": affine,
         "noise": np.array(demo.noise),

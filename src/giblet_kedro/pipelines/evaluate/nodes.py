@@ -185,7 +185,7 @@ def summarize_evaluation(voxel_scores: dict, reconstruction: dict, ridge_referen
 
 def compare_models(model: np.ndarray, ridge: np.ndarray, measured: np.ndarray, voxels: np.ndarray,
                    evaluate: EvaluateSpec, rng: np.random.Generator, on: str, n_boot: int = 1000) -> dict[str, Any]:
-    """Autoencoder against ridge: difference of mean r over ``voxels``, with a 95% moving-
+    """Autoencoder against ridge: difference of mean r over ``voxels``, with a 95% circular-
     block bootstrap interval over test TRs (blocks of ``min_shift_trs``). The verdict is
     ``better`` or ``worse`` when the interval excludes 0, else ``no different``: with a
     few dozen test TRs, small differences are noise, and the report says so."""
@@ -198,7 +198,7 @@ def compare_models(model: np.ndarray, ridge: np.ndarray, measured: np.ndarray, v
     low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     verdict = "better" if low > 0 else "worse" if high < 0 else "no different"
     return {"on": on, "voxels": int(voxels.sum()), "autoencoder_mean_r": mean_r(model), "ridge_mean_r": mean_r(ridge),
-            "difference": difference, "ci95": [low, high], "bootstrap": f"{n_boot} moving-block resamples of test TRs",
+            "difference": difference, "ci95": [low, high], "bootstrap": f"{n_boot} circular-block resamples of test TRs",
             "verdict": verdict}
 
 

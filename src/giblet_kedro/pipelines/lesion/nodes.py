@@ -57,7 +57,7 @@ def run_lesions(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Ten
         "random_regions": {"count": lesion.random_regions, "kind": "contiguous, same size, outside the region"},
         "statistics": {"p": "permutation: (1 + #random >= effect) / (1 + random regions)",
                        "fdr": f"Benjamini-Hochberg at {lesion.fdr} across every region and modality",
-                       "ci95": f"moving-block bootstrap over test TRs, {lesion.bootstrap} resamples"},
+                       "ci95": f"circular-block bootstrap over test TRs, {lesion.bootstrap} resamples"},
         "intact": {"normalized_loss": {m: float(np.nanmean(v)) for m, v in setup.losses(decoded["intact"]).items()}},
         "from_stimulus": {"normalized_loss": from_stimulus},
         "regions": effects,

@@ -1,0 +1,35 @@
+"""The layout the README describes: nodes are thin wiring, pipelines stand alone."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from giblet_kedro.pipeline_registry import register_pipelines
+
+PIPELINES = Path(__file__).resolve().parents[1] / "src" / "giblet_kedro" / "pipelines"
+MAX_INPUTS = 7
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+    return modules
+
+
+def test_no_pipeline_imports_another_pipelines_nodes():
+    for package in (p for p in PIPELINES.iterdir() if (p / "nodes.py").exists()):
+        for source in package.glob("*.py"):
+            others = {m for m in imported_modules(source)
+                      if m.startswith("giblet_kedro.pipelines.") and not m.startswith(f"giblet_kedro.pipelines.{package.name}")}
+            assert not others, f"{source.relative_to(PIPELINES)} imports {sorted(others)}"
+
+
+def test_every_node_takes_a_handful_of_inputs():
+    nodes = {node.name: node for node in register_pipelines()["__default__"].nodes}
+    crowded = {name: len(node.inputs) for name, node in nodes.items() if len(node.inputs) > MAX_INPUTS}
+    assert not crowded, crowded

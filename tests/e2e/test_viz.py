@@ -84,7 +84,7 @@ def test_built_site_renders_the_train_pipeline_offline(served):
     assert stats["normalization_stats"]["subjects"] == ["01", "02", "03", "04"]
     assert stats["normalization_stats"]["voxels"] > 1000
     runs = json.loads(json.loads((project / "build/api/nodes" / ids["fmri_raw"]).read_text())["preview"])
-    assert runs["01/1"]["shape"] == [14, 16, 12, 200] and runs["01/1"]["tr_s"] == 1.5
+    assert runs["01/1"]["shape"] == [14, 16, 12, 300] and runs["01/1"]["tr_s"] == 1.5
     assert len(runs["01/1"]["affine"]) == 4
 
     dom = chromium("--dump-dom", f"{url}/?pid=train").stdout

@@ -41,6 +41,7 @@ GRID = (61, 73, 61)
 N_VOXELS = 83_138
 TR = 1.5
 VAL, TEST = 0.1, 0.1
+GAP = 10  # split.gap_trs: auto at TR 1.5 s (15 s)
 HIGH_PASS_HZ = 0.008
 
 
@@ -127,12 +128,15 @@ def baseline(paths: list[str], mask_path: str, out: str, confounds: list[str] | 
     total = None
     for index, path in enumerate(paths):
         data = nib.load(path).get_fdata()[mask].T  # (n_trs, n_voxels) float64
-        if confounds:
+        n_val, n_test = round(VAL * data.shape[0]), round(TEST * data.shape[0])
+        n_train = data.shape[0] - n_val - n_test - 2 * GAP  # train | gap | val | gap | test, as the spec's default
+        if confounds:  # each block on its own, as the stage does (no val or test TR reaches a training one)
             from nilearn import signal
 
-            data = signal.clean(data, detrend=True, standardize=None, confounds=np.loadtxt(confounds[index]),
-                                high_pass=HIGH_PASS_HZ, t_r=TR)
-        n_train = data.shape[0] - round(VAL * data.shape[0]) - round(TEST * data.shape[0])
+            table = np.loadtxt(confounds[index])
+            for block in (slice(0, n_train), slice(n_train, n_train + GAP + n_val), slice(n_train + GAP + n_val, None)):
+                data[block] = signal.clean(data[block], detrend=True, standardize=None, confounds=table[block],
+                                           high_pass=HIGH_PASS_HZ, t_r=TR)
         mean, std = data[:n_train].mean(0), data[:n_train].std(0, ddof=1)
         data -= mean
         data /= std

@@ -7,7 +7,7 @@ Two layouts (``model.bottleneck``):
   for each decoder its own projection voxels -> rank ``r`` -> the decoder. The decoders
   read nothing but the voxel layer, so silencing a region of it (a lesion) shows what
   that region carries. The projections are factorized (``V x r`` each) so the parameter
-  count stays bounded at 83,138 voxels: about 91 M parameters at the lab's sizes with
+  count stays bounded at 83,138 voxels: about 101 M parameters at the lab's sizes with
   ``r = 256``, against 3.5 billion for the lab's fully connected model.
 - an integer (the lab's shipped layout): encoders -> a latent of that width -> decoders,
   with an fMRI head latent -> voxels on the side (factorized through ``rank`` when the

@@ -154,16 +154,16 @@ def cleaned_moments(
     )
 
 
-def pooled_training_stats(runs: list[SubjectMoments], ddof: int) -> tuple[np.ndarray, np.ndarray]:
+def pooled_training_stats(runs: list[RunningMoments], ddof: int) -> tuple[np.ndarray, np.ndarray]:
     """A subject's training statistics pooled over its runs: the mean over every training
     TR, and the std from the **within-run** variance only,
     ``sqrt(sum_r m2_r / (sum_r n_r - ddof * R))``. Between-run differences of the mean
     (a new session's baseline) would inflate a std pooled over all TRs; they are not
     the scale of a new run's fluctuations.
 
-    runs : the moments of the runs that have training TRs (R of them).
+    runs : the training moments of the runs that have training TRs (R of them).
     """
-    trained = [m.moments for m in runs if m.moments is not None]
+    trained = list(runs)
     if not trained:
         raise ValueError("no run with training TRs to pool")
     pooled = RunningMoments(len(trained[0].mean))

@@ -211,8 +211,7 @@ def compute_norm_stats(
     if len(crops) == 1:
         stats["crop"] = stats[f"run_{fmri.run_ids[0]}_crop"]
     for sid in fmri.subject_ids:
-        selected = [_select(moments[(sid, run)], pick) for run in trained_runs]
-        mean, std = pooled_training_stats(selected, ddof)
+        mean, std = pooled_training_stats([moments[(sid, run)].moments.select(pick) for run in trained_runs], ddof)
         stats[f"subject_{sid}_mean"], stats[f"subject_{sid}_std"] = mean, std
         for run in fmri.run_ids:
             m = moments[(sid, run)]
@@ -229,12 +228,6 @@ HELDOUT_POLICY = (
     "subject_<id>_mean over every training TR of the subject, subject_<id>_std from the within-run variance "
     "pooled over its training runs (between-run differences of the mean excluded)"
 )
-
-
-def _select(m: SubjectMoments, pick) -> SubjectMoments:
-    """The moments of the mask's voxels."""
-    return SubjectMoments(mean=m.mean[pick], std=m.std[pick], nonfinite=m.nonfinite[pick], early_std=None,
-                          moments=m.moments.select(pick))
 
 
 def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick) -> dict:

@@ -18,11 +18,33 @@ def test_outputs_have_the_targets_shapes_and_start_at_the_mean():
     assert all(torch.count_nonzero(value) == 0 for value in out.values())  # zero-initialised last layers
 
 
-def test_voxel_bottleneck_is_the_fmri_layer():
+def test_the_voxel_layer_is_the_fmri_prediction_and_all_the_decoders_read():
+    shapes = ModalityShapes(video=(3, 3, 36, 64), audio=(4, 112), audio_is_codes=True, text=(512,), n_voxels=50)
+    model = MultimodalAutoencoder(shapes, "voxels", 32, 0.0, rank=8)
+    model.eval()
+    layer = model.encode(BATCH)
+    assert layer.shape == (2, 50) and isinstance(model.fmri_head, torch.nn.Identity)
+    out = model.decode(layer)
+    assert torch.equal(out["fmri"], layer)
+    assert {name: tuple(r.weight.shape) for name, r in model.readouts.items()} == \
+        {"video": (8, 50), "audio": (8, 50), "text": (8, 50)}  # voxels -> rank, one per decoder
+    assert torch.count_nonzero(layer) == 0  # it starts at the training mean
+    torch.nn.init.normal_(model.decoders["text"][-1].weight)  # (trained weights are not zero)
+    layer = torch.randn(2, 50)
+    silenced = layer.clone()
+    silenced[:, :10] = 0.0
+    assert not torch.allclose(model.decode(silenced)["text"], model.decode(layer)["text"])
+    # decoding goes through the voxel layer only: the same layer, the same outputs
+    assert torch.equal(model.decode(layer)["text"], model.decode_readouts(model.readout(layer))["text"])
+
+
+def test_the_latent_layout_keeps_an_fmri_head_factorized_when_asked():
     shapes = ModalityShapes(video=None, audio=None, audio_is_codes=False, text=(512,), n_voxels=50)
-    model = MultimodalAutoencoder(shapes, "voxels", 32, 0.0)
-    assert isinstance(model.fmri_head, torch.nn.Identity)
-    assert model(BATCH)["fmri"].shape == (2, 50)
+    full = MultimodalAutoencoder(shapes, 16, 32, 0.0)
+    assert isinstance(full.fmri_head, torch.nn.Linear) and full.fmri_head.weight.shape == (50, 16)
+    factorized = MultimodalAutoencoder(shapes, 16, 32, 0.0, rank=4)
+    assert [tuple(layer.weight.shape) for layer in factorized.fmri_head] == [(4, 16), (50, 4)]
+    assert factorized({"text": BATCH["text"]})["fmri"].shape == (2, 50)
 
 
 def test_missing_modalities_have_no_encoder_decoder_or_output():
@@ -33,11 +55,14 @@ def test_missing_modalities_have_no_encoder_decoder_or_output():
     assert set(model.encoders) == set(model.decoders) == {"audio"}
 
 
-def test_the_labs_sizes_are_expressible_and_an_order_smaller():
-    shapes = ModalityShapes(video=(3, 3, 90, 160), audio=(8, 112), audio_is_codes=True, text=(512,), n_voxels=83_138)
-    model = MultimodalAutoencoder(shapes, 2048, 1024, 0.3)
-    n_params = sum(p.numel() for p in model.parameters())
-    assert n_params < 3.5e9 / 10  # the lab's fully connected model had 3.5 billion
+def test_the_labs_sizes_stay_bounded_with_one_unit_per_voxel():
+    shapes = ModalityShapes(video=(3, 3, 90, 160), audio=(4, 112), audio_is_codes=True, text=(512,), n_voxels=83_138)
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    voxels = count(MultimodalAutoencoder(shapes, "voxels", 1024, 0.3))  # rank 256
+    latent = count(MultimodalAutoencoder(shapes, 2048, 1024, 0.3))
+    projections = 4 * 83_138 * 256  # features -> rank -> voxels, and voxels -> rank for 3 decoders
+    assert projections < voxels < projections + 20_000_000  # the rest: encoders and decoders
+    assert voxels < latent < 3.5e9 / 10  # the lab's fully connected model had 3.5 billion
 
 
 def test_no_modality_is_an_error():

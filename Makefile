@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench viz clean-caches chromium
+.PHONY: install train test bench viz docs clean-caches chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fmri_bench.py
 	$(BIN)/python benchmarks/stimulus_bench.py
 	$(BIN)/python benchmarks/train_bench.py
+
+## The spec reference and JSON Schema under docs/, generated from the schema.
+docs: $(STAMP)
+	$(BIN)/kedro giblet schema --reference
 
 viz: $(STAMP)
 	$(BIN)/kedro viz build --include-previews

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kedro.io import DatasetError
 
-from giblet_kedro.cli import _user_error
 from giblet_kedro.datasets.arrays import NpyDataset
 from giblet_kedro.datasets.nifti import load_nifti
 from giblet_kedro.datasets.torch_state import TorchStateDictDataset
 from giblet_kedro.errors import GibletError, InputDataError, SpecError
+from giblet_kedro.preflight import user_error as _user_error
 from giblet_kedro.spec.load import parse_spec
 
 VALID = yaml.safe_load("""
@@ -231,3 +231,21 @@ def _check_outputs_stay_inside(name, path, data_dir, stages, compile_spec):
     root = data_dir().resolve()
     for stage in stages:
         assert compiled.cache_dir(stage).resolve().is_relative_to(root), stage
+
+
+@pytest.mark.parametrize("kind", ["text file", "empty", "3D"])
+def test_preflight_names_a_malformed_run_itself_not_a_dataset_error(tmp_path, rng, kind):
+    """The preflight (run before any node, on every path) raises the user's error, not
+    Kedro's DatasetError wrapping it: `kedro run` prints it as one line."""
+    from giblet_kedro.preflight import preflight
+    from tests.conftest import random_runs, write_run
+
+    first = write_run(tmp_path / "sub-01.nii.gz", random_runs(rng, 1, grid=(5, 4, 3), n_trs=30)[0])
+    second = tmp_path / "sub-02.nii.gz"
+    _bad_run(kind, second, rng)
+    spec = tmp_path / "spec.yml"
+    spec.write_text(yaml.safe_dump({"name": "bad", "fmri": {"subjects": {"01": str(first), "02": str(second)},
+                                                            "tr": 1.5}}))
+    with pytest.raises(InputDataError) as info:
+        preflight(str(spec))
+    assert str(second) in str(info.value) and not isinstance(info.value, DatasetError)

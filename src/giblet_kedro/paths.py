@@ -39,3 +39,10 @@ def raw_dir() -> Path:
 
 def experiments_dir() -> Path:
     return project_root() / "conf" / "base" / "experiments"
+
+
+def experiments_dirs(env: str | None = None) -> list[Path]:
+    """Where spec names are looked up, first match wins: ``conf/<env>/experiments/``
+    (``env`` defaults to Kedro's ``local``), then ``conf/base/experiments/``."""
+    env_dir = project_root() / "conf" / (env or "local") / "experiments"
+    return [env_dir, experiments_dir()] if env_dir != experiments_dir() else [experiments_dir()]

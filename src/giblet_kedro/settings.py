@@ -1,12 +1,13 @@
-"""Project settings: the spec resolvers for catalog and parameters."""
+"""Project settings: the spec resolvers and overrides for catalog and parameters, and the
+hooks that hold on every path that runs a pipeline (:mod:`giblet_kedro.hooks`)."""
 
 import warnings
 
-from kedro.config import OmegaConfigLoader
-
+from giblet_kedro.config_loader import GibletConfigLoader
+from giblet_kedro.hooks import GibletHooks
 from giblet_kedro.spec.resolvers import RESOLVERS
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_CLASS = GibletConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
@@ -16,3 +17,5 @@ CONFIG_LOADER_ARGS = {
 # Kedro 1.7 itself still calls OmegaConf's deprecated register_new_resolver(); the warning
 # is about Kedro's code, not this project's, and would bury real warnings on every run.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
+
+HOOKS = (GibletHooks(),)

@@ -11,10 +11,25 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from tests.e2e.conftest import kedro, ran_nodes
 
 pytestmark = pytest.mark.slow
 CI_RANDOM_REGIONS = 200  # the demo's default is 1,000; 200 keep CI short and p reaches 1/201
+
+
+def run_notebook(project) -> None:
+    """Execute notebooks/explore_experiment.ipynb in ``project`` (its own kernel, as Jupyter)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    folder = project / "notebooks"
+    folder.mkdir(exist_ok=True)
+    notebook = nbformat.read(REPO / "notebooks" / "explore_experiment.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(folder)}}).execute()
+    outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert "voxels in a" in outputs and "mean r" in outputs
 
 
 def _json(project, pattern):
@@ -132,6 +147,16 @@ def test_demo_evaluation_and_lesions_recover_the_planted_regions(project):
     assert listing.count("demo ") >= 2 and "eval.mean_r=" in listing
     compared = kedro(project, "giblet", "compare", "demo~1", "demo~0").stdout
     assert "spec keys that differ: none" in compared and "eval.r_over_ceiling" in compared
+    assert "RANDOM weights" in report  # the demo's extractors are random, and the report says so
+
+    # 6. the worked notebook, executed as a user would open it, on this project
+    run_notebook(project)
+    first_tr = nib.load(project / "data/08_reporting/first_tr.nii.gz")
+    mask = _npz(project, "data/03_primary/fmri_stats/*/norm_stats.npz")["mask"].astype(bool)
+    tensor = np.load(next(project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy")))
+    np.testing.assert_array_equal(first_tr.get_fdata(dtype=np.float32)[mask], tensor[0])
+    assert not first_tr.get_fdata()[~mask].any()
+    assert (project / "data/08_reporting/notebook_r_map.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_demo_whose_stimulus_comes_from_another_seed_fails_verification(project):

@@ -172,6 +172,9 @@ def test_train_pipeline_passes_verification_and_resumes(project):
     first = kedro(project, "run", "--pipelines=train")
     assert {"train_model", "verify_training"} <= ran_nodes(first)
     assert re.search(r"epoch 40/40 train [0-9.]+", first.stdout + first.stderr)  # per-epoch lines from rank 0
+    run_logs = "".join(p.read_text() for p in project.glob("data/09_logs/*.log"))  # one file per run
+    assert re.search(r"SpawnProcess-\d+ giblet_kedro.training.ddp: epoch 40/40 train", run_logs)  # rank 0 too
+    assert "Running node: train_model" in run_logs and "\r" not in run_logs
     report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
     failed = [c for c in report["checks"] if not c["pass"]]
     assert report["passed"], failed

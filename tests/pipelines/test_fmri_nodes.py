@@ -206,7 +206,7 @@ def test_unreadable_file_names_the_subject(tmp_path, rng):
     good = write_run(tmp_path / "a.nii.gz", random_runs(rng, 1)[0])
     bad = tmp_path / "b.nii.gz"
     bad.write_bytes(b"this is not a NIfTI file")
-    from giblet_kedro.cli import _user_error
+    from giblet_kedro.preflight import user_error as _user_error
 
     with pytest.raises(Exception) as info:  # Kedro wraps load errors in DatasetError
         NiftiRunsDataset({"01": str(good), "02": str(bad)}).load()

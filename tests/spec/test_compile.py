@@ -168,8 +168,8 @@ def stimulus_fps(project, **changes) -> dict[str, str]:
     stimulus = f"""
         stimulus:
           video: {{path: movie.mp4, size: {fields['size']}}}
-          audio: {{path: movie.mp4, bandwidth: {fields['bandwidth']}}}
-          text: {{annotations: seg.csv, start: s, end: e, columns: {fields['columns']}}}
+          audio: {{path: movie.mp4, bandwidth: {fields['bandwidth']}, weights: random}}
+          text: {{annotations: seg.csv, start: s, end: e, columns: {fields['columns']}, weights: random}}
           hrf: {{kind: {fields['hrf']}}}
     """
     return compile_text(project, extra=stimulus, mode=fields["mode"])
@@ -220,7 +220,7 @@ def test_resolver_memo_notices_a_replaced_stimulus_file(project):
     (raw / "movie.mp4").write_bytes(b"first cut")
     spec_file = project / "exp.yml"
     spec_file.write_text('name: t\nfmri:\n  subjects: {"01": sub-01.nii.gz}\n  tr: 1.5\n'
-                         'stimulus:\n  video: {path: movie.mp4}\n  audio: {path: movie.mp4}\n')
+                         'stimulus:\n  video: {path: movie.mp4}\n  audio: {path: movie.mp4, weights: random}\n')
     before = dict(resolvers.compiled(str(spec_file)).fingerprints)
     movie = raw / "movie.mp4"
     stat = movie.stat()

@@ -26,6 +26,7 @@ from giblet_kedro.evaluation.lesion import (
     random_regions,
 )
 from giblet_kedro.evaluation.model import TrainedModel, measured_fmri
+from giblet_kedro.progress import progress
 from giblet_kedro.training.losses import per_sample_losses, torch_stats
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class LesionSetup:
         n = self.layer.shape[0]
         group = max(1, REGION_BATCH // max(n, 1))
         out: list[dict[str, float]] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), progress("lesions", len(regions), "regions") as advance:
             for first in range(0, len(regions), group):
                 part = regions[first:first + group]
                 inputs = {m: np.concatenate([self.projection.lesioned(intact_inputs, self.layer, voxels,
@@ -83,6 +84,7 @@ class LesionSetup:
                     rows = slice(k * n, (k + 1) * n)
                     out.append({m: float((losses[m][rows].double().numpy() - intact_losses[m])[valid[m]].mean())
                                 for m in modalities})
+                advance(len(part))
         return out
 
 

@@ -90,7 +90,10 @@ def html_report(verification_summary: str, evaluation: dict, lesions: dict, lesi
                   for key, value in entry.items()]
     parts = [
         f"<h1>Experiment report: {html.escape(experiment['name'])}</h1>",
-        f"<p>Spec: <code>{html.escape(experiment['spec_file'])}</code> (stage fingerprints at the end)</p>",
+        f"<p>Spec: <code>{html.escape(experiment['spec_file'])}</code>"
+        + "".join(f" <code>{html.escape(k)}={html.escape(str(v))}</code>"
+                  for k, v in (experiment.get("overrides") or {}).items())
+        + " (stage fingerprints at the end)</p>",
         "<h2>Training verification</h2>", _markdown_table(verification_summary), _image(figures.loss_curve, "loss curve"),
         "<h2>Held-out fMRI prediction</h2>", _table(headline), _image(figures.r_map, "r map"),
         "<h2>Reconstruction from the stimulus (test TRs)</h2>", _table(recon_rows),

@@ -7,17 +7,21 @@ spec, and each stage's outputs live under ``data/<layer>/<stage>/<fingerprint>/`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from giblet_kedro.errors import InputDataError
+from giblet_kedro.errors import InputDataError, SpecError
 from giblet_kedro.paths import data_dir, raw_dir
 from giblet_kedro.spec.bids import expand_bids
 from giblet_kedro.spec.fingerprint import DigestCache, hash_payload, stage_code, stage_code_version
 from giblet_kedro.spec.load import load_spec
+from giblet_kedro.spec.reference import flatten, make_reference, parse_reference
 from giblet_kedro.spec.schema import STIMULUS_FILE_FIELDS, ExperimentSpec, StimulusSpec, run_key
+from giblet_kedro.stimulus.weights import RANDOM, WeightsLookup, find_clip, find_encodec, is_tag
 
+log = logging.getLogger(__name__)
 DEMO_PLACEHOLDER = "{demo}"
 
 
@@ -81,6 +85,15 @@ class CompiledExperiment:
     spec_file: Path
     fingerprints: dict[str, str]
     stage_inputs: dict[str, dict[str, Any]] = field(repr=False)
+    # ``--params`` overrides applied to the spec file (nested, as Kedro passes them).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # Where each feature extractor's weights were looked for, by modality.
+    weights: dict[str, WeightsLookup] = field(default_factory=dict, repr=False)
+
+    @property
+    def reference(self) -> str:
+        """The spec file plus its overrides, as one string (:mod:`giblet_kedro.spec.reference`)."""
+        return make_reference(str(self.spec_file), self.overrides)
 
     def cache_dir(self, stage: str) -> Path:
         # A stage the spec leaves out (no demo section, no audio, ...) still names a
@@ -91,7 +104,7 @@ class CompiledExperiment:
         """A spec section as plain JSON-like data (what a node parameter receives)."""
         if section == "experiment":
             return {"name": self.spec.name, "seed": self.spec.seed, "spec_file": str(self.spec_file),
-                    "fingerprints": dict(self.fingerprints)}
+                    "overrides": flatten(self.overrides), "fingerprints": dict(self.fingerprints)}
         if section == "training":  # what the training job node reads (spec.schema.TrainingSettings)
             return {"model": self.params("model"), "loss": self.params("loss"), "train": self.params("train"),
                     "seed": self.spec.seed, "experiment": self.spec.name, "run_dir": str(self.cache_dir("train") / "run")}
@@ -102,6 +115,7 @@ class CompiledExperiment:
         """The compiled spec with each stage's fingerprint, for display."""
         return {
             "spec_file": str(self.spec_file),
+            "overrides": flatten(self.overrides),
             "spec": self.spec.model_dump(mode="json"),
             "stages": {
                 name: {"fingerprint": fp, "cache": str(self.cache_dir(name)), "reads": self.stage_inputs[name]}
@@ -168,7 +182,8 @@ def _resolve_paths(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
         for name, keys in STIMULUS_FILE_FIELDS.items():
             part = getattr(stim, name)
             if part is not None:
-                parts[name] = part.model_copy(update={k: resolve(getattr(part, k)) for k in keys})
+                # weights were resolved by resolve_weights (a file, random, or left as written)
+                parts[name] = part.model_copy(update={k: resolve(getattr(part, k)) for k in keys if k != "weights"})
         update["stimulus"] = stim.model_copy(update=parts)
     if spec.lesion is not None:
         regions = {name: region.model_copy(update={"mask": resolve(region.mask), "atlas": resolve(region.atlas)})
@@ -177,7 +192,8 @@ def _resolve_paths(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
     return spec.model_copy(update=update)
 
 
-def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True) -> CompiledExperiment:
+def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True,
+                 overrides: dict[str, Any] | None = None) -> CompiledExperiment:
     """Resolve paths and fingerprint each stage.
 
     With ``check_files=False`` missing raw files do not raise (their fingerprint is
@@ -200,6 +216,7 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
         demo_fp = fps["demo"] = hash_payload(reads["demo"])
 
     fingerprint_input = _InputFingerprinter(demo_fp)
+    spec, weights = resolve_weights(spec, demo_fp, check_files)
 
     def file_fp(spec_value: str, label: str) -> str:
         resolved = resolve_path(spec_value, demo_fp)
@@ -247,7 +264,44 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
     _evaluation_fingerprints(spec, reads, fps, file_fp)
 
     return CompiledExperiment(spec=_resolve_paths(spec, demo_fp), spec_file=spec_file,
-                              fingerprints=fps, stage_inputs=reads)
+                              fingerprints=fps, stage_inputs=reads, overrides=dict(overrides or {}), weights=weights)
+
+
+def resolve_weights(spec: ExperimentSpec, demo_fp: str | None,
+                    check_files: bool) -> tuple[ExperimentSpec, dict[str, WeightsLookup]]:
+    """The spec with each extractor's ``weights`` made concrete (an absolute file, or
+    ``random``), and where each was looked for (:mod:`giblet_kedro.stimulus.weights`).
+
+    ``null`` with nothing found means random weights in a demo spec (with a warning) and
+    is refused otherwise; a named file or tag that is missing is refused. With
+    ``check_files=False`` an unresolved value is left as written (its fingerprint is
+    marked missing) so a spec can be shown before its files exist.
+    """
+    stim = spec.stimulus
+    if stim is None:
+        return spec, {}
+    lookups: dict[str, WeightsLookup] = {}
+    if stim.audio is not None and stim.audio.model == "encodec_24khz":
+        value = stim.audio.weights
+        file = resolve_path(value, demo_fp) if value not in (None, RANDOM) else None
+        lookups["audio"] = find_encodec(value, file)
+    if stim.text is not None:
+        value = stim.text.weights
+        file = resolve_path(value, demo_fp) if value not in (None, RANDOM) and not is_tag(stim.text.model, value) \
+            else None
+        lookups["text"] = find_clip(stim.text.model, value, file)
+    parts = {}
+    for name, lookup in lookups.items():
+        value = lookup.found
+        if value is None and lookup.requested is None and spec.demo is not None:
+            log.warning("%s: no pretrained weights given; the demo uses random weights", lookup.key)
+            value = RANDOM
+        if value is None:
+            if check_files:
+                raise SpecError(lookup.missing_message())
+            continue
+        parts[name] = getattr(stim, name).model_copy(update={"weights": value})
+    return spec.model_copy(update={"stimulus": stim.model_copy(update=parts)}), lookups
 
 
 def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp, subject_fps: dict) -> None:
@@ -262,7 +316,8 @@ def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp
     onsets = spec.run_onsets()
     grid = {"tr": fmri.tr, "runs": {run: {"crop": fmri.run_crop(run), "onset_s": onsets[run]} for run in fmri.run_ids},
             "files": None if all(fmri.run_crop(r) is not None for r in fmri.run_ids) else subject_fps}
-    weights_fp = lambda part, key: file_fp(part.weights, f"stimulus.{key}.weights") if part.weights else None  # noqa: E731
+    weights_fp = lambda part, key: (None if part.weights in (None, RANDOM)  # noqa: E731
+                                    else file_fp(part.weights, f"stimulus.{key}.weights"))
     sections = {
         "video_frames_tr": stim.video and {
             "movie": file_fp(stim.video.path, "stimulus.video.path"), "size": stim.video.size,
@@ -271,12 +326,12 @@ def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp
             "movie": file_fp(stim.audio.path, "stimulus.audio.path"), "model": stim.audio.model,
             "bandwidth": stim.audio.bandwidth if stim.audio.model != "mel" else None,
             "weights": weights_fp(stim.audio, "audio"), "chunk_s": stim.audio.chunk_s,
-            "seed": spec.seed if stim.audio.weights is None else None},
+            "seed": spec.seed if stim.audio.weights in (None, RANDOM) else None},
         "text_embeddings_tr": stim.text and {
             "annotations": file_fp(stim.text.annotations, "stimulus.text.annotations"),
             "start": stim.text.start, "end": stim.text.end, "columns": stim.text.columns,
             "model": stim.text.model, "weights": weights_fp(stim.text, "text"),
-            "run_onsets_s": stim.text.run_onsets_s, "seed": spec.seed if stim.text.weights is None else None},
+            "run_onsets_s": stim.text.run_onsets_s, "seed": spec.seed if stim.text.weights in (None, RANDOM) else None},
     }
     hrf = stim.hrf.model_dump(mode="json")
     for stage, payload in sections.items():
@@ -327,6 +382,7 @@ def _evaluation_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_
     fps["report"] = hash_payload(reads["report"])
 
 
-def compile_experiment(name_or_path: str, check_files: bool = True) -> CompiledExperiment:
-    spec, path = load_spec(name_or_path)
-    return compile_spec(spec, path, check_files=check_files)
+def compile_experiment(reference: str, check_files: bool = True, env: str | None = None) -> CompiledExperiment:
+    """Load (name, path or reference with overrides), validate and compile a spec."""
+    spec, path = load_spec(reference, env)
+    return compile_spec(spec, path, check_files=check_files, overrides=parse_reference(reference)[1])

@@ -9,7 +9,8 @@ import yaml
 from pydantic import ValidationError
 
 from giblet_kedro.errors import SpecError
-from giblet_kedro.paths import experiments_dir
+from giblet_kedro.paths import experiments_dirs
+from giblet_kedro.spec.reference import apply_overrides, describe_overrides, parse_reference
 from giblet_kedro.spec.schema import ExperimentSpec
 
 SPEC_SUFFIXES = (".yml", ".yaml")
@@ -37,15 +38,14 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
-def available_experiments() -> list[str]:
-    folder = experiments_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in SPEC_SUFFIXES)
+def available_experiments(env: str | None = None) -> list[str]:
+    return sorted({p.stem for folder in experiments_dirs(env) if folder.is_dir()
+                   for p in folder.iterdir() if p.suffix in SPEC_SUFFIXES})
 
 
-def find_spec_file(name_or_path: str) -> Path:
-    """A name under ``conf/base/experiments/`` or a path to a YAML file."""
+def find_spec_file(name_or_path: str, env: str | None = None) -> Path:
+    """A name under ``conf/<env>/experiments/`` or ``conf/base/experiments/``, or a path
+    to a YAML file."""
     text = str(name_or_path).strip()
     looks_like_path = "/" in text or "\\" in text or text.endswith(SPEC_SUFFIXES)
     if looks_like_path:
@@ -54,15 +54,17 @@ def find_spec_file(name_or_path: str) -> Path:
             return path.resolve()
         raise SpecError(
             f"experiment spec file not found: {path} "
-            f"(give an existing YAML file, or one of the names {available_experiments()})"
+            f"(give an existing YAML file, or one of the names {available_experiments(env)})"
         )
-    for suffix in SPEC_SUFFIXES:
-        candidate = experiments_dir() / f"{text}{suffix}"
-        if candidate.is_file():
-            return candidate
+    folders = experiments_dirs(env)
+    for folder in folders:
+        for suffix in SPEC_SUFFIXES:
+            candidate = folder / f"{text}{suffix}"
+            if candidate.is_file():
+                return candidate
     raise SpecError(
-        f"unknown experiment {text!r}: no {text}.yml in {experiments_dir()}; "
-        f"accepted: one of {available_experiments()} or a path to a YAML file"
+        f"unknown experiment {text!r}: no {text}.yml in {' or '.join(str(f) for f in folders)}; "
+        f"accepted: one of {available_experiments(env)} or a path to a YAML file"
     )
 
 
@@ -88,7 +90,7 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         key = _format_location(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see DESIGN.md for the accepted keys)"
+            message = "unknown key (check the spelling; every accepted key is in docs/spec-reference.md)"
         got = item.get("input")
         line = f"  - {key}: {message}"
         if item["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict):
@@ -99,8 +101,9 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_spec(text: str, source: str = "<string>") -> ExperimentSpec:
-    """Parse YAML text into a validated :class:`ExperimentSpec`."""
+def parse_spec(text: str, source: str = "<string>", overrides: dict[str, Any] | None = None) -> ExperimentSpec:
+    """Parse YAML text into a validated :class:`ExperimentSpec`, ``overrides`` (nested,
+    as Kedro's ``--params``) applied before validation."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except SpecError as exc:
@@ -112,17 +115,22 @@ def parse_spec(text: str, source: str = "<string>") -> ExperimentSpec:
             f"experiment spec {source} must be a YAML mapping with keys such as "
             f"'name', 'fmri', 'stimulus'; got {type(raw).__name__}"
         )
+    if overrides:
+        source = f"{source} with --params {describe_overrides(overrides)}"
+        raw = apply_overrides(raw, overrides, source)
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source)) from None
 
 
-def load_spec(name_or_path: str) -> tuple[ExperimentSpec, Path]:
-    """Load and validate a spec by name or path. Returns the spec and its file."""
-    path = find_spec_file(name_or_path)
+def load_spec(reference: str, env: str | None = None) -> tuple[ExperimentSpec, Path]:
+    """Load and validate a spec by name, path or reference (a spec plus ``--params``
+    overrides, :mod:`giblet_kedro.spec.reference`). Returns the spec and its file."""
+    name_or_path, overrides = parse_reference(reference)
+    path = find_spec_file(name_or_path, env)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read experiment spec {path}: {exc}") from None
-    return parse_spec(text, source=str(path)), path
+    return parse_spec(text, source=str(path), overrides=overrides), path

@@ -18,6 +18,7 @@ from typing import Any
 
 from giblet_kedro.spec.compile import CompiledExperiment, compile_spec
 from giblet_kedro.spec.load import load_spec
+from giblet_kedro.spec.reference import parse_reference
 
 _MEMO: dict[tuple, tuple[CompiledExperiment, tuple]] = {}
 _LOCK = threading.Lock()
@@ -46,7 +47,7 @@ def compiled(experiment: str) -> CompiledExperiment:
         hit = _MEMO.get(key)
     if hit is not None and _input_signature(hit[0]) == hit[1]:
         return hit[0]
-    result = compile_spec(spec, path, check_files=False)
+    result = compile_spec(spec, path, check_files=False, overrides=parse_reference(str(experiment))[1])
     with _LOCK:
         _MEMO[key] = (result, _input_signature(result))
     return result

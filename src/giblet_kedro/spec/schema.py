@@ -1,6 +1,6 @@
 """The experiment spec: one YAML file per experiment, validated end to end.
 
-Every section of the product contract (DESIGN.md) is modelled here, including stages
+Every section a spec can hold is modelled here, including stages
 that later issues implement, so a typo anywhere in a spec is caught before any node
 runs. All models forbid unknown keys. Relative paths are resolved later, by
 :mod:`giblet_kedro.spec.load`; this module only states what is acceptable.
@@ -444,7 +444,14 @@ class VideoSpec(StrictModel):
 
 
 class AudioSpec(StrictModel):
-    """Soundtrack -> EnCodec codes (or ``mel``: a log-mel spectrogram, no weights needed)."""
+    """Soundtrack -> EnCodec codes (or ``mel``: a log-mel spectrogram, no weights needed).
+
+    ``weights``: ``null`` (default) reads the pretrained EnCodec 24 kHz checkpoint from the
+    torch hub cache (``$TORCH_HOME/hub/checkpoints/encodec_24khz-d7cc33bc.th``); a path
+    names a local state dict; ``random`` is random, seeded weights, on purpose (reports
+    say so). Nothing is downloaded; a missing file is an error saying what to fetch
+    (``kedro giblet weights``). Only a spec with ``demo:`` falls back to random weights.
+    """
 
     path: str
     model: Literal["encodec_24khz", "mel"] = "encodec_24khz"
@@ -454,6 +461,15 @@ class AudioSpec(StrictModel):
 
 
 class TextSpec(StrictModel):
+    """Annotation table -> CLIP text embeddings of the named columns, per segment.
+
+    ``weights``: an open_clip pretrained tag of ``model`` (``laion2b_s34b_b79k``,
+    ``openai``, ...) read offline from the Hugging Face cache (``HF_HOME``), a path to a
+    checkpoint, or ``random`` (random, seeded weights, on purpose). ``null`` is accepted
+    only in a spec with ``demo:`` (random weights); otherwise it is an error listing the
+    model's tags and which of them are cached.
+    """
+
     annotations: str
     start: str = "Start Time (s)"
     end: str = "End Time (s)"
@@ -759,7 +775,7 @@ class ExperimentSpec(StrictModel):
             for section, keys in STIMULUS_FILE_FIELDS.items():
                 part = getattr(self.stimulus, section)
                 for key in keys if part is not None else ():
-                    if getattr(part, key):
+                    if getattr(part, key) and getattr(part, key) != "random":
                         files[f"stimulus.{section}.{key}"] = getattr(part, key)
         if self.lesion is not None:
             files |= {f"lesion.regions.{name}.{'mask' if region.mask else 'atlas'}": region.file

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from giblet_kedro.errors import InputDataError
+from giblet_kedro.progress import progress
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid, alignment_notes
 from giblet_kedro.stimulus.media import open_media
-from giblet_kedro.stimulus.progress import progress
+from giblet_kedro.stimulus.weights import RANDOM, describe_weights
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,14 @@ def to_model_rate(samples: np.ndarray, rate: int, chunk_s: int = 60) -> torch.Te
 def build_encodec(bandwidth: float, weights: str | None, seed: int, init_audio: torch.Tensor | None = None):
     """The real EnCodec 24 kHz architecture.
 
-    ``weights``: a local state dict loaded with ``weights_only=True``. Without weights
-    the model is randomly initialised (seeded) and, because a fresh quantizer's
+    ``weights``: a local state dict loaded with ``weights_only=True``; ``random`` (or
+    ``None``): the model is randomly initialised (seeded) and, because a fresh quantizer's
     codebooks are all zero (every code would be 0), its codebooks are initialised by the
     library's own k-means on ``init_audio``, as EnCodec does on its first training batch.
     """
     from encodec import EncodecModel
 
+    weights = None if weights == RANDOM else weights
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # encodec 0.1.1 uses torch's deprecated weight_norm
         warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
@@ -206,7 +208,7 @@ def extract_audio(path: Path, grid: TrGrid, model: str, bandwidth: float, weight
             raise RuntimeError(f"EnCodec produced {frames.shape[0]} codebooks at {bandwidth} kbps, "
                                f"expected {n_codebooks(bandwidth)}")
         meta_extra = {"units": "EnCodec code indices (0..1023)", "bandwidth_kbps": bandwidth,
-                      "n_codebooks": int(frames.shape[0]), "weights": weights or "random (seeded), k-means codebooks",
+                      "n_codebooks": int(frames.shape[0]), "weights": describe_weights(weights, "random (seeded), k-means codebooks"),
                       "chunk_s": chunk_s, "context_s": CONTEXT_S}
     values, valid = frames_on_grid(frames, grid, start_s)
     return TrAligned(values=values, valid=valid, meta={

@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 
 from giblet_kedro.errors import InputDataError
+from giblet_kedro.progress import progress
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
-from giblet_kedro.stimulus.progress import progress
+from giblet_kedro.stimulus.weights import RANDOM, describe_weights
 
 log = logging.getLogger(__name__)
 LABEL = "stimulus.text.annotations"
@@ -96,9 +97,11 @@ def read_segments(path: Path, start: str, end: str, columns: list[str],
 
 
 def build_clip(model_name: str, weights: str | None, seed: int):
-    """open_clip's architecture with random (seeded) weights, or a local checkpoint."""
+    """open_clip's architecture with random (seeded) weights (``weights``: ``random`` or
+    ``None``), or a local checkpoint file."""
     import open_clip
 
+    weights = None if weights == RANDOM else weights
     torch.manual_seed(seed)
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=weights)
@@ -155,6 +158,6 @@ def extract_text(path: Path, grid: TrGrid, start: str, end: str, columns: list[s
         log.warning(notes[-1])
     return TrAligned(values=values, valid=valid, meta={
         "modality": "text", "grid": grid.describe(), "source": str(path), "model": model_name,
-        "weights": weights or "random (seeded)", "columns": columns, "n_segments": len(segments),
+        "weights": describe_weights(weights, "random (seeded)"), "columns": columns, "n_segments": len(segments),
         "n_distinct_texts": len(distinct), "units": "L2-normalised CLIP text embedding, mean over overlapping segments",
         "layout": "(n_trs, embedding_dim)", "forward_fill": False, "notes": notes})

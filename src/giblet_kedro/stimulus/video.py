@@ -16,9 +16,9 @@ import av
 import numpy as np
 
 from giblet_kedro.errors import InputDataError
+from giblet_kedro.progress import progress
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid, alignment_notes
 from giblet_kedro.stimulus.media import open_media
-from giblet_kedro.stimulus.progress import progress
 
 
 def sample_times(grid: TrGrid, frames_per_tr: int) -> np.ndarray:

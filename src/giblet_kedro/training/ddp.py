@@ -45,7 +45,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from giblet_kedro.datasets.atomic import atomic_path, check_file
+from giblet_kedro.logs import configure_rank_logging
 from giblet_kedro.models.autoencoder import build_model
+from giblet_kedro.paths import project_root
 from giblet_kedro.training.data import TrDataset, identity_collate
 from giblet_kedro.training.job import TrainJob, resolve_devices
 from giblet_kedro.training.losses import modality_losses, torch_stats, weighted_total
@@ -263,7 +265,9 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
         model.train()
         sums, started = LossSums(), time.perf_counter()
         drawn: list[np.ndarray] = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=rank != 0, unit="batch")
+        # Rank 0 only, and only on a terminal (None: tqdm's own test), not in a batch job's log.
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=True if rank != 0 else None,
+                   unit="batch")
         for step, batch in enumerate(bar):
             if job.crash_at is not None and list(job.crash_at[:2]) == [rank, epoch] and step == 1:
                 _inject_fault(rank, epoch, job.crash_at[2] if len(job.crash_at) > 2 else "raise")
@@ -343,10 +347,9 @@ def _die_with_parent() -> None:
 
 def _spawned(rank: int, job: TrainJob) -> None:
     _die_with_parent()
-    # Spawned children re-import Kedro's CLI, whose logging config leaves the root at
-    # WARNING: set this package's level so rank 0's epoch lines are shown.
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("giblet_kedro").setLevel(logging.INFO)
+    # A spawned child starts with Python's default logging: give it the run's configuration
+    # (conf/logging.yml), appending to the run's log file.
+    configure_rank_logging(project_root())
     run_rank(rank, job)
 
 

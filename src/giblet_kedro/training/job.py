@@ -62,6 +62,8 @@ class TrainJob:
     experiment: str = ""
     tr: float = 0.0
     test_rows: list[int] = field(default_factory=list)  # never read by training; the evaluation's rows
+    # What each modality's features were extracted with (e.g. "RANDOM weights: ..."), for the reports.
+    feature_weights: dict[str, str] = field(default_factory=dict)
     world_size: int | None = None
     backend: str | None = None
     device_type: str | None = None
@@ -172,7 +174,8 @@ def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str,
                     mode="per_subject" if fmri_train.ndim == 3 else "cross_subject", shapes=shapes,
                     model=dict(model), loss={"normalize": loss["normalize"], "weights": weights}, train=dict(train),
                     seed=int(seed), run_dir=str(run_dir), experiment=experiment, tr=float(tr or 0.0),
-                    test_rows=split_rows(split, "test").tolist())
+                    test_rows=split_rows(split, "test").tolist(),
+                    feature_weights={n: str(a.meta["weights"]) for n, a in features.items() if a.meta.get("weights")})
 
 
 def resolve_devices(train: dict) -> tuple[int, str, str]:

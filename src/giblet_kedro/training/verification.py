@@ -338,7 +338,7 @@ def verify(job: TrainJob, history: dict, weights: dict, norm_stats: dict[str, np
         check_stimulus_drives_brain(trained, verify_spec.min_shift_trs),
     ]
     return {"experiment": job.experiment, "passed": all(c["pass"] for c in checks), "checks": checks,
-            "layout": trained.layout, "normalize": job.loss["normalize"],
+            "layout": trained.layout, "normalize": job.loss["normalize"], "feature_weights": job.feature_weights,
             "world_size": history["world_size"], "device": history["device"], "precision": history["precision"],
             "epochs_run": len(history["epochs"]), "resumed_from_epoch": history.get("resumed_from_epoch")}
 
@@ -348,6 +348,7 @@ def summary(report: dict) -> str:
              f"{'PASS' if report['passed'] else 'FAIL'}: {sum(c['pass'] for c in report['checks'])} of "
              f"{len(report['checks'])} checks; {report['world_size']} {report['device']} rank(s), {report['precision']}; "
              f"model layout {report['layout']}", "",
+             *[f"- {name} features: {text}" for name, text in report.get("feature_weights", {}).items()], "",
              "| check | expected | observed | result | why |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {c['check']} | {c['expected']} | {c['observed']} | {'pass' if c['pass'] else 'FAIL'} | {c['reason']} |"
               for c in report["checks"]]

@@ -48,6 +48,7 @@ from giblet_kedro.fmri.stats import (
     pooled_training_stats,
     subject_moments,
 )
+from giblet_kedro.progress import progress
 from giblet_kedro.spec.schema import GAP_SECONDS, FmriSpec, run_key
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,22 @@ def _given_mask(mask_file: dict[str, nib.Nifti1Image], reference: RunHeader) -> 
     return mask
 
 
+def _run_moments(fmri: FmriSpec, sid: str, run: str, header: RunHeader, crop, rows: np.ndarray, lab_run: str,
+                 operator, columns, ddof: int) -> SubjectMoments:
+    """One run's streaming pass over its training TRs (cleaned when ``operator`` is given)."""
+    early = rows[: fmri.lab_mask.first_trs] if fmri.mask == "lab" and run == lab_run else None
+    label = run_label(fmri, sid, run)
+    cleaned = operator is not None and rows.size
+    log.info("fmri stats: %s (%d TRs, %d training, %s%s)", label, crop[1] - crop[0], rows.size,
+             header.path.name, ", cleaned" if cleaned else "")
+    if cleaned:
+        m = cleaned_moments(header, crop, rows, ddof, fmri.chunk_trs, operator, columns, early)
+    else:  # no cleaning, or a run held out whole: only its non-finite voxels are looked at
+        m = subject_moments(header, crop, rows, ddof, fmri.chunk_trs, columns, early)
+    check_not_flat(label, m, header.path)
+    return m
+
+
 def compute_norm_stats(
     runs: dict[str, nib.Nifti1Image],
     mask_file: dict[str, nib.Nifti1Image],
@@ -165,19 +182,11 @@ def compute_norm_stats(
     lab_run = trained_runs[0]  # the lab's rule reads the first training TRs of the first run that has them
 
     moments: dict[RunKey, SubjectMoments] = {}
-    for (sid, run), header in headers.items():
-        crop, rows = crops[run], train_trs[run]
-        early = rows[: fmri.lab_mask.first_trs] if fmri.mask == "lab" and run == lab_run else None
-        label = run_label(fmri, sid, run)
-        cleaned = operators[(sid, run)] is not None and rows.size
-        log.info("fmri stats: %s (%d TRs, %d training, %s%s)", label, crop[1] - crop[0], rows.size,
-                 header.path.name, ", cleaned" if cleaned else "")
-        if cleaned:
-            m = cleaned_moments(header, crop, rows, ddof, fmri.chunk_trs, operators[(sid, run)], columns, early)
-        else:  # no cleaning, or a run held out whole: only its non-finite voxels are looked at
-            m = subject_moments(header, crop, rows, ddof, fmri.chunk_trs, columns, early)
-        check_not_flat(label, m, header.path)
-        moments[(sid, run)] = m
+    with progress("fMRI statistics", len(headers), "runs") as advance:
+        for (sid, run), header in headers.items():
+            moments[(sid, run)] = _run_moments(fmri, sid, run, header, crops[run], train_trs[run], lab_run,
+                                               operators[(sid, run)], columns, ddof)
+            advance()
 
     labelled = {run_label(fmri, *k): m for k, m in moments.items()}
     if given:

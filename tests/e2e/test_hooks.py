@@ -1,0 +1,69 @@
+"""What must hold on every path, checked from Python (``KedroSession.run()``, as in a
+notebook) rather than through the project's CLI: the hooks in ``giblet_kedro.hooks``."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from giblet_kedro.errors import SpecError
+from giblet_kedro.runs import load_history
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def in_project(project, monkeypatch):
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("GIBLET_PROJECT_ROOT", raising=False)
+    bootstrap_project(project)
+    return project
+
+
+def _run(project, **runtime_params):
+    with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+        return session.run(pipeline_names=["fmri"])
+
+
+def test_python_session_gets_demo_data_cache_reuse_overrides_and_history(in_project, caplog):
+    caplog.set_level(logging.INFO)
+    _run(in_project, experiment="demo")  # no demo_data in the pipeline: the hook generates it
+    tensors = sorted(in_project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"))
+    assert len(tensors) == 1 and next(in_project.glob("data/01_raw/demo/*/movie.mp4"))
+    stamp = tensors[0].stat().st_mtime_ns
+
+    caplog.clear()
+    _run(in_project, experiment="demo")  # everything cached: no node runs
+    assert "Running node" not in caplog.text
+    assert "reusing the caches of" in caplog.text
+    assert tensors[0].stat().st_mtime_ns == stamp
+
+    caplog.clear()
+    _run(in_project, experiment="demo", fmri={"mode": "per_subject"})  # an override: a new tensor only
+    assert "Running node: build_fmri_tensor" in caplog.text and "Running node: compute_fmri_norm_stats" not in caplog.text
+    assert len(list(in_project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"))) == 2
+
+    history = load_history()
+    assert [r["pipelines"] for r in history] == [["fmri"]] * 3
+    assert history[-1]["spec"]["fmri"]["mode"] == "per_subject" and history[0]["spec"]["fmri"]["mode"] == "cross_subject"
+    registry = json.loads((in_project / "data/.giblet/experiments.json").read_text())
+    assert any("#overrides=" in reference for reference in registry)  # prune keeps the override's caches
+
+
+def test_python_session_checks_the_spec_before_any_node_runs(in_project):
+    with pytest.raises(SpecError, match="fmri.mode: Input should be"):
+        _run(in_project, experiment="demo", fmri={"mode": "per_subjects"})
+    assert not list(in_project.glob("data/01_raw/demo/*"))  # nothing ran, not even the demo data
+    assert load_history() == []
+
+
+def test_recompute_runtime_param_turns_cache_reuse_off(in_project, caplog):
+    _run(in_project, experiment="demo")
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    _run(in_project, experiment="demo", recompute=True)
+    assert "Running node: compute_fmri_norm_stats" in caplog.text

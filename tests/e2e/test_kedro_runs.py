@@ -220,3 +220,32 @@ def test_two_run_demo_trains_on_run_1_and_aligns_each_run(project):
     calm = truth["features_tr"][:, list(truth["feature_names"]).index("flash")] == 0  # flashes wash the square out
     for rows in (slice(0, 180), slice(180, 360)):
         assert np.corrcoef(green_square[rows][calm[rows]], planted[rows][calm[rows]])[0, 1] > 0.95
+
+
+def test_a_spec_with_only_the_labs_own_features_trains_and_is_evaluated(project):
+    """No video, audio or text: the demo's planted per-TR features (an npz array at one
+    sample per TR) and its annotation column (categorical) as `stimulus.features`. The
+    features go through the HRF, the model, the ridge and the evaluation; the model,
+    fed the true drivers of the planted response, predicts the held-out fMRI."""
+    base = (project / "conf/base/experiments/demo.yml").read_text()
+    start, end = base.index("stimulus:"), base.index("  hrf:")
+    spec = base[:start] + (
+        "stimulus:\n"
+        "  features:\n"
+        "    planted: {path: \"{demo}/ground_truth.npz\", key: features_tr, rate_hz: 0.6666666666666666}\n"
+        "    scene: {table: \"{demo}/annotations.xlsx\", columns: {\"Scene Details - A Level \": categorical}}\n"
+    ) + base[end:]
+    spec = spec.replace("name: demo", "name: own_features").replace("epochs: 40", "epochs: 20")
+    spec = spec[:spec.index("lesion:")]  # no lesions here
+    (project / "conf/base/experiments/own_features.yml").write_text(spec)
+    result = kedro(project, "run", "--pipelines=evaluate", "--params", "experiment=own_features")
+    assert {"extract_stimulus_features", "features_hrf", "train_model", "fit_ridge_reference"} <= ran_nodes(result)
+    features = next(project.glob("data/04_feature/stimulus_features_tr/*/stimulus_features_tr/meta.json"))
+    columns = json.loads(features.read_text())["columns"]
+    assert columns[:2] == ["planted:0", "planted:1"] and any(c.startswith("scene:Scene Details - A Level=") for c in columns)
+    report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
+    assert report["passed"], [c for c in report["checks"] if not c["pass"]]
+    metrics = json.loads(next(project.glob("data/07_model_output/evaluate/*/evaluation_metrics.json")).read_text())
+    assert metrics["autoencoder"]["r_over_ceiling"] > 0.6, metrics["autoencoder"]  # 0.83 here
+    assert "features" in metrics["reconstruction"] and "planted:0" in metrics["reconstruction"]["features"]["column_r"]
+    assert "features" in json.dumps(metrics["ridge"])

@@ -53,14 +53,17 @@ def test_absent_modality_is_an_explicit_empty_cache():
 def test_alignment_check_rejects_a_stretched_modality():
     split = split_table(0, 10, 1.5, 0.1, 0.1)
     good = aligned(np.zeros((10, 3), np.float32))
-    report = check_stimulus_alignment(split, good, good, good)
+    report, modalities = check_stimulus_alignment(split, good, good, good, good)
+    assert list(modalities) == ["video", "audio", "text", "features"] and modalities["text"] is good
     assert report["fmri_grid"] == {"tr": 1.5, "runs": [{"run": "1", "crop": [0, 10], "n_trs": 10}], "n_trs": 10}
     other_crop = aligned(np.zeros((10, 3), np.float32), TrGrid.single(1.5, 2, 12))
     with pytest.raises(ValueError, match=r"video features are not on the fMRI TR grid: run '1': crop \[2, 12\] != \[0, 10\]"):
-        check_stimulus_alignment(split, other_crop, good, good)
+        check_stimulus_alignment(split, other_crop, good, good, good)
     other_tr = aligned(np.zeros((10, 3), np.float32), TrGrid.single(2.0, 0, 10))
     with pytest.raises(ValueError, match="TR 2.0 s != 1.5 s"):
-        check_stimulus_alignment(split, good, other_tr, good)
+        check_stimulus_alignment(split, good, other_tr, good, good)
+    with pytest.raises(ValueError, match="features features are not on the fMRI TR grid"):
+        check_stimulus_alignment(split, good, good, good, other_tr)
 
 
 def test_tr_aligned_validator():

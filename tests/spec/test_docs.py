@@ -45,7 +45,9 @@ def test_every_key_of_the_json_schema_is_in_the_reference():
     assert len(expected) > 100
     assert set(docs.key_paths()) == expected
     text = (REPO / docs.REFERENCE_FILE).read_text()
-    sections = dict(re.findall(r"^## `([^`]+)`\n(.*?)(?=^## |\Z)", text, re.M | re.S))
+    sections: dict[str, str] = {}
+    for path, body in re.findall(r"^## `([^`]+)`[^\n]*\n(.*?)(?=^## |\Z)", text, re.M | re.S):
+        sections[path] = sections.get(path, "") + body  # one path, several kinds of section
     for path in expected:
         section, _, key = path.rpartition(".")
         body = sections[section or "(top level)"]

@@ -16,7 +16,7 @@ def reconstruction_metrics(trained: TrainedModel, outputs: dict[str, np.ndarray]
     feature's training mean, or each codebook's marginal); video frame r and PSNR (raw
     units, data range of the true frames); audio code accuracy against always guessing
     each codebook's most frequent training code; text cosine and top-1/top-5 retrieval
-    among the rows against chance."""
+    among the rows against chance; features: each column's r over the valid rows."""
     losses = trained.normalized_losses(outputs, targets)
     report: dict[str, Any] = {}
     for name in trained.modalities:
@@ -40,6 +40,9 @@ def reconstruction_metrics(trained: TrainedModel, outputs: dict[str, np.ndarray]
                 data_range = float(raw_true.max() - raw_true.min()) or 1.0
                 entry["psnr_db_mean"] = float(metrics.psnr(raw_pred, raw_true, data_range).mean())
                 entry["psnr_data_range"] = data_range
+            if name == "features":  # which of the lab's features the brain carries, column by column
+                entry["column_r"] = dict(zip(trained.job.feature_columns or map(str, range(true.shape[1])),
+                                             map(float, metrics.pearson_columns(pred, true)), strict=True))
             if name == "text":
                 entry["cosine_mean"] = float(metrics.cosine_rows(raw_pred, raw_true).mean())
                 index = np.arange(len(raw_true))

@@ -22,7 +22,7 @@ Shapes (B = batch):
 - audio  codes (B, n_q, T) int: one embedding table per codebook, summed, a 1-D conv
   encoder; the decoder predicts logits (B, n_q, 1024, T) for a cross-entropy. ``mel``
   (B, n_mels, T) float: conv encoder, MSE decoder.
-- text   (B, D) standardized CLIP embedding: MLPs.
+- text   (B, D) standardized CLIP embedding, features (B, D) the lab's own (stimulus.features): MLPs.
 - fmri   (B, V): the voxel layer itself (``voxels``) or the head's output.
 
 The last layer of each decoder and of the fMRI path starts at zero, so before training
@@ -52,9 +52,10 @@ class ModalityShapes:
     audio_is_codes: bool
     text: tuple[int, ...] | None  # (D,)
     n_voxels: int
+    features: tuple[int, ...] | None = None  # (D,): the spec's stimulus.features, side by side
 
     def present(self) -> list[str]:
-        return [name for name in ("video", "audio", "text") if getattr(self, name) is not None]
+        return [name for name in ("video", "audio", "text", "features") if getattr(self, name) is not None]
 
 
 def _zero_last(layer: nn.Module) -> nn.Module:
@@ -174,7 +175,7 @@ class MultimodalAutoencoder(nn.Module):
         self.shapes = shapes
         present = shapes.present()
         if not present:
-            raise ValueError("the model needs at least one stimulus modality (video, audio or text)")
+            raise ValueError("the model needs at least one stimulus modality (video, audio, text or features)")
         self.voxel_layout = bottleneck == "voxels"
         self.rank = resolve_rank(bottleneck, rank)
         width = shapes.n_voxels if self.voxel_layout else int(bottleneck)
@@ -192,10 +193,12 @@ class MultimodalAutoencoder(nn.Module):
             else:
                 self.encoders["audio"] = SequenceEncoder(channels, hidden)
                 self.decoders["audio"] = SequenceDecoder(decoder_width, channels, length)
-        if shapes.text is not None:
-            (dim,) = shapes.text
-            self.encoders["text"] = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
-            self.decoders["text"] = nn.Sequential(nn.Linear(decoder_width, hidden), nn.GELU(),
+        for name in ("text", "features"):  # vectors per TR: MLPs
+            if getattr(shapes, name) is None:
+                continue
+            (dim,) = getattr(shapes, name)
+            self.encoders[name] = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
+            self.decoders[name] = nn.Sequential(nn.Linear(decoder_width, hidden), nn.GELU(),
                                                   _zero_last(nn.Linear(hidden, dim)))
         fused = hidden * len(present)
         if self.voxel_layout:

@@ -18,7 +18,13 @@ from giblet_kedro.spec.bids import expand_bids
 from giblet_kedro.spec.fingerprint import DigestCache, hash_payload, stage_code, stage_code_version
 from giblet_kedro.spec.load import load_spec
 from giblet_kedro.spec.reference import flatten, make_reference, parse_reference
-from giblet_kedro.spec.schema import STIMULUS_FILE_FIELDS, ExperimentSpec, StimulusSpec, run_key
+from giblet_kedro.spec.schema import (
+    FEATURE_FILE_KEYS,
+    STIMULUS_FILE_FIELDS,
+    ExperimentSpec,
+    StimulusSpec,
+    run_key,
+)
 from giblet_kedro.stimulus.weights import RANDOM, WeightsLookup, find_clip, find_encodec, is_tag
 
 log = logging.getLogger(__name__)
@@ -62,8 +68,9 @@ STAGES: dict[str, Stage] = {
         Stage("video_frames_tr", "04_feature", _nodes("stimulus.nodes", "extract_video_frames")),
         Stage("audio_codes_tr", "04_feature", _nodes("stimulus.nodes", "extract_audio_codes")),
         Stage("text_embeddings_tr", "04_feature", _nodes("stimulus.nodes", "extract_text_embeddings")),
+        Stage("stimulus_features_tr", "04_feature", _nodes("stimulus.nodes", "extract_features")),
         *(Stage(name, "05_model_input", _nodes("stimulus.nodes", "apply_hrf"))
-          for name in ("video_features", "audio_codes", "text_embeddings")),
+          for name in ("video_features", "audio_codes", "text_embeddings", "stimulus_features")),
         Stage("stimulus_alignment", "08_reporting", _nodes("stimulus.nodes", "check_stimulus_alignment")),
         Stage("train", "06_models", _nodes("train.nodes", "loss_statistics", "training_job", "train_model")),
         Stage("verify", "08_reporting", _nodes("train.nodes", "verify_training")),
@@ -126,7 +133,7 @@ class CompiledExperiment:
 
 # TR-aligned extraction stage -> the stage that applies the HRF to it (catalog names).
 FINAL_FEATURES = {"video_frames_tr": "video_features", "audio_codes_tr": "audio_codes",
-                  "text_embeddings_tr": "text_embeddings"}
+                  "text_embeddings_tr": "text_embeddings", "stimulus_features_tr": "stimulus_features"}
 
 
 def demo_dir(demo_fingerprint: str) -> Path:
@@ -184,6 +191,9 @@ def _resolve_paths(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
             if part is not None:
                 # weights were resolved by resolve_weights (a file, random, or left as written)
                 parts[name] = part.model_copy(update={k: resolve(getattr(part, k)) for k in keys if k != "weights"})
+        parts["features"] = {name: feature.model_copy(update={k: resolve(getattr(feature, k))
+                                                                for k in FEATURE_FILE_KEYS if hasattr(feature, k)})
+                             for name, feature in stim.features.items()}
         update["stimulus"] = stim.model_copy(update=parts)
     if spec.lesion is not None:
         regions = {name: region.model_copy(update={"mask": resolve(region.mask), "atlas": resolve(region.atlas)})
@@ -327,6 +337,10 @@ def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp
             "bandwidth": stim.audio.bandwidth if stim.audio.model != "mel" else None,
             "weights": weights_fp(stim.audio, "audio"), "chunk_s": stim.audio.chunk_s,
             "seed": spec.seed if stim.audio.weights in (None, RANDOM) else None},
+        "stimulus_features_tr": bool(stim.features) and {
+            name: {**feature.model_dump(mode="json"), **{key: file_fp(getattr(feature, key), f"stimulus.features.{name}.{key}")
+                                                          for key in FEATURE_FILE_KEYS if hasattr(feature, key)}}
+            for name, feature in stim.features.items()},
         "text_embeddings_tr": stim.text and {
             "annotations": file_fp(stim.text.annotations, "stimulus.text.annotations"),
             "start": stim.text.start, "end": stim.text.end, "columns": stim.text.columns,

@@ -160,8 +160,10 @@ def render_reference() -> str:
         "",
     ]
     seen: set[type[BaseModel]] = set()
-    for path, model in sections():
-        lines += [f"## `{path}`", ""]
+    all_sections = list(sections())
+    shared = {path for path, _ in all_sections if sum(p == path for p, _ in all_sections) > 1}
+    for path, model in all_sections:  # a path with several kinds (features) names each
+        lines += [f"## `{path}`" + (f" ({model.__name__})" if path in shared else ""), ""]
         if model in seen:
             lines += [f"<a id=\"{model.__name__.lower()}-{len(seen)}\"></a>Same keys as above "
                       f"([{model.__name__}](#{model.__name__.lower()})).", ""]

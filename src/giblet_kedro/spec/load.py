@@ -74,7 +74,8 @@ def _format_location(loc: tuple) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         elif item in ("dict[str,str]", "SubjectPattern", "function-after[_not_empty(), dict[str,str]]",
-                      "subject-pattern", "subject-files", "str", "list[str]", "dict[constrained-str,str]"):
+                      "subject-pattern", "subject-files", "str", "list[str]", "dict[constrained-str,str]",
+                      "table-feature", "array-feature", "textgrid-feature"):
             continue  # pydantic's union-branch labels are noise for a user
         elif str(item).startswith(("function-", "tagged-union", "union[")):
             continue

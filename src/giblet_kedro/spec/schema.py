@@ -26,7 +26,7 @@ from pydantic import (
 
 SUBJECT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SubjectId = Annotated[str, Field(pattern=SUBJECT_ID)]
-Modality = Literal["video", "audio", "text", "fmri"]
+Modality = Literal["video", "audio", "text", "features", "fmri"]
 
 
 class StrictModel(BaseModel):
@@ -495,14 +495,84 @@ class HrfSpec(StrictModel):
     slice_time_ref: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
 
 
+class TableFeatureSpec(StrictModel):
+    """Columns of an annotation table (one row per segment, xlsx/csv/tsv) as features.
+
+    ``columns``: column -> ``numeric`` (the value) or ``categorical`` (one-hot, one
+    feature per distinct value). Names match after stripping spaces. A TR takes the
+    time-weighted mean over the segments overlapping its window (an empty cell is left
+    out); a TR that no segment covers is invalid. Times restarting at 0 (a table holding
+    several runs) need ``run_onsets_s``, the movie time each run's rows start at.
+    """
+
+    table: str
+    start: str = "Start Time (s)"
+    end: str = "End Time (s)"
+    columns: Annotated[dict[str, Literal["numeric", "categorical"]], Field(min_length=1)]
+    run_onsets_s: list[NonNegativeFloat] | None = None
+
+
+class ArrayFeatureSpec(StrictModel):
+    """Precomputed features, ``(n_samples, n_features)``: ``.npy``, ``.npz`` (array
+    ``key``, default its only array), ``.parquet`` or ``.tsv`` (every numeric column
+    but ``timestamps``). Sample ``k`` is at movie time ``onset_s + k / rate_hz``, or at
+    ``timestamps`` (seconds: an npz key or a column). A TR takes the mean of its samples,
+    or, at rates below one per TR, the value interpolated at its centre; a TR outside the
+    samples is invalid."""
+
+    path: str
+    rate_hz: PositiveFloat | None = None
+    timestamps: str | None = None
+    key: str | None = None
+    onset_s: float = 0.0
+
+    @model_validator(mode="after")
+    def _one_clock(self) -> ArrayFeatureSpec:
+        if (self.rate_hz is None) == (self.timestamps is None):
+            raise ValueError("say when each sample is: give rate_hz (samples per second, from onset_s) or "
+                             "timestamps (an npz key or a column with each sample's time in seconds), not both")
+        return self
+
+
+class TextGridFeatureSpec(StrictModel):
+    """Word timings from a Praat TextGrid (e.g. the Alice transcript) as word rate: the
+    words (intervals of ``tier`` whose text is not in ``skip``) starting in each TR,
+    per second. ``onset_s``: movie (audio) time at the TextGrid's time 0."""
+
+    textgrid: str
+    tier: str = "word"
+    skip: list[str] = ["", "sp", "sil", "<sil>"]
+    onset_s: float = 0.0
+
+
+def _feature_kind(value) -> str:
+    if isinstance(value, dict):
+        kind = "table" if "table" in value else "textgrid" if "textgrid" in value else "array"
+    else:
+        kind = "table" if isinstance(value, TableFeatureSpec) else \
+            "textgrid" if isinstance(value, TextGridFeatureSpec) else "array"
+    return f"{kind}-feature"
+
+
+FeatureSpec = Annotated[
+    Annotated[TableFeatureSpec, Tag("table-feature")] | Annotated[ArrayFeatureSpec, Tag("array-feature")]
+    | Annotated[TextGridFeatureSpec, Tag("textgrid-feature")],
+    Discriminator(_feature_kind),
+]
+FEATURE_FILE_KEYS = ("table", "path", "textgrid")
+
+
 class StimulusSpec(StrictModel):
     """The movie the subjects watched. ``onset_s``: movie time at which the fMRI run's
     first volume began. ``device``: where EnCodec and CLIP run (not part of any
-    fingerprint: results agree to float rounding)."""
+    fingerprint: results agree to float rounding). ``features``: any other stimulus
+    description the lab has (annotation columns, precomputed arrays, TextGrid word
+    rate), by name; together they are the ``features`` modality."""
 
     video: VideoSpec | None = None
     audio: AudioSpec | None = None
     text: TextSpec | None = None
+    features: dict[Annotated[str, Field(pattern=SUBJECT_ID)], FeatureSpec] = Field(default_factory=dict)
     hrf: HrfSpec = HrfSpec()
     onset_s: float = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -777,6 +847,9 @@ class ExperimentSpec(StrictModel):
                 for key in keys if part is not None else ():
                     if getattr(part, key) and getattr(part, key) != "random":
                         files[f"stimulus.{section}.{key}"] = getattr(part, key)
+            for name, feature in self.stimulus.features.items():
+                key = next(k for k in FEATURE_FILE_KEYS if hasattr(feature, k))
+                files[f"stimulus.features.{name}.{key}"] = getattr(feature, key)
         if self.lesion is not None:
             files |= {f"lesion.regions.{name}.{'mask' if region.mask else 'atlas'}": region.file
                       for name, region in self.lesion.regions.items()}

@@ -26,7 +26,7 @@ from giblet_kedro.training.losses import ModalityStats, code_stats, continuous_s
 if TYPE_CHECKING:
     import pandas as pd
 
-MODALITIES = ("video", "audio", "text")
+MODALITIES = ("video", "audio", "text", "features")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class TrainJob:
     test_rows: list[int] = field(default_factory=list)  # never read by training; the evaluation's rows
     # What each modality's features were extracted with (e.g. "RANDOM weights: ..."), for the reports.
     feature_weights: dict[str, str] = field(default_factory=dict)
+    # The ``features`` modality's column names (``<feature>:<column>``), in order.
+    feature_columns: list[str] = field(default_factory=list)
     world_size: int | None = None
     backend: str | None = None
     device_type: str | None = None
@@ -109,10 +111,11 @@ class TrainJob:
         return state
 
 
-def present_modalities(video, audio, text) -> dict:
-    """The modalities the spec has (absent ones are empty caches), by name."""
-    return {name: a for name, a in (("video", video), ("audio", audio), ("text", text))
-            if not a.meta.get("absent") and a.values.size}
+def present_modalities(modalities: dict) -> dict:
+    """The modalities the spec has (absent ones are empty caches), by name, in
+    ``MODALITIES`` order."""
+    return {name: modalities[name] for name in MODALITIES
+            if name in modalities and not modalities[name].meta.get("absent") and modalities[name].values.size}
 
 
 def split_rows(split: pd.DataFrame, which: str) -> np.ndarray:
@@ -154,14 +157,16 @@ def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str,
     ``features``: the present modalities' TR-aligned caches (memory-mapped), by name.
     """
     if not features:
-        raise SpecError("training needs at least one stimulus modality: add stimulus.video, stimulus.audio or "
-                         "stimulus.text to the spec (the fMRI stage alone runs with --pipelines=fmri)")
+        raise SpecError("training needs at least one stimulus modality: add stimulus.video, stimulus.audio, "
+                         "stimulus.text or stimulus.features to the spec (the fMRI stage alone runs with "
+                         "--pipelines=fmri)")
     audio = features.get("audio")
     shapes = ModalityShapes(
         video=tuple(features["video"].values.shape[1:]) if "video" in features else None,
         audio=tuple(audio.values.shape[1:]) if audio is not None else None,
         audio_is_codes=audio is not None and audio_is_codes(audio),
         text=tuple(features["text"].values.shape[1:]) if "text" in features else None,
+        features=tuple(features["features"].values.shape[1:]) if "features" in features else None,
         n_voxels=int(fmri_train.shape[-1]))
     paths = ArrayPaths(fmri=str(fmri_train.filename),
                        values={n: str(a.values.filename) for n, a in features.items()},
@@ -175,7 +180,8 @@ def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str,
                     model=dict(model), loss={"normalize": loss["normalize"], "weights": weights}, train=dict(train),
                     seed=int(seed), run_dir=str(run_dir), experiment=experiment, tr=float(tr or 0.0),
                     test_rows=split_rows(split, "test").tolist(),
-                    feature_weights={n: str(a.meta["weights"]) for n, a in features.items() if a.meta.get("weights")})
+                    feature_weights={n: str(a.meta["weights"]) for n, a in features.items() if a.meta.get("weights")},
+                    feature_columns=list(features["features"].meta.get("columns", [])) if "features" in features else [])
 
 
 def resolve_devices(train: dict) -> tuple[int, str, str]:

@@ -15,10 +15,24 @@ import pandas as pd
 import torch
 
 from giblet_kedro.errors import InputDataError
-from giblet_kedro.spec.schema import FmriSpec, StimulusSpec, run_onsets
+from giblet_kedro.spec.schema import (
+    ArrayFeatureSpec,
+    FmriSpec,
+    StimulusSpec,
+    TableFeatureSpec,
+    TextGridFeatureSpec,
+    run_onsets,
+)
 from giblet_kedro.stimulus import hrf
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid, run_segments
 from giblet_kedro.stimulus.audio import extract_audio
+from giblet_kedro.stimulus.features import (
+    array_features,
+    read_array,
+    read_textgrid,
+    table_features,
+    word_rate,
+)
 from giblet_kedro.stimulus.text import extract_text
 from giblet_kedro.stimulus.video import extract_frames
 
@@ -78,6 +92,50 @@ def extract_text_embeddings(split: pd.DataFrame, fmri: FmriSpec, stimulus: Stimu
                         batch_size=text.batch_size, device=_device(stimulus))
 
 
+def _one_feature(name: str, feature, grid: TrGrid) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    label = f"stimulus.features.{name}"
+    if isinstance(feature, TableFeatureSpec):
+        return table_features(Path(feature.table), feature.start, feature.end, dict(feature.columns), grid, label,
+                              feature.run_onsets_s)
+    if isinstance(feature, TextGridFeatureSpec):
+        values, valid = word_rate(read_textgrid(Path(feature.textgrid), feature.tier, label), list(feature.skip),
+                                  feature.onset_s, grid)
+        return values, valid, ["words per second"]
+    assert isinstance(feature, ArrayFeatureSpec)
+    samples, times, names = read_array(Path(feature.path), label, feature.key, feature.timestamps)
+    if times is None:
+        times = feature.onset_s + np.arange(samples.shape[0]) / feature.rate_hz
+    else:
+        times = times + feature.onset_s
+    values, valid = array_features(samples, times, grid, label)
+    return values, valid, names
+
+
+def extract_features(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None) -> TrAligned:
+    """The spec's ``stimulus.features`` on the TR grid, side by side: (n_trs, n_features)
+    float32, in spec order; a TR is valid where every feature covers it. ``meta["columns"]``
+    names each column ``<feature>:<column>``."""
+    stimulus = stimulus or StimulusSpec()
+    grid = _grid(split, fmri, stimulus)
+    if not stimulus.features:
+        return _absent("features", grid)
+    blocks, valids, columns, notes = [], [], [], []
+    for name, feature in stimulus.features.items():
+        values, valid, names = _one_feature(name, feature, grid)
+        blocks.append(values)
+        valids.append(valid)
+        columns += [f"{name}:{column}" for column in names]
+        if (~valid).any():
+            notes.append(f"features.{name}: {int((~valid).sum())} of {grid.n_trs} TRs are not covered; "
+                         "they are zero and marked invalid")
+            log.warning(notes[-1])
+    return TrAligned(values=np.concatenate(blocks, axis=1), valid=np.logical_and.reduce(valids), meta={
+        "modality": "features", "grid": grid.describe(), "columns": columns,
+        "sources": {name: feature.model_dump(mode="json") for name, feature in stimulus.features.items()},
+        "units": "as given (annotation values, category shares of the TR, array means, words per second)",
+        "layout": "(n_trs, n_features)", "forward_fill": False, "notes": notes})
+
+
 def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
     """Continuous features: causal convolution with the canonical HRF integrated over each
     TR window (``glover``/``spm``) or a shift by ``delay_s`` (``none``). Integer codes:
@@ -110,10 +168,11 @@ def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
     return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": applied})
 
 
-def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAligned,
-                             text: TrAligned) -> dict[str, Any]:
+def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAligned, text: TrAligned,
+                             features: TrAligned) -> tuple[dict[str, Any], dict[str, TrAligned]]:
     """Every modality must sit on exactly the fMRI TR grid of the experiment (same runs,
-    crops and TR); returns a report, raises on any mismatch."""
+    crops and TR); raises on any mismatch. Returns the report and the modalities by name
+    (what training reads)."""
     onsets = split["onset_s"].to_numpy()
     runs = []
     for run, part in split.groupby("run", sort=False):
@@ -121,7 +180,8 @@ def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAli
         runs.append({"run": str(run), "crop": [int(file_trs[0]), int(file_trs[-1]) + 1], "n_trs": len(part)})
     expected = {"tr": float(onsets[1] - onsets[0]) if len(onsets) > 1 else None, "runs": runs, "n_trs": len(split)}
     report: dict[str, Any] = {"fmri_grid": expected, "modalities": {}}
-    for name, aligned in (("video", video), ("audio", audio), ("text", text)):
+    modalities = {"video": video, "audio": audio, "text": text, "features": features}
+    for name, aligned in modalities.items():
         grid = aligned.meta["grid"]
         problems = []
         got_runs = [r["run"] for r in grid["runs"]]
@@ -144,4 +204,4 @@ def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAli
             "dtype": str(aligned.values.dtype), "valid_trs": int(np.asarray(aligned.valid).sum()),
             "run_onsets_s": {r["run"]: r["onset_s"] for r in grid["runs"]}, "tr": grid["tr"],
             "hrf": aligned.meta.get("hrf"), "notes": aligned.meta.get("notes", [])}
-    return report
+    return report, modalities

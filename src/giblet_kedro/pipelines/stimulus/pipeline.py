@@ -1,4 +1,5 @@
-"""Stimulus stage: movie -> TR-aligned video / audio / text -> HRF -> model-input features."""
+"""Stimulus stage: movie and the lab's features -> TR-aligned video / audio / text / features -> HRF ->
+model-input features, checked against the fMRI grid."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -6,6 +7,7 @@ from giblet_kedro.pipelines.stimulus.nodes import (
     apply_hrf,
     check_stimulus_alignment,
     extract_audio_codes,
+    extract_features,
     extract_text_embeddings,
     extract_video_frames,
 )
@@ -18,9 +20,12 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(extract_audio_codes, [*grid_inputs, "params:experiment_info"], "audio_codes_tr", name="extract_audio_codes"),
         node(extract_text_embeddings, [*grid_inputs, "params:experiment_info"], "text_embeddings_tr",
              name="extract_text_embeddings"),
+        node(extract_features, grid_inputs, "stimulus_features_tr", name="extract_stimulus_features"),
         node(apply_hrf, ["video_frames_tr", "params:stimulus"], "video_features", name="video_hrf"),
         node(apply_hrf, ["audio_codes_tr", "params:stimulus"], "audio_codes", name="audio_hrf"),
         node(apply_hrf, ["text_embeddings_tr", "params:stimulus"], "text_embeddings", name="text_hrf"),
-        node(check_stimulus_alignment, ["fmri_split", "video_features", "audio_codes", "text_embeddings"],
-             "stimulus_alignment", name="check_stimulus_alignment"),
+        node(apply_hrf, ["stimulus_features_tr", "params:stimulus"], "stimulus_features", name="features_hrf"),
+        node(check_stimulus_alignment,
+             ["fmri_split", "video_features", "audio_codes", "text_embeddings", "stimulus_features"],
+             ["stimulus_alignment", "stimulus_modalities"], name="check_stimulus_alignment"),
     ])

@@ -26,18 +26,18 @@ from giblet_kedro.training.losses import stats_to_arrays
 log = logging.getLogger(__name__)
 
 
-def loss_statistics(fmri_train: np.ndarray, fmri_split: pd.DataFrame, video: TrAligned, audio: TrAligned,
-                    text: TrAligned) -> dict[str, np.ndarray]:
+def loss_statistics(fmri_train: np.ndarray, fmri_split: pd.DataFrame,
+                    modalities: dict[str, TrAligned]) -> dict[str, np.ndarray]:
     """Every feature's mean and std over the training TRs (codes: each codebook's marginal)."""
-    stats = compute_loss_stats(fmri_train, split_rows(fmri_split, "train"), present_modalities(video, audio, text))
+    stats = compute_loss_stats(fmri_train, split_rows(fmri_split, "train"), present_modalities(modalities))
     return stats_to_arrays(stats)
 
 
 def training_job(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict[str, np.ndarray],
-                 video: TrAligned, audio: TrAligned, text: TrAligned, training: TrainingSettings) -> dict[str, Any]:
+                 modalities: dict[str, TrAligned], training: TrainingSettings) -> dict[str, Any]:
     """The job every rank, the verification and the evaluation read (JSON)."""
     try:
-        job = build_job(fmri_train, fmri_split, loss_stats.filename, present_modalities(video, audio, text),
+        job = build_job(fmri_train, fmri_split, loss_stats.filename, present_modalities(modalities),
                         training.model.model_dump(mode="json"), training.loss.model_dump(mode="json"),
                         training.train.model_dump(mode="json"), training.seed, training.run_dir, training.experiment)
     except ValueError as exc:

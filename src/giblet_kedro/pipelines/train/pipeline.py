@@ -4,14 +4,13 @@ from kedro.pipeline import Pipeline, node
 
 from giblet_kedro.pipelines.train.nodes import loss_statistics, train_model, training_job, verify_training
 
-FEATURES = ["video_features", "audio_codes", "text_embeddings"]
-
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        node(loss_statistics, ["fmri_train", "fmri_split", *FEATURES], "loss_stats", name="compute_loss_stats"),
-        node(training_job, ["fmri_train", "fmri_split", "loss_stats", *FEATURES, "params:training"], "train_job",
-             name="build_training_job"),
+        node(loss_statistics, ["fmri_train", "fmri_split", "stimulus_modalities"], "loss_stats",
+             name="compute_loss_stats"),
+        node(training_job, ["fmri_train", "fmri_split", "loss_stats", "stimulus_modalities", "params:training"],
+             "train_job", name="build_training_job"),
         node(train_model, ["train_job", "params:train_fresh"], ["model_checkpoint", "training_history"],
              name="train_model"),
         node(verify_training,

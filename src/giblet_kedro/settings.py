@@ -1,6 +1,8 @@
 """Project settings: the spec resolvers and overrides for catalog and parameters, and the
 hooks that hold on every path that runs a pipeline (:mod:`giblet_kedro.hooks`)."""
 
+import importlib.util
+import os
 import warnings
 
 from giblet_kedro.config_loader import GibletConfigLoader
@@ -18,4 +20,11 @@ CONFIG_LOADER_ARGS = {
 # is about Kedro's code, not this project's, and would bury real warnings on every run.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 
-HOOKS = (GibletHooks(),)
+HOOKS: tuple = (GibletHooks(),)
+if importlib.util.find_spec("kedro_mlflow") is not None:  # the optional tracking extra
+    from giblet_kedro.tracking import MlflowHooks
+
+    # conf/base/mlflow.yml logs to a local file store (mlruns/), which MLflow 3.17 keeps in
+    # maintenance mode behind this switch; conf/local/mlflow.yml can name sqlite or a server.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    HOOKS += (MlflowHooks(),)

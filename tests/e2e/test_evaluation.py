@@ -5,6 +5,7 @@ the middle of their TR)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import nibabel as nib
@@ -149,7 +150,20 @@ def test_demo_evaluation_and_lesions_recover_the_planted_regions(project):
     assert "spec keys that differ: none" in compared and "eval.r_over_ceiling" in compared
     assert "RANDOM weights" in report  # the demo's extractors are random, and the report says so
 
-    # 6. the worked notebook, executed as a user would open it, on this project
+    # 6. the MLflow run of the report (the `mlflow` extra): losses per epoch, metrics, artifacts
+    if importlib.util.find_spec("kedro_mlflow") is not None:
+        from tests.e2e.test_tracking import runs_in
+
+        client, runs = runs_in(project)
+        run = runs[0]  # the first report run computed everything
+        assert len(client.get_metric_history(run.info.run_id, "train.total")) == 40
+        assert run.data.metrics["verify.the stimulus drives the brain"] == 1.0
+        assert run.data.metrics["eval.r_over_ceiling"] == pytest.approx(metrics["autoencoder"]["r_over_ceiling"])
+        assert "lesion.visual.video.p" in run.data.metrics
+        artifacts = {a.path for folder in ("report", "evaluate") for a in client.list_artifacts(run.info.run_id, folder)}
+        assert {"report/report.html", "evaluate/voxel_r_map.nii.gz"} <= artifacts
+
+    # 7. the worked notebook, executed as a user would open it, on this project
     run_notebook(project)
     first_tr = nib.load(project / "data/08_reporting/first_tr.nii.gz")
     mask = _npz(project, "data/03_primary/fmri_stats/*/norm_stats.npz")["mask"].astype(bool)

@@ -1,0 +1,172 @@
+"""Experiment tracking with MLflow, through kedro-mlflow (optional: ``pip install -e '.[mlflow]'``).
+
+kedro-mlflow opens an MLflow run around every pipeline run (``conf/base/mlflow.yml``:
+a local file store, ``mlruns/`` in the project, unless ``MLFLOW_TRACKING_URI`` or that
+file says otherwise). :class:`MlflowHooks` fills it:
+
+- at the start: the flattened spec (with its ``--params`` overrides) as params
+  ``spec.<key path>``, each stage's fingerprint as a tag ``fingerprint.<stage>``, the
+  spec file and overrides as tags;
+- at the end: the per-epoch losses of rank 0 (``train.<component>``, ``val.<component>``,
+  step = epoch), the verification checks and the evaluation and lesion numbers as
+  metrics, and the report, its figures, the verification report, the loss curve and the
+  r-map NIfTI as artifacts, whichever this run's caches hold.
+
+Without MLflow nothing here is imported; ``kedro giblet runs`` and ``compare`` keep
+their own history either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from giblet_kedro.spec.compile import CompiledExperiment
+
+log = logging.getLogger(__name__)
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def flat_params(value: Any, prefix: str = "spec") -> dict[str, str]:
+    """Nested spec -> ``{"spec.fmri.mode": "cross_subject", ...}`` (lists as JSON)."""
+    if isinstance(value, dict) and value:
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out |= flat_params(item, f"{prefix}.{key}")
+        return out
+    text = value if isinstance(value, str) else json.dumps(value)
+    return {prefix: text[:MAX_PARAM_LENGTH]}
+
+
+def epoch_metrics(history: dict) -> list[tuple[str, float, int]]:
+    """``(name, value, epoch)`` for every loss component of every epoch (rank 0's history)."""
+    rows = []
+    for entry in history.get("epochs", []):
+        for part in ("train", "val"):
+            rows += [(f"{part}.{name}", float(value), int(entry["epoch"]))
+                     for name, value in entry.get(part, {}).items() if isinstance(value, int | float)]
+    return rows
+
+
+def run_metrics(compiled: CompiledExperiment) -> dict[str, float]:
+    """The verification checks (1 pass, 0 fail), the headline evaluation and lesion numbers
+    and every per-modality reconstruction number found in this spec's caches."""
+    from giblet_kedro.runs import headline_metrics
+
+    out = {k: float(v) for k, v in headline_metrics(compiled).items()
+           if isinstance(v, int | float) and not isinstance(v, bool)}
+    report = _json(compiled.cache_dir("verify") / "verification_report.json")
+    for check in (report or {}).get("checks", []):
+        out[f"verify.{check['check']}"] = float(bool(check["pass"]))
+    evaluation = _json(compiled.cache_dir("evaluate") / "evaluation_metrics.json")
+    for name, entry in (evaluation or {}).get("reconstruction", {}).items():
+        out |= {f"recon.{name}.{k}": float(v) for k, v in entry.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)}
+    lesions = _json(compiled.cache_dir("lesion") / "lesion_metrics.json")
+    for region, entry in (lesions or {}).get("regions", {}).items():
+        for modality, effect in entry.get("effects", {}).items():
+            out[f"lesion.{region}.{modality}.effect"] = float(effect["effect"])
+            out[f"lesion.{region}.{modality}.p"] = float(effect["p"])
+    return out
+
+
+def run_artifacts(compiled: CompiledExperiment) -> list[Path]:
+    """The files worth keeping with the run: report, figures, reports, r map."""
+    wanted = [
+        (compiled.cache_dir("report"), ("report.html", "*.png")),
+        (compiled.cache_dir("verify"), ("verification_report.json", "verification_summary.md", "loss_curve.png")),
+        (compiled.cache_dir("evaluate"), ("evaluation_metrics.json", "voxel_r_map.nii.gz")),
+        (compiled.cache_dir("lesion"), ("lesion_metrics.json",)),
+    ]
+    return sorted({path for folder, patterns in wanted for pattern in patterns for path in folder.glob(pattern)})
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_experiment(context) -> None:
+    """Create the experiment of the project's ``mlflow.yml`` if its store lacks it (local
+    file stores only: a server handles concurrent creation itself)."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    loader = context.config_loader
+    loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+    config = loader["mlflow"]
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (config.get("server") or {}).get("mlflow_tracking_uri") or "mlruns"
+    name = ((config.get("tracking") or {}).get("experiment") or {}).get("name") or "Default"
+    if "://" in uri and not uri.startswith("file://"):
+        return
+    folder = Path(uri.removeprefix("file://"))
+    folder = folder if folder.is_absolute() else Path(context.project_path) / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".giblet-experiment.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(folder.as_uri())
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name)
+
+
+class MlflowHooks:
+    """Logs the spec, fingerprints, losses, metrics and artifacts into kedro-mlflow's run.
+
+    Ordered around kedro-mlflow's own hooks: it opens the run before the pipeline
+    (``trylast`` here) and closes it after (``tryfirst`` here)."""
+
+    def __init__(self) -> None:
+        self._compiled: CompiledExperiment | None = None
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        """Before kedro-mlflow looks its experiment up: create it once, under a lock, so two
+        runs starting at once on a fresh store do not both try to create it."""
+        self._context = context
+        try:
+            ensure_experiment(context)
+        except Exception as exc:  # tracking must never stop a run; kedro-mlflow reports its own errors
+            log.warning("MLflow: could not prepare the experiment: %s", exc)
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        import mlflow
+
+        from giblet_kedro.spec.resolvers import compiled
+
+        if mlflow.active_run() is None:  # tracking is off for this pipeline (mlflow.yml)
+            self._compiled = None
+            return
+        self._compiled = compiled(self._context.params["experiment_name"])
+        spec = self._compiled.spec.model_dump(mode="json")
+        mlflow.log_params(flat_params(spec))
+        mlflow.set_tags({f"fingerprint.{stage}": fp for stage, fp in self._compiled.fingerprints.items()}
+                        | {"giblet.experiment": self._compiled.spec.name,
+                           "giblet.spec_file": str(self._compiled.spec_file),
+                           "giblet.overrides": json.dumps(self._compiled.describe()["overrides"]),
+                           "mlflow.runName": f"{self._compiled.spec.name}: "
+                                             f"{'+'.join(run_params.get('pipeline_names') or ['__default__'])}"})
+
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self) -> None:
+        import mlflow
+
+        if self._compiled is None or mlflow.active_run() is None:
+            return
+        history = _json(self._compiled.cache_dir("train") / "history.json") or {}
+        client = mlflow.tracking.MlflowClient()
+        run_id = mlflow.active_run().info.run_id
+        for name, value, epoch in epoch_metrics(history):
+            client.log_metric(run_id, name, value, step=epoch)
+        mlflow.log_metrics(run_metrics(self._compiled))
+        for path in run_artifacts(self._compiled):
+            mlflow.log_artifact(str(path), artifact_path=path.parent.parent.name)
+        log.info("MLflow: logged run %s to %s", run_id, mlflow.get_tracking_uri())

@@ -234,15 +234,20 @@ class FigureDataset(TextDataset):
 
 class FiguresDataset(AbstractDataset[dict, dict[str, bytes]]):
     """Several matplotlib figures, each saved as ``<folder>/<file>`` PNG (``files``: name ->
-    file name), atomically; loads name -> the PNG's bytes."""
+    file name), atomically; loads name -> the PNG's bytes. A figure named in ``optional``
+    may be left out (e.g. world-space views of data that are not in MNI space); a ``str``
+    value (an HTML page) is written as text."""
 
-    def __init__(self, folder: str, files: dict[str, str], metadata: dict[str, Any] | None = None):
+    def __init__(self, folder: str, files: dict[str, str], optional: list[str] | None = None,
+                 metadata: dict[str, Any] | None = None):
         self._folder = Path(folder)
         self._files = dict(files)
+        self._optional = set(optional or [])
         self.metadata = metadata
 
     def load(self) -> dict[str, bytes]:
-        return {name: (self._folder / file).read_bytes() for name, file in self._files.items()}
+        return {name: (self._folder / file).read_bytes() for name, file in self._files.items()
+                if name not in self._optional or (self._folder / file).is_file()}
 
     def save(self, data: dict) -> None:
         import matplotlib.pyplot as plt
@@ -250,13 +255,19 @@ class FiguresDataset(AbstractDataset[dict, dict[str, bytes]]):
         unknown = sorted(set(data) - set(self._files))
         if unknown:
             raise ValueError(f"figures {unknown} have no file; known: {sorted(self._files)}")
+        missing = sorted(set(self._files) - set(data) - self._optional)
+        if missing:
+            raise ValueError(f"figures {missing} are missing")
         for name, figure in data.items():
             with atomic_path(self._folder / self._files[name]) as tmp:
+                if isinstance(figure, str):
+                    tmp.write_text(figure, encoding="utf-8")
+                    continue
                 figure.savefig(tmp, format="png", dpi=110)
             plt.close(figure)
 
     def _exists(self) -> bool:
-        return intact(*(self._folder / file for file in self._files.values()))
+        return intact(*(self._folder / file for name, file in self._files.items() if name not in self._optional))
 
     def _describe(self) -> dict[str, Any]:
         return {"folder": str(self._folder), "files": self._files}
@@ -265,5 +276,5 @@ class FiguresDataset(AbstractDataset[dict, dict[str, bytes]]):
         """kedro-viz: every picture."""
         parts = [f'<p>{html.escape(name)}</p><img src="data:image/png;base64,'
                  f'{base64.b64encode((self._folder / file).read_bytes()).decode()}">'
-                 for name, file in self._files.items() if (self._folder / file).is_file()]
+                 for name, file in self._files.items() if (self._folder / file).is_file() and file.endswith(".png")]
         return HTMLPreview("".join(parts) or "<p>not computed yet: run the pipeline that writes it</p>")

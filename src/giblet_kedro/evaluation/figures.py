@@ -147,3 +147,26 @@ def lesion_figures(report: dict, decoded: dict[str, np.ndarray], name: str) -> t
         return bars, message_figure("no video modality in this experiment")
     labels = [f"TR {int(r)}" for r in decoded["rows"]]
     return bars, frame_grid(videos, labels, f"{name}: frames decoded from the voxel layer")
+
+
+def is_mni(space: str | None) -> bool:
+    """Whether a space name (``fmri.space``, or BIDS ``space-``) is an MNI template."""
+    return bool(space) and str(space).upper().startswith("MNI")
+
+
+def world_views(r_map, title: str, threshold: float = 0.1) -> dict:
+    """For an r map in MNI space (a NIfTI image): ``stat_map`` (three orthogonal cuts over
+    nilearn's bundled MNI152 template), ``glass_brain`` (the maximum projections) and
+    ``viewer`` (nilearn's interactive ``view_img`` page, self-contained HTML)."""
+    from nilearn import datasets, plotting
+
+    template = datasets.load_mni152_template(resolution=2)  # ships with nilearn: no download
+    limit = max(float(np.nanmax(np.abs(np.asarray(r_map.dataobj)))), threshold * 1.01)
+    stat = plt.figure(figsize=(9, 3))
+    plotting.plot_stat_map(r_map, bg_img=template, threshold=threshold, vmax=limit, figure=stat,
+                           display_mode="ortho", title=f"{title}: test r (|r| > {threshold:g}), MNI")
+    glass = plt.figure(figsize=(9, 3))
+    plotting.plot_glass_brain(r_map, threshold=threshold, vmax=limit, plot_abs=False, colorbar=True, figure=glass,
+                              title=f"{title}: test r, glass brain")
+    viewer = plotting.view_img(r_map, bg_img=template, threshold=threshold, vmax=limit, title=f"{title}: test r")
+    return {"stat_map": stat, "glass_brain": glass, "viewer": viewer.get_standalone()}

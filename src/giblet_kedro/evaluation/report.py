@@ -19,6 +19,25 @@ class Figures:
     reconstruction: bytes
     lesion_bars: bytes
     lesion_frames: bytes
+    # Data in MNI space only: the r map over the template, as a glass brain, and the
+    # interactive viewer (a page beside the report).
+    r_map_mni: bytes | None = None
+    r_map_glass: bytes | None = None
+    r_map_viewer: bytes | None = None
+
+
+def _world_views(figures: Figures) -> list[str]:
+    """The MNI-space pictures and a frame holding the interactive viewer (its page sits
+    beside the report, ``r_map_viewer.html``), when the data are in MNI space."""
+    if figures.r_map_mni is None:
+        return []
+    parts = ["<h3>In MNI space</h3>", _image(figures.r_map_mni, "r map over the MNI template")]
+    if figures.r_map_glass is not None:
+        parts.append(_image(figures.r_map_glass, "r map, glass brain"))
+    if figures.r_map_viewer is not None:
+        parts.append('<p>Interactive: <a href="r_map_viewer.html">r_map_viewer.html</a></p>'
+                     '<iframe src="r_map_viewer.html" width="100%" height="460" style="border:0"></iframe>')
+    return parts
 
 
 def _image(png: bytes, alt: str) -> str:
@@ -96,6 +115,7 @@ def html_report(verification_summary: str, evaluation: dict, lesions: dict, lesi
         + " (stage fingerprints at the end)</p>",
         "<h2>Training verification</h2>", _markdown_table(verification_summary), _image(figures.loss_curve, "loss curve"),
         "<h2>Held-out fMRI prediction</h2>", _table(headline), _image(figures.r_map, "r map"),
+        *_world_views(figures),
         "<h2>Reconstruction from the stimulus (test TRs)</h2>", _table(recon_rows),
         _image(figures.reconstruction, "reconstructed frames"),
         "<h2>Lesions</h2>",

@@ -263,7 +263,14 @@ def _subjects_kind(value) -> str:
 
 class FmriSpec(StrictModel):
     """The fMRI stage: per-subject 4D NIfTI runs -> crop -> (clean) -> mask -> z-score
-    per run -> concatenate runs -> (average subjects)."""
+    per run -> concatenate runs -> (average subjects).
+
+    ``space``: the template the runs are in (``MNI152NLin2009cAsym``, ``MNI152NLin6Asym``,
+    ...; with ``fmri.bids`` its ``space`` is used when this is left out). Data in an MNI
+    space get their maps drawn over nilearn's MNI template too (``plot_stat_map``,
+    ``plot_glass_brain`` and an interactive ``view_img`` page in the report); other data
+    are shown as voxel-grid slices.
+    """
 
     subjects: Annotated[
         Annotated[SubjectPattern, Tag("subject-pattern")] | Annotated[dict[SubjectId, SubjectRuns], Tag("subject-files")],
@@ -281,6 +288,7 @@ class FmriSpec(StrictModel):
     split: SplitSpec = SplitSpec()
     heldout: dict[SubjectId, str] = Field(default_factory=dict)
     chunk_trs: Annotated[int, Field(ge=1, le=4096)] = 64
+    space: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] | None = None
 
     @field_validator("subjects")
     @classmethod
@@ -368,6 +376,11 @@ class FmriSpec(StrictModel):
         if isinstance(self.subjects, SubjectPattern):
             return list(self.subjects.ids)
         return list(self.subjects or {})
+
+    @property
+    def world_space(self) -> str | None:
+        """``space``, else the BIDS ``space-`` entity, else None (voxel space)."""
+        return self.space or (self.bids.space if self.bids is not None else None)
 
     @property
     def run_ids(self) -> list[str]:

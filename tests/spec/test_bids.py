@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from giblet_kedro.errors import InputDataError
+from giblet_kedro.errors import InputDataError, SpecError
 from giblet_kedro.spec.compile import compile_spec
 from giblet_kedro.spec.load import parse_spec
 from tests.conftest import write_run
@@ -152,3 +152,68 @@ def test_sidecar_tr_is_cross_checked_with_the_nifti_header(tmp_path):
     assert fmri.tr == 2.0
     with pytest.raises(InputDataError, match=r"subject '01' run '1'.*header TR is 1.5 sec but fmri.tr is 2 s"):
         inspect_runs(NiftiRunsDataset(fmri.run_files).load(), fmri)
+
+
+def fmriprep_confounds(func, base, n_trs, rng, high_motion=()):
+    """A confounds TSV with the columns fMRIPrep writes and nilearn's strategies read: 24
+    motion parameters, WM/CSF/global signal with their expansions, framewise displacement,
+    DVARS and cosine regressors."""
+    columns = {}
+    for name in ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "white_matter", "csf", "global_signal"):
+        values = rng.standard_normal(n_trs)
+        derivative = np.r_[np.nan, np.diff(values)]
+        columns |= {name: values, f"{name}_derivative1": derivative, f"{name}_power2": values ** 2,
+                    f"{name}_derivative1_power2": derivative ** 2}
+    fd = np.abs(rng.normal(0.1, 0.02, n_trs))
+    fd[list(high_motion)] = 2.0
+    fd[0] = np.nan
+    columns |= {"framewise_displacement": fd, "std_dvars": np.r_[np.nan, rng.normal(1, 0.1, n_trs - 1)],
+                "cosine00": np.cos(np.pi * (np.arange(n_trs) + 0.5) / n_trs)}
+    pd.DataFrame(columns).to_csv(func / f"{base}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+
+
+def _strategy_stage(root, clean):
+    from giblet_kedro.datasets.confounds import ConfoundTablesDataset
+    from giblet_kedro.datasets.nifti import NiftiRunsDataset
+    from giblet_kedro.pipelines.fmri.nodes import build_fmri_tensor, compute_norm_stats, inspect_runs, make_split
+
+    fmri = compiled(root, extra_fmri=f"  clean: {clean}\n").fmri
+    confounds_spec = fmri.clean.confounds
+    runs = NiftiRunsDataset(fmri.run_files).load()
+    confounds = ConfoundTablesDataset(fmri.confound_files, images=fmri.run_files, strategy=confounds_spec.strategy,
+                                      strategy_options=confounds_spec.strategy_options).load()
+    split = make_split(inspect_runs(runs, fmri), fmri)
+    stats, _ = compute_norm_stats(runs, {}, confounds, split, fmri)
+    return build_fmri_tensor(runs, confounds, stats, split, fmri), confounds
+
+
+def test_an_fmriprep_strategy_cleans_with_exactly_the_columns_nilearn_chooses(tmp_path):
+    """strategy: simple (nilearn's load_confounds_strategy: 24 motion parameters, WM and CSF,
+    the cosine high-pass) gives the tensor that naming those columns by hand gives, on the
+    values nilearn returns (it fills fMRIPrep's n/a rows its own way)."""
+    root = bids_tree(tmp_path / "bids", confounds=False)
+    rng = np.random.default_rng(3)
+    for func in root.glob("sub-*/func"):
+        for run in ("1", "2"):
+            fmriprep_confounds(func, f"{func.parent.name}_task-{TASK}_run-{run}", 30, rng)
+    tensor, tables = _strategy_stage(root, "{detrend: true, confounds: {strategy: simple}}")
+    chosen = list(next(iter(tables.values())).columns)
+    assert len([c for c in chosen if c.startswith(("trans", "rot"))]) == 24
+    assert {"white_matter", "csf", "cosine00"} <= set(chosen) and "global_signal" not in chosen
+    for key, path in compiled(root, extra_fmri="  clean: {confounds: {strategy: simple}}\n").fmri.confound_files.items():
+        tables[key].to_csv(path, sep="\t", index=False)  # nilearn's values, under fMRIPrep's file names
+    by_hand, _ = _strategy_stage(root, f"{{detrend: true, confounds: {{columns: {chosen}}}}}")
+    np.testing.assert_allclose(tensor, by_hand, atol=1e-5)
+
+
+def test_censoring_inside_the_crop_is_refused_naming_the_volumes(tmp_path):
+    root = bids_tree(tmp_path / "bids", confounds=False)
+    rng = np.random.default_rng(4)
+    for func in root.glob("sub-*/func"):
+        for run in ("1", "2"):
+            fmriprep_confounds(func, f"{func.parent.name}_task-{TASK}_run-{run}", 30, rng, high_motion=(1, 17))
+    clean = "{detrend: true, confounds: {strategy: scrubbing, strategy_options: {scrub: 0, fd_threshold: 0.5, std_dvars_threshold: 100}}}"
+    with pytest.raises(InputDataError, match=r"strategy 'scrubbing' censors volumes \[1, 17\] inside the analysed crop"):
+        _strategy_stage(root, clean)
+    with pytest.raises(SpecError, match="strategy: simple chooses the confound columns; leave 'columns' out"):
+        parse_spec(spec_text(root, extra_fmri="  clean: {confounds: {strategy: simple, columns: [csf]}}\n"))

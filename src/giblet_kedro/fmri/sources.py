@@ -41,6 +41,14 @@ def run_confounds(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table:
         return None
     if table is None:
         raise InputDataError(f"{label}: no confound table loaded")
+    kept = table.attrs.get("sample_mask")
+    if kept is not None:  # volumes a confound strategy censors (scrubbing, non-steady-state)
+        censored = np.setdiff1d(np.arange(crop[0], crop[1]), np.asarray(kept, dtype=int))
+        if censored.size:
+            raise InputDataError(
+                f"{label}: strategy {spec.strategy!r} censors volumes {censored[:20].tolist()} inside the analysed "
+                f"crop [{crop[0]}, {crop[1]}); censoring inside it is not supported: crop those volumes out "
+                "(fmri.trs) or use a strategy without censoring (simple, compcor)")
     return confound_matrix(table, spec.columns, spec.skip_rows, n_trs_file, crop, label)
 
 

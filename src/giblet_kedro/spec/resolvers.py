@@ -6,7 +6,8 @@ Kedro's custom resolvers cannot read ``parameters``, but they can receive
 
 - ``${giblet.param:fmri,<experiment>}``: a spec section (paths resolved), for nodes;
 - ``${giblet.cache:fmri_stats,<experiment>}``: the stage's fingerprinted cache folder;
-- ``${giblet.files:fmri.subjects,<experiment>}``: resolved input files, id -> path.
+- ``${giblet.files:fmri.subjects,<experiment>}``: resolved input files, id -> path;
+- ``${giblet.value:fmri.clean.confounds.strategy,<experiment>}``: one value by its key.
 """
 
 from __future__ import annotations
@@ -67,8 +68,17 @@ def files(key: str, experiment: str) -> dict[str, str]:
     return {} if part is None else dict(getattr(part, field))  # an optional section left out: no files
 
 
+def value(key: str, experiment: str) -> Any:
+    """One value of the compiled spec by its dotted key (None where a section is absent)."""
+    node: Any = compiled(experiment).spec
+    for part in key.split("."):
+        node = getattr(node, part, None) if node is not None else None
+    return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
+
+
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "giblet.param": param,
+    "giblet.value": value,
     "giblet.cache": cache,
     "giblet.files": files,
 }

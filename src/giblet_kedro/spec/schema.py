@@ -202,6 +202,15 @@ class ConfoundSpec(StrictModel):
     use; all if omitted. ``skip_rows``: rows that precede the run's first volume (volumes
     discarded from the brain data only); without it the table must have one row per
     volume. ``heldout``: subject id -> table for ``fmri.heldout`` runs.
+
+    ``strategy`` (runs named as fMRIPrep names them, e.g. found by ``fmri.bids``): the
+    confounds are chosen by
+    nilearn's ``load_confounds_strategy`` (``simple``: motion + WM/CSF; ``compcor``;
+    ``scrubbing``; ``ica_aroma``), with ``strategy_options`` passed on (e.g. ``motion:
+    basic``, ``fd_threshold: 0.5``); ``columns`` is then not used. Confounds are read
+    raw (``demean: false``) and standardized block by block like any table. Volumes the
+    strategy censors (scrubbing, non-steady-state) must lie outside the analysed crop:
+    crop them with ``fmri.trs``; censoring inside it is refused, naming the volumes.
     """
 
     files: dict[SubjectId, SubjectRuns] | None = None
@@ -210,9 +219,15 @@ class ConfoundSpec(StrictModel):
     skip_rows: NonNegativeInt | None = None
     standardize: bool = True
     heldout: dict[SubjectId, str] = Field(default_factory=dict)
+    strategy: Literal["simple", "compcor", "scrubbing", "ica_aroma"] | None = None
+    strategy_options: dict[str, str | int | float | bool | list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> ConfoundSpec:
+        if self.strategy is not None and self.columns is not None:
+            raise ValueError(f"strategy: {self.strategy} chooses the confound columns; leave 'columns' out")
+        if self.strategy is None and self.strategy_options:
+            raise ValueError("strategy_options needs a strategy (simple, compcor, scrubbing, ica_aroma)")
         if self.files is not None and self.pattern is not None:
             raise ValueError("give confound tables as 'files' or as 'pattern', not both")
         if self.pattern is not None and "{id}" not in self.pattern:

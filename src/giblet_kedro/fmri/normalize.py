@@ -9,6 +9,7 @@ import numpy as np
 
 from giblet_kedro.fmri.clean import clean_run
 from giblet_kedro.fmri.reader import RunHeader, iter_blocks
+from giblet_kedro.progress import progress
 
 
 def zscore_run(
@@ -102,17 +103,20 @@ def combine_subjects(
     """
     offsets = np.cumsum([0] + [run.n_trs for run in subjects[0]])
     n_trs, n_voxels = int(offsets[-1]), len(columns)
+    if mode not in ("cross_subject", "per_subject"):
+        raise ValueError(f"unknown fmri.mode {mode!r}; accepted: 'cross_subject', 'per_subject'")
     if mode == "cross_subject":
-        total = np.zeros((n_trs, n_voxels), dtype=np.float32)
-        for runs in subjects:
-            for offset, run in zip(offsets, runs, strict=False):
-                normalize_source(run, columns, block_trs, total[offset: offset + run.n_trs], accumulate=True)
-        total /= np.float32(len(subjects))
-        return total
-    if mode == "per_subject":
-        stacked = np.empty((len(subjects), n_trs, n_voxels), dtype=np.float32)
+        out = np.zeros((n_trs, n_voxels), dtype=np.float32)
+    else:
+        out = np.empty((len(subjects), n_trs, n_voxels), dtype=np.float32)
+    with progress("fMRI z-scores", sum(len(runs) for runs in subjects), "runs") as advance:
         for index, runs in enumerate(subjects):
             for offset, run in zip(offsets, runs, strict=False):
-                normalize_source(run, columns, block_trs, stacked[index, offset: offset + run.n_trs])
-        return stacked
-    raise ValueError(f"unknown fmri.mode {mode!r}; accepted: 'cross_subject', 'per_subject'")
+                if mode == "cross_subject":
+                    normalize_source(run, columns, block_trs, out[offset: offset + run.n_trs], accumulate=True)
+                else:
+                    normalize_source(run, columns, block_trs, out[index, offset: offset + run.n_trs])
+                advance()
+    if mode == "cross_subject":
+        out /= np.float32(len(subjects))
+    return out

@@ -97,3 +97,28 @@ def test_missing_or_unknown_annotation_files_are_named(tmp_path):
     odd.write_bytes(b"x")
     with pytest.raises(InputDataError, match=r"extension '.docx'; accepted: .xlsx, .xls, .csv, .tsv"):
         text.read_segments(odd, "s", "e", ["t"])
+
+
+def test_a_textgrid_is_text_input_word_by_word():
+    """The Alice TextGrid as stimulus.text annotations (columns: [word], the tier): every
+    spoken word is a segment (silences 'sp' left out), counted here straight from the file."""
+    import re
+
+    from giblet_kedro.stimulus.aligned import TrGrid
+    from tests.conftest import REPO
+
+    path = REPO / "tests" / "data" / "alice" / "DownTheRabbitHoleFinal_exp120_pad_1.TextGrid"
+    raw = re.findall(r'text = "((?:[^"]|"")*)"', path.read_text())
+    spoken = [w for w in raw if w.strip() not in ("", "sp")]
+    segments = text.read_segments(path, "ignored", "ignored", ["word"])
+    assert segments["text"].tolist() == [w.strip() for w in spoken]
+    assert segments["text"].iloc[0] == "Alice" and segments["row"].iloc[0] == 2
+    grid = TrGrid.single(2.0, 0, 30)
+    distinct, index = np.unique(segments["text"].to_numpy(), return_inverse=True)
+    embeddings = np.random.default_rng(0).standard_normal((len(distinct), 4)).astype(np.float32)
+    values, valid = text.segments_on_grid(segments, embeddings, index, grid)  # what extract_text does next
+    assert not valid[:10].any() and valid[10:].all()  # the story starts 20 s in
+    first = segments["start_s"].to_numpy() < 22.0  # the words of TR 10, [20, 22)
+    np.testing.assert_allclose(values[10], embeddings[index[first]].mean(axis=0), rtol=1e-5)
+    with pytest.raises(InputDataError, match="name one tier in 'columns'"):
+        text.read_segments(path, "s", "e", ["word", "phone"])

@@ -489,7 +489,9 @@ class AudioSpec(StrictModel):
 
 
 class TextSpec(StrictModel):
-    """Annotation table -> CLIP text embeddings of the named columns, per segment.
+    """Annotation table -> CLIP text embeddings of the named columns, per segment. A Praat
+    ``.TextGrid`` works too: ``columns`` then names its tier (``[word]``), each spoken word
+    a segment.
 
     ``weights``: an open_clip pretrained tag of ``model`` (``laion2b_s34b_b79k``,
     ``openai``, ...) read offline from the Hugging Face cache (``HF_HOME``), a path to a

@@ -39,9 +39,28 @@ def read_table(path: Path) -> pd.DataFrame:
     raise InputDataError(f"{LABEL}: {path} has extension {suffix!r}; accepted: .xlsx, .xls, .csv, .tsv")
 
 
+SILENCES = ("", "sp", "sil", "<sil>")
+
+
+def textgrid_segments(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A Praat TextGrid as segments: the intervals of the tier named by ``columns[0]``
+    (e.g. the Alice transcript's ``word`` tier), silences left out; ``row`` is the
+    interval's number in the tier (1-based)."""
+    from giblet_kedro.stimulus.features import read_textgrid
+
+    if len(columns) != 1:
+        raise InputDataError(f"{LABEL}: {path} is a TextGrid: name one tier in 'columns' (e.g. [word]), "
+                             f"not {columns}")
+    tier = read_textgrid(path, columns[0].strip(), LABEL)
+    spoken = ~tier["text"].str.strip().isin(SILENCES)
+    return pd.DataFrame({"start_s": tier["start_s"][spoken], "end_s": tier["end_s"][spoken],
+                         "text": tier["text"][spoken].str.strip(),
+                         "row": np.flatnonzero(spoken.to_numpy()) + 1}).reset_index(drop=True)
+
+
 def read_segments(path: Path, start: str, end: str, columns: list[str],
                   run_onsets_s: list[float] | None = None) -> pd.DataFrame:
-    """The annotation table as segments in movie seconds.
+    """The annotation table (or a Praat TextGrid tier) as segments in movie seconds.
 
     Returns a table with ``start_s``, ``end_s``, ``text`` and ``row`` (the spreadsheet
     row it came from), indexed 0..n-1. Column names are matched after stripping spaces
@@ -50,6 +69,8 @@ def read_segments(path: Path, start: str, end: str, columns: list[str],
     its second run) start a new run: its times are offset by ``run_onsets_s[run]``
     when given, otherwise those rows are left out with a warning.
     """
+    if path.suffix.lower() == ".textgrid":
+        return textgrid_segments(path, columns)
     table = read_table(path)
     table.columns = [str(c).strip() for c in table.columns]
     wanted = [c.strip() for c in (start, end, *columns)]

@@ -67,3 +67,29 @@ def test_recompute_runtime_param_turns_cache_reuse_off(in_project, caplog):
     caplog.clear()
     _run(in_project, experiment="demo", recompute=True)
     assert "Running node: compute_fmri_norm_stats" in caplog.text
+
+
+def test_python_session_waits_for_a_lock_held_on_a_nodes_output_folder(in_project):
+    """Kedro's default runner has no locks; the hook locks each node's output folders, so a
+    run from Python waits while another process writes the same cache."""
+    import fcntl
+    import threading
+    import time
+
+    from giblet_kedro.spec.compile import compile_experiment
+
+    folder = compile_experiment(str(in_project / "conf/base/experiments/demo.yml"), check_files=False) \
+        .cache_dir("fmri_tensor")
+    folder.mkdir(parents=True)
+    with open(folder / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        runner = threading.Thread(target=_run, args=(in_project,), kwargs={"experiment": "demo"})
+        runner.start()
+        deadline = time.monotonic() + 120
+        while not list(in_project.glob("data/03_primary/fmri_stats/*/norm_stats.npz")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # the stats are written; the tensor node now waits for the lock
+        assert runner.is_alive() and not (folder / "fmri_train.npy").exists()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    runner.join(timeout=120)
+    assert not runner.is_alive() and (folder / "fmri_train.npy").is_file()

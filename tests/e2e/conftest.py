@@ -22,6 +22,7 @@ def project(tmp_path) -> Path:
     root.mkdir()
     shutil.copy(REPO / "pyproject.toml", root)
     shutil.copytree(REPO / "conf" / "base", root / "conf" / "base")
+    shutil.copy(REPO / "conf" / "logging.yml", root / "conf" / "logging.yml")
     (root / "conf" / "local").mkdir()
     (root / "data").mkdir()
     (root / "src").mkdir()  # Kedro expects a source folder; the package itself is installed

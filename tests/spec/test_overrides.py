@@ -104,3 +104,23 @@ def test_env_experiments_folder_is_searched_first(tmp_path, monkeypatch):
     assert find_spec_file("x", "staging") == root / "conf" / "staging" / "experiments" / "x.yml"
     assert find_spec_file("x") == root / "conf" / "base" / "experiments" / "x.yml"  # no conf/local/experiments
     assert Path(find_spec_file("x", "local")).parent.parent.name == "base"
+
+
+def test_the_env_globals_choose_the_default_experiment(tmp_path, monkeypatch):
+    """`kedro run --env staging` with conf/staging/globals.yml naming another default:
+    Kedro's parameters and the project's CLI both take it (not conf/base's)."""
+    import shutil
+
+    from giblet_kedro.cli import default_experiment
+
+    root = tmp_path / "project"
+    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    shutil.copy(REPO / "pyproject.toml", root)
+    (root / "conf" / "staging").mkdir()
+    (root / "conf" / "local").mkdir()
+    (root / "conf" / "staging" / "globals.yml").write_text("default_experiment: demo_runs\n")
+    monkeypatch.setenv("GIBLET_PROJECT_ROOT", str(root))
+    assert default_experiment("staging") == "demo_runs" and default_experiment() == "demo"
+    loader = GibletConfigLoader(str(root / "conf"), env="staging", base_env="base", default_run_env="local",
+                                runtime_params={}, custom_resolvers=RESOLVERS)
+    assert loader["parameters"]["experiment_name"].endswith("conf/base/experiments/demo_runs.yml")

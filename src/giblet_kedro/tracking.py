@@ -125,12 +125,16 @@ class MlflowHooks:
 
     def __init__(self) -> None:
         self._compiled: CompiledExperiment | None = None
+        self._run_id: str | None = None
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
         """Before kedro-mlflow looks its experiment up: create it once, under a lock, so two
         runs starting at once on a fresh store do not both try to create it."""
         self._context = context
+        import mlflow
+
+        self._outside_run = mlflow.active_run() is not None  # an orchestrator's run: never ended here
         try:
             ensure_experiment(context)
         except Exception as exc:  # tracking must never stop a run; kedro-mlflow reports its own errors
@@ -142,31 +146,59 @@ class MlflowHooks:
 
         from giblet_kedro.spec.resolvers import compiled
 
+        self._compiled = None
         if mlflow.active_run() is None:  # tracking is off for this pipeline (mlflow.yml)
-            self._compiled = None
             return
+        self._run_id = mlflow.active_run().info.run_id
         self._compiled = compiled(self._context.params["experiment_name"])
-        spec = self._compiled.spec.model_dump(mode="json")
-        mlflow.log_params(flat_params(spec))
-        mlflow.set_tags({f"fingerprint.{stage}": fp for stage, fp in self._compiled.fingerprints.items()}
-                        | {"giblet.experiment": self._compiled.spec.name,
-                           "giblet.spec_file": str(self._compiled.spec_file),
-                           "giblet.overrides": json.dumps(self._compiled.describe()["overrides"]),
-                           "mlflow.runName": f"{self._compiled.spec.name}: "
-                                             f"{'+'.join(run_params.get('pipeline_names') or ['__default__'])}"})
+        try:
+            client = mlflow.tracking.MlflowClient()
+            logged = client.get_run(self._run_id).data.params
+            params = {k: v for k, v in flat_params(self._compiled.spec.model_dump(mode="json")).items()
+                      if k not in logged}  # an orchestrator's run may already hold the spec
+            mlflow.log_params(params)
+            names = "+".join(run_params.get("pipeline_names") or ["__default__"])
+            mlflow.set_tags({f"fingerprint.{stage}": fp for stage, fp in self._compiled.fingerprints.items()}
+                            | {"giblet.experiment": self._compiled.spec.name,
+                               "giblet.spec_file": str(self._compiled.spec_file),
+                               "giblet.overrides": json.dumps(self._compiled.describe()["overrides"]),
+                               "mlflow.runName": f"{self._compiled.spec.name}: {names}"})
+        except Exception as exc:  # tracking never stops a run
+            log.warning("MLflow: could not log the spec of run %s: %s", self._run_id, exc)
 
     @hook_impl(tryfirst=True)
     def after_pipeline_run(self) -> None:
         import mlflow
 
-        if self._compiled is None or mlflow.active_run() is None:
+        if self._compiled is None or self._run_id is None:
             return
-        history = _json(self._compiled.cache_dir("train") / "history.json") or {}
-        client = mlflow.tracking.MlflowClient()
-        run_id = mlflow.active_run().info.run_id
-        for name, value, epoch in epoch_metrics(history):
-            client.log_metric(run_id, name, value, step=epoch)
-        mlflow.log_metrics(run_metrics(self._compiled))
-        for path in run_artifacts(self._compiled):
-            mlflow.log_artifact(str(path), artifact_path=path.parent.parent.name)
-        log.info("MLflow: logged run %s to %s", run_id, mlflow.get_tracking_uri())
+        try:
+            client = mlflow.tracking.MlflowClient()
+            history = _json(self._compiled.cache_dir("train") / "history.json") or {}
+            for name, value, epoch in epoch_metrics(history):
+                client.log_metric(self._run_id, name, value, step=epoch)
+            for name, value in run_metrics(self._compiled).items():
+                client.log_metric(self._run_id, name, value)
+            for path in run_artifacts(self._compiled):
+                client.log_artifact(self._run_id, str(path), artifact_path=path.parent.parent.name)
+            log.info("MLflow: logged run %s to %s", self._run_id, mlflow.get_tracking_uri())
+        except Exception as exc:  # tracking never stops a run
+            log.warning("MLflow: could not log the results of run %s: %s", self._run_id, exc)
+        self._leave_one_on_the_stack()
+
+    @hook_impl(tryfirst=True)
+    def on_pipeline_error(self) -> None:
+        self._leave_one_on_the_stack()
+
+    def _leave_one_on_the_stack(self) -> None:
+        """kedro-mlflow re-enters its run at every node (``start_run(run_id, nested=True)``),
+        which MLflow 3 stacks, and ends it once: in a notebook the next session would then
+        log into this run. Leave it on the stack exactly once, for kedro-mlflow to end."""
+        import mlflow
+
+        if self._run_id is None or self._outside_run:
+            return
+        while mlflow.active_run() is not None and mlflow.active_run().info.run_id == self._run_id:
+            mlflow.end_run()
+        mlflow.start_run(run_id=self._run_id)
+        self._run_id = None

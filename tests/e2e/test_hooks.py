@@ -24,27 +24,32 @@ def in_project(project, monkeypatch):
     return project
 
 
-def _run(project, **runtime_params):
+def _run(project, **runtime_params) -> str:
+    """Run the fmri pipeline from Python; returns that run's log (its own file, from
+    conf/logging.yml: Kedro reconfigures logging, so pytest's capture would miss it)."""
+    before = set((project / "data/09_logs").glob("*.log"))
     with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
-        return session.run(pipeline_names=["fmri"])
+        session.run(pipeline_names=["fmri"])
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    new = sorted(set((project / "data/09_logs").glob("*.log")) - before)
+    return "".join(path.read_text() for path in new)
 
 
-def test_python_session_gets_demo_data_cache_reuse_overrides_and_history(in_project, caplog):
-    caplog.set_level(logging.INFO)
-    _run(in_project, experiment="demo")  # no demo_data in the pipeline: the hook generates it
+def test_python_session_gets_demo_data_cache_reuse_overrides_and_history(in_project):
+    log = _run(in_project, experiment="demo")  # no demo_data in the pipeline: the hook generates it
+    assert "Running node: generate_demo_data" in log and "Running node: build_fmri_tensor" in log
     tensors = sorted(in_project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"))
     assert len(tensors) == 1 and next(in_project.glob("data/01_raw/demo/*/movie.mp4"))
     stamp = tensors[0].stat().st_mtime_ns
 
-    caplog.clear()
-    _run(in_project, experiment="demo")  # everything cached: no node runs
-    assert "Running node" not in caplog.text
-    assert "reusing the caches of" in caplog.text
+    log = _run(in_project, experiment="demo")  # everything cached: no node runs
+    assert "Running node" not in log
+    assert "reusing the caches of" in log
     assert tensors[0].stat().st_mtime_ns == stamp
 
-    caplog.clear()
-    _run(in_project, experiment="demo", fmri={"mode": "per_subject"})  # an override: a new tensor only
-    assert "Running node: build_fmri_tensor" in caplog.text and "Running node: compute_fmri_norm_stats" not in caplog.text
+    log = _run(in_project, experiment="demo", fmri={"mode": "per_subject"})  # an override: a new tensor only
+    assert "Running node: build_fmri_tensor" in log and "Running node: compute_fmri_norm_stats" not in log
     assert len(list(in_project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"))) == 2
 
     history = load_history()
@@ -61,12 +66,9 @@ def test_python_session_checks_the_spec_before_any_node_runs(in_project):
     assert load_history() == []
 
 
-def test_recompute_runtime_param_turns_cache_reuse_off(in_project, caplog):
+def test_recompute_runtime_param_turns_cache_reuse_off(in_project):
     _run(in_project, experiment="demo")
-    caplog.set_level(logging.INFO)
-    caplog.clear()
-    _run(in_project, experiment="demo", recompute=True)
-    assert "Running node: compute_fmri_norm_stats" in caplog.text
+    assert "Running node: compute_fmri_norm_stats" in _run(in_project, experiment="demo", recompute=True)
 
 
 def test_python_session_waits_for_a_lock_held_on_a_nodes_output_folder(in_project):

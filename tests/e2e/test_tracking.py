@@ -39,3 +39,22 @@ def test_each_run_logs_the_spec_overrides_and_fingerprints_to_the_local_store(pr
     # the project's own history (no MLflow needed) says the same
     compared = kedro(project, "giblet", "compare", "demo~1", "demo~0").stdout
     assert "fmri.mode" in compared and "fmri_tensor" in compared
+
+
+def test_several_runs_in_one_python_process_are_separate_mlflow_runs(project, monkeypatch):
+    """A notebook runs session after session: each is its own finished MLflow run (kedro-mlflow
+    alone leaves its run stacked and the next session would log into it)."""
+    from kedro.framework.startup import bootstrap_project
+
+    from tests.e2e.test_hooks import _run
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("GIBLET_PROJECT_ROOT", raising=False)
+    bootstrap_project(project)
+    _run(project, experiment="demo")
+    _run(project, experiment="demo")
+    _run(project, experiment="demo", fmri={"mode": "per_subject"})
+    assert mlflow.active_run() is None
+    _, runs = runs_in(project)
+    assert [(r.info.status, r.data.params["spec.fmri.mode"]) for r in runs] == [
+        ("FINISHED", "cross_subject"), ("FINISHED", "cross_subject"), ("FINISHED", "per_subject")]

@@ -26,7 +26,8 @@ Aligned = tuple[np.ndarray, np.ndarray, list[str]]
 
 # ------------------------------------------------------------------ annotation tables
 def read_table(path: Path, label: str) -> pd.DataFrame:
-    """An xlsx/xls/csv/tsv table; column names stripped of surrounding spaces."""
+    """An xlsx/xls/csv/tsv/parquet table (``.txt``: comma-separated, as ``.csv``); column
+    names stripped of surrounding spaces. ``label`` names the spec key in errors."""
     if not path.is_file():
         raise InputDataError(f"{label}: file not found: {path}")
     suffix = path.suffix.lower()
@@ -34,7 +35,7 @@ def read_table(path: Path, label: str) -> pd.DataFrame:
         if suffix in (".xlsx", ".xlsm", ".xls"):
             table = pd.read_excel(path)
         elif suffix in (".csv", ".tsv", ".txt"):
-            table = pd.read_csv(path, sep="\t" if suffix in (".tsv", ".txt") else ",")
+            table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
         elif suffix == ".parquet":
             table = pd.read_parquet(path)
         else:

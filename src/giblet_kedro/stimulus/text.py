@@ -19,24 +19,11 @@ import torch
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.progress import progress
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
+from giblet_kedro.stimulus.features import read_table, read_textgrid
 from giblet_kedro.stimulus.weights import RANDOM, describe_weights
 
 log = logging.getLogger(__name__)
 LABEL = "stimulus.text.annotations"
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputDataError(f"{LABEL}: file not found: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".xlsx", ".xlsm", ".xls"):
-            return pd.read_excel(path)
-        if suffix in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    except Exception as exc:
-        raise InputDataError(f"{LABEL}: cannot read {path} as a table: {exc}") from None
-    raise InputDataError(f"{LABEL}: {path} has extension {suffix!r}; accepted: .xlsx, .xls, .csv, .tsv")
 
 
 SILENCES = ("", "sp", "sil", "<sil>")
@@ -46,8 +33,6 @@ def textgrid_segments(path: Path, columns: list[str]) -> pd.DataFrame:
     """A Praat TextGrid as segments: the intervals of the tier named by ``columns[0]``
     (e.g. the Alice transcript's ``word`` tier), silences left out; ``row`` is the
     interval's number in the tier (1-based)."""
-    from giblet_kedro.stimulus.features import read_textgrid
-
     if len(columns) != 1:
         raise InputDataError(f"{LABEL}: {path} is a TextGrid: name one tier in 'columns' (e.g. [word]), "
                              f"not {columns}")
@@ -71,8 +56,7 @@ def read_segments(path: Path, start: str, end: str, columns: list[str],
     """
     if path.suffix.lower() == ".textgrid":
         return textgrid_segments(path, columns)
-    table = read_table(path)
-    table.columns = [str(c).strip() for c in table.columns]
+    table = read_table(path, LABEL)  # column names stripped of stray spaces
     wanted = [c.strip() for c in (start, end, *columns)]
     missing = [c for c in wanted if c not in table.columns]
     if missing:

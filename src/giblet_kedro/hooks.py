@@ -85,7 +85,6 @@ class GibletHooks:
         from giblet_kedro.spec.load import load_spec
 
         self._context = context
-        start_run_log(Path(context.project_path))
         if isinstance(context.config_loader, GibletConfigLoader):
             load_spec(context.config_loader.run_reference())
 
@@ -94,6 +93,8 @@ class GibletHooks:
         from giblet_kedro.pipelines.demo_data.pipeline import create_pipeline as demo_pipeline
         from giblet_kedro.runner import LockingRunner
 
+        # A file per run, not per context: notebooks create contexts without running anything.
+        start_run_log(Path(self._context.project_path))
         reference = self._context.params["experiment_name"]
         compiled = self._compiled = preflight(reference)
         names = run_params.get("pipeline_names") or ["__default__"]

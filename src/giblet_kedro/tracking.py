@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,15 @@ class MlflowHooks:
         if self._compiled is None or self._run_id is None:
             return
         try:
+            from mlflow.entities import Metric
+
             client = mlflow.tracking.MlflowClient()
             history = _json(self._compiled.cache_dir("train") / "history.json") or {}
-            for name, value, epoch in epoch_metrics(history):
-                client.log_metric(self._run_id, name, value, step=epoch)
-            for name, value in run_metrics(self._compiled).items():
-                client.log_metric(self._run_id, name, value)
+            now = int(time.time() * 1000)
+            metrics = [Metric(name, value, now, epoch) for name, value, epoch in epoch_metrics(history)]
+            metrics += [Metric(name, value, now, 0) for name, value in run_metrics(self._compiled).items()]
+            for first in range(0, len(metrics), 1000):  # MLflow's batch limit
+                client.log_batch(self._run_id, metrics=metrics[first:first + 1000])
             for path in run_artifacts(self._compiled):
                 client.log_artifact(self._run_id, str(path), artifact_path=path.parent.parent.name)
             log.info("MLflow: logged run %s to %s", self._run_id, mlflow.get_tracking_uri())

@@ -43,7 +43,8 @@ def run_stage(paths, mask_file=None, heldout=None, with_report=False, **fields):
     masks = {"mask": nib.load(mask_file)} if mask_file else {}
     stats, report = compute_norm_stats(runs, masks, confounds, split, spec)
     validate_norm_stats(stats)
-    tensor = build_fmri_tensor(runs, confounds, stats, split, spec)
+    tensor, covered = build_fmri_tensor(runs, confounds, stats, split, spec)
+    assert covered.all()
     validate_fmri_tensor(tensor)
     held = normalize_heldout({s: nib.load(p) for s, p in (heldout or {}).items()},
                              ConfoundTablesDataset(spec.heldout_confound_files).load(), stats, spec)

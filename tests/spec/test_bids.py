@@ -136,7 +136,7 @@ def test_bids_experiment_runs_through_the_fmri_nodes(tmp_path):
     confounds = ConfoundTablesDataset(fmri.confound_files).load()
     split = make_split(inspect_runs(runs, fmri), fmri)
     stats, report = compute_norm_stats(runs, {}, confounds, split, fmri)
-    tensor = build_fmri_tensor(runs, confounds, stats, split, fmri)
+    tensor, _ = build_fmri_tensor(runs, confounds, stats, split, fmri)
     assert tensor.shape == (60, 18) and np.isfinite(tensor).all()
     assert len(report["runs"]) == 2 and all(0 < r["variance_removed"] < 1 for r in report["runs"])  # training runs
 
@@ -172,7 +172,7 @@ def fmriprep_confounds(func, base, n_trs, rng, high_motion=()):
     pd.DataFrame(columns).to_csv(func / f"{base}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
 
 
-def _strategy_stage(root, clean):
+def _strategy_stage(root, clean, everything=False):
     from giblet_kedro.datasets.confounds import ConfoundTablesDataset
     from giblet_kedro.datasets.nifti import NiftiRunsDataset
     from giblet_kedro.pipelines.fmri.nodes import build_fmri_tensor, compute_norm_stats, inspect_runs, make_split
@@ -184,7 +184,10 @@ def _strategy_stage(root, clean):
                                       strategy_options=confounds_spec.strategy_options).load()
     split = make_split(inspect_runs(runs, fmri), fmri)
     stats, _ = compute_norm_stats(runs, {}, confounds, split, fmri)
-    return build_fmri_tensor(runs, confounds, stats, split, fmri), confounds
+    tensor, covered = build_fmri_tensor(runs, confounds, stats, split, fmri)
+    if everything:
+        return tensor, covered, stats, split, confounds
+    return tensor, confounds
 
 
 def test_an_fmriprep_strategy_cleans_with_exactly_the_columns_nilearn_chooses(tmp_path):
@@ -206,14 +209,102 @@ def test_an_fmriprep_strategy_cleans_with_exactly_the_columns_nilearn_chooses(tm
     np.testing.assert_allclose(tensor, by_hand, atol=1e-5)
 
 
-def test_censoring_inside_the_crop_is_refused_naming_the_volumes(tmp_path):
+SCRUB = ("{detrend: true, confounds: {strategy: scrubbing, strategy_options: {motion: basic, wm_csf: basic, "
+         "scrub: 0, fd_threshold: 0.5, std_dvars_threshold: 100}}}")
+
+
+def _scrubbed_tree(tmp_path, motion):
+    """The BIDS tree with fMRIPrep confounds whose framewise displacement is high at
+    ``motion[(subject, run)]`` volumes."""
     root = bids_tree(tmp_path / "bids", confounds=False)
     rng = np.random.default_rng(4)
-    for func in root.glob("sub-*/func"):
+    for func in sorted(root.glob("sub-*/func")):
+        sid = func.parent.name.removeprefix("sub-")
         for run in ("1", "2"):
-            fmriprep_confounds(func, f"{func.parent.name}_task-{TASK}_run-{run}", 30, rng, high_motion=(1, 17))
-    clean = "{detrend: true, confounds: {strategy: scrubbing, strategy_options: {scrub: 0, fd_threshold: 0.5, std_dvars_threshold: 100}}}"
-    with pytest.raises(InputDataError, match=r"strategy 'scrubbing' censors volumes \[1, 17\] inside the analysed crop"):
-        _strategy_stage(root, clean)
+            fmriprep_confounds(func, f"sub-{sid}_task-{TASK}_run-{run}", 30, rng, high_motion=motion.get((sid, run), ()))
+    return root
+
+
+def _by_hand(root, fmri, confounds, sid, run, stats, ddof):
+    """One run cleaned by nilearn's own signal.clean with the strategy's confounds and
+    sample_mask, z-scored with numpy (training stats of run 1 over its kept TRs):
+    (n_trs, V) with NaN rows at censored volumes."""
+    import nibabel as nib
+    from nilearn import signal
+
+    table = confounds[f"{sid}/{run}"]
+    kept = table.attrs["sample_mask"]
+    data = np.asarray(nib.load(fmri.run_files[f"{sid}/{run}"]).get_fdata())[stats["mask"]].T  # (n_trs, V) C order
+    cleaned = signal.clean(data, detrend=True, standardize=None, confounds=table.to_numpy(), filter=False, t_r=1.5,
+                           sample_mask=None if kept is None else np.asarray(kept))
+    out = np.full(data.shape, np.nan)
+    out[np.arange(data.shape[0]) if kept is None else np.asarray(kept)] = cleaned
+    return out
+
+
+def test_censored_volumes_are_dropped_from_the_stats_the_cleaning_and_the_tensor(tmp_path):
+    """scrubbing censors volumes 1 and 17 of subject 01's training run and volume 4 of
+    subject 02's test run: the statistics are numpy's over the kept TRs of nilearn's own
+    censored cleaning, the average at a censored TR is the other subject's value, and
+    the test rows lose TR 4 of run 2 (scored with every subject)."""
+    from giblet_kedro.fmri import censor
+    from giblet_kedro.training.job import job_rows
+
+    root = _scrubbed_tree(tmp_path, {("01", "1"): (1, 17), ("02", "2"): (4,)})
+    fmri = compiled(root, extra_fmri=f"  clean: {SCRUB}\n").fmri
+    tensor, covered, stats, split, confounds = _strategy_stage(root, SCRUB, everything=True)
+    assert stats["subject_01_run_1_censored"].tolist() == [1, 17]
+    assert stats["subject_02_run_2_censored"].tolist() == [4]
+    assert "subject_02_run_1_censored" not in stats
+    np.testing.assert_array_equal(covered, censor.coverage(stats))
+    assert np.flatnonzero(~covered[0]).tolist() == [1, 17] and np.flatnonzero(~covered[1]).tolist() == [34]
+
+    ddof = int(stats["ddof"])
+    z = {}
+    for sid in ("01", "02"):
+        train = _by_hand(root, fmri, confounds, sid, "1", stats, ddof)
+        kept = train[~np.isnan(train).any(axis=1)]
+        np.testing.assert_allclose(stats[f"subject_{sid}_run_1_mean"], kept.mean(0), atol=1e-5)  # float32 cleaning
+        np.testing.assert_allclose(stats[f"subject_{sid}_run_1_std"], kept.std(0, ddof=ddof), rtol=1e-5)
+        z[sid] = (train - kept.mean(0)) / kept.std(0, ddof=ddof)
+    expected = np.nanmean(np.stack([z["01"], z["02"]]), axis=0)  # row 1 and 17: subject 02 alone
+    np.testing.assert_allclose(tensor[:30], expected, atol=1e-4)
+    np.testing.assert_allclose(tensor[[1, 17]], z["02"][[1, 17]], atol=1e-4)
+
+    rows = job_rows(split, covered)
+    assert rows["train"].tolist() == list(range(30))  # subject 02 covers 1 and 17
+    assert rows["test"].tolist() == [r for r in range(30, 60) if r != 34]
+    assert censor.usable_rows(split, censor.coverage(stats), "test").tolist() == rows["test"].tolist()
+
+
+def test_a_spike_in_a_censored_volume_reaches_nothing(tmp_path):
+    """A motion spike (+1e4) planted in a volume the strategy censors changes neither the
+    statistics nor any row of the tensor; with a strategy that does not censor, the same
+    spike does change them (the check can fail)."""
+    import nibabel as nib
+
+    root = _scrubbed_tree(tmp_path, {("01", "1"): (1, 17)})
+    path = next(root.glob("sub-01/func/sub-01_task-movie_run-1_*_bold.nii.gz"))
+
+    def spiked(value):
+        image = nib.load(path)
+        data = np.asarray(image.get_fdata())
+        data[..., 17] += value
+        write_run(path, data, tr=1.5, dtype=np.float32)
+
+    simple = "{detrend: true, confounds: {strategy: simple, strategy_options: {motion: basic, wm_csf: basic}}}"
+    before = {name: _strategy_stage(root, clean, everything=True)[:3] for name, clean in (("scrub", SCRUB),
+                                                                                           ("simple", simple))}
+    spiked(1e4)
+    after = {name: _strategy_stage(root, clean, everything=True)[:3] for name, clean in (("scrub", SCRUB),
+                                                                                          ("simple", simple))}
+    np.testing.assert_allclose(after["scrub"][0], before["scrub"][0], atol=1e-4)
+    np.testing.assert_allclose(after["scrub"][2]["subject_01_run_1_std"], before["scrub"][2]["subject_01_run_1_std"],
+                               rtol=1e-6)
+    assert np.abs(after["simple"][0] - before["simple"][0]).max() > 1.0
+
+
+def test_strategy_errors_are_named(tmp_path):
+    root = bids_tree(tmp_path / "bids", confounds=False)
     with pytest.raises(SpecError, match="strategy: simple chooses the confound columns; leave 'columns' out"):
         parse_spec(spec_text(root, extra_fmri="  clean: {confounds: {strategy: simple, columns: [csf]}}\n"))

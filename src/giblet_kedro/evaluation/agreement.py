@@ -22,7 +22,7 @@ def rows_of_subjects(subjects: list[list[RunSource]], columns: np.ndarray, row_s
     out = {name: np.empty((len(subjects), len(rows), len(columns)), dtype=np.float32)
            for name, rows in row_sets.items()}
     for index, runs in enumerate(subjects):
-        normalized = combine_subjects([runs], columns, "per_subject", block_trs)[0]
+        normalized = combine_subjects([runs], columns, "per_subject", block_trs)[0][0]
         for name, rows in row_sets.items():
             out[name][index] = normalized[rows]
     return out

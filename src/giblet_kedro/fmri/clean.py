@@ -95,7 +95,8 @@ def confound_matrix(table: pd.DataFrame, columns: list[str | int] | None, skip_r
     return values
 
 
-def cleaning_operator(n_trs: int, tr: float, clean: CleanSpec, confounds: np.ndarray | None) -> np.ndarray:
+def cleaning_operator(n_trs: int, tr: float, clean: CleanSpec, confounds: np.ndarray | None,
+                      censored: np.ndarray | None = None) -> np.ndarray:
     """``L`` such that nilearn's ``signal.clean(Y, ...) == L @ Y`` for any ``(n_trs, V)`` Y.
 
     Parameters
@@ -104,11 +105,60 @@ def cleaning_operator(n_trs: int, tr: float, clean: CleanSpec, confounds: np.nda
     tr : seconds per TR.
     clean : detrend, filter and band settings.
     confounds : (n_trs, k) regressors for these TRs, or None.
+    censored : indices (in ``[0, n_trs)``) of censored volumes, or None. nilearn cleans
+        with ``sample_mask`` = the other TRs: censored volumes are left out (interpolated
+        over for the Butterworth filter), so their columns of ``L`` are zero; their rows
+        are zero too (nilearn returns no value for them).
 
     Returns
     -------
     (n_trs, n_trs) float64.
     """
+    if censored is None or not len(censored):
+        return _nilearn_operator(np.eye(n_trs), tr, clean, confounds, None)
+    kept = np.setdiff1d(np.arange(n_trs), censored)
+    operator = np.zeros((n_trs, n_trs))
+    if kept.size == 0:
+        return operator
+    if not _butterworth(clean):
+        operator[kept] = _nilearn_operator(np.eye(n_trs), tr, clean, confounds, kept)
+        return operator
+    # Butterworth: nilearn interpolates censored volumes by a cubic spline through the
+    # kept ones before filtering, and drops those before the first or after the last kept
+    # volume. nilearn 0.14 picks the rows to replace with ``~sample_mask`` on an integer
+    # index (negative indices: other rows), so a censored volume can leak into the
+    # result. We give it the span between the first and last kept volumes already
+    # interpolated: its own interpolation then changes nothing.
+    start, stop = int(kept[0]), int(kept[-1]) + 1
+    inside = kept - start
+    interpolate = spline_interpolation(stop - start, inside)
+    part = None if confounds is None else interpolate @ confounds[start:stop]
+    operator[kept, start:stop] = _nilearn_operator(interpolate, tr, clean, part, inside)
+    return operator
+
+
+def spline_interpolation(n_trs: int, kept: np.ndarray) -> np.ndarray:
+    """``P`` (n_trs, n_trs) such that ``P @ Y`` keeps the ``kept`` rows of ``Y`` and
+    replaces every other row by the not-a-knot cubic spline through the kept ones
+    (scipy's ``CubicSpline``, as nilearn interpolates censored volumes). ``kept`` must
+    include the first and last rows (no extrapolation). Columns of censored rows are 0."""
+    from scipy.interpolate import CubicSpline
+
+    if kept.size == 1:
+        return np.eye(n_trs)
+    basis = np.eye(n_trs)[kept]  # (n_kept, n_trs): each kept volume as an impulse
+    return CubicSpline(kept.astype(np.float64), basis)(np.arange(n_trs, dtype=np.float64))
+
+
+def _butterworth(clean: CleanSpec) -> bool:
+    return bool(clean.high_pass_hz or clean.low_pass_hz) and clean.filter == "butterworth"
+
+
+def _nilearn_operator(signals: np.ndarray, tr: float, clean: CleanSpec, confounds: np.ndarray | None,
+                      kept: np.ndarray | None) -> np.ndarray:
+    """nilearn's cleaning of ``signals`` (the identity, or an interpolation matrix):
+    ``(n_trs, n_trs)``, or ``(len(kept), n_trs)`` with a ``sample_mask``."""
+    n_trs = signals.shape[0]
     from nilearn import signal
 
     use_filter = clean.filter if (clean.high_pass_hz or clean.low_pass_hz) else False
@@ -121,38 +171,45 @@ def cleaning_operator(n_trs: int, tr: float, clean: CleanSpec, confounds: np.nda
             )
     settings = {"detrend": clean.detrend, "standardize": None, "confounds": confounds,
                 "standardize_confounds": clean.confounds.standardize if clean.confounds else True,
-                "filter": use_filter, "low_pass": clean.low_pass_hz, "high_pass": clean.high_pass_hz, "t_r": tr}
+                "filter": use_filter, "low_pass": clean.low_pass_hz, "high_pass": clean.high_pass_hz, "t_r": tr,
+                "sample_mask": kept}
+    # What the filter sees: every TR given (interpolated ones included), or the kept ones.
+    span = n_trs if kept is None or use_filter == "butterworth" else kept.size
     try:
         try:
-            return signal.clean(np.eye(n_trs), **settings)
+            return signal.clean(signals, **settings)
         except ValueError as exc:
             if use_filter != "butterworth" or "padlen" not in str(exc):
                 raise
             # A block shorter than the Butterworth filter's default padding (a val or
             # test block cleaned on its own): pad it by its own length instead.
             log.warning("fmri.clean: a block of %d TRs is shorter than the Butterworth filter's padding; it is "
-                        "padded by %d TRs instead", n_trs, n_trs - 1)
-            return signal.clean(np.eye(n_trs), **settings, butterworth__padlen=n_trs - 1)
+                        "padded by %d TRs instead", span, span - 1)
+            return signal.clean(signals, **settings, butterworth__padlen=span - 1)
     except ValueError as exc:
         raise InputDataError(f"fmri.clean: nilearn cannot clean a run of {n_trs} TRs with these settings: {exc}") \
             from None
 
 
-def blockwise_operator(blocks: list[slice], tr: float, clean: CleanSpec, confounds: np.ndarray | None) -> np.ndarray:
+def blockwise_operator(blocks: list[slice], tr: float, clean: CleanSpec, confounds: np.ndarray | None,
+                       censored: np.ndarray | None = None) -> np.ndarray:
     """The cleaning operator of a run cut into ``blocks`` (crop-relative TR slices that
     tile the run): nilearn's cleaning of each block on its own, with that block's own
     confound rows, as one block-diagonal ``(n_trs, n_trs)`` matrix.
 
     A cleaned training TR then depends on training TRs only: detrending, filtering and
     confound regression never carry val or test TRs into a training target (or test
-    TRs into a val one). See :func:`giblet_kedro.fmri.split.blocks`.
+    TRs into a val one). See :func:`giblet_kedro.fmri.split.blocks`. ``censored``:
+    crop-relative censored volumes (see :func:`cleaning_operator`).
     """
     n_trs = blocks[-1].stop
     operator = np.zeros((n_trs, n_trs))
+    censored = np.zeros(0, dtype=np.int64) if censored is None else np.asarray(censored, dtype=np.int64)
     for rows in blocks:
         part = None if confounds is None else confounds[rows]
+        inside = censored[(censored >= rows.start) & (censored < rows.stop)] - rows.start
         try:
-            operator[rows, rows] = cleaning_operator(rows.stop - rows.start, tr, clean, part)
+            operator[rows, rows] = cleaning_operator(rows.stop - rows.start, tr, clean, part, inside)
         except InputDataError as exc:
             raise InputDataError(f"{exc} (the block of TRs {rows.start}..{rows.stop - 1} of the crop, cleaned on its "
                                  "own so that no val or test TR reaches a training one)") from None

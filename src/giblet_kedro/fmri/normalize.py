@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,8 @@ class RunSource:
     crop : ``(start, stop)`` file TR indices.
     mean, std : (n_voxels,) the statistics it is z-scored with.
     operator : (n, n) cleaning operator (see :mod:`giblet_kedro.fmri.clean`), or None.
+    censored : crop-relative TRs censored by the confound strategy (see
+        :mod:`giblet_kedro.fmri.censor`); they are written as 0 and left out of averages.
     """
 
     header: RunHeader
@@ -60,6 +62,7 @@ class RunSource:
     mean: np.ndarray
     std: np.ndarray
     operator: np.ndarray | None = None
+    censored: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n_trs(self) -> int:
@@ -68,13 +71,19 @@ class RunSource:
 
 def normalize_source(source: RunSource, columns: np.ndarray, block_trs: int, out: np.ndarray,
                      accumulate: bool = False) -> None:
-    """Clean (if it has an operator) and z-score one run into ``out`` ((n_trs, n_voxels) float32)."""
-    if source.operator is None:
+    """Clean (if it has an operator) and z-score one run into ``out`` ((n_trs, n_voxels)
+    float32); its censored TRs are 0 (nothing is added to them when ``accumulate``)."""
+    if source.operator is None and not len(source.censored):
         zscore_run(source.header, source.crop, columns, source.mean, source.std, block_trs, out, accumulate)
         return
-    cleaned = clean_run(source.header, source.crop, columns, source.operator, block_trs)
-    cleaned -= source.mean.astype(np.float32)
-    cleaned *= (1.0 / source.std).astype(np.float32)
+    if source.operator is None:
+        cleaned = np.empty((source.n_trs, len(columns)), dtype=np.float32)
+        zscore_run(source.header, source.crop, columns, source.mean, source.std, block_trs, cleaned)
+    else:
+        cleaned = clean_run(source.header, source.crop, columns, source.operator, block_trs)
+        cleaned -= source.mean.astype(np.float32)
+        cleaned *= (1.0 / source.std).astype(np.float32)
+    cleaned[source.censored] = 0.0
     if accumulate:
         out += cleaned
     else:
@@ -86,7 +95,7 @@ def combine_subjects(
     columns: np.ndarray,
     mode: str,
     block_trs: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalize every subject's runs with their own statistics, concatenate each subject's
     runs in time, then combine subjects.
 
@@ -96,10 +105,13 @@ def combine_subjects(
 
     Returns
     -------
-    ndarray, float32
-        ``cross_subject``: the across-subject mean, shape (n_trs, n_voxels);
-        ``per_subject``: subjects kept apart, shape (n_subjects, n_trs, n_voxels), where
-        ``n_trs`` is the sum of the runs' cropped TRs. One run is in flight at a time.
+    tensor : ndarray, float32
+        ``cross_subject``: at each TR, the mean over the subjects whose volume is not
+        censored, shape (n_trs, n_voxels) (0 where every subject is censored);
+        ``per_subject``: subjects kept apart, shape (n_subjects, n_trs, n_voxels), 0 at
+        censored TRs. ``n_trs`` is the sum of the runs' cropped TRs. One run is in flight
+        at a time.
+    covered : (n_subjects, n_trs) bool, False where a subject's volume is censored.
     """
     offsets = np.cumsum([0] + [run.n_trs for run in subjects[0]])
     n_trs, n_voxels = int(offsets[-1]), len(columns)
@@ -109,14 +121,20 @@ def combine_subjects(
         out = np.zeros((n_trs, n_voxels), dtype=np.float32)
     else:
         out = np.empty((len(subjects), n_trs, n_voxels), dtype=np.float32)
+    covered = np.ones((len(subjects), n_trs), dtype=bool)
     with progress("fMRI z-scores", sum(len(runs) for runs in subjects), "runs") as advance:
         for index, runs in enumerate(subjects):
             for offset, run in zip(offsets, runs, strict=False):
+                covered[index, offset + np.asarray(run.censored, dtype=np.int64)] = False
                 if mode == "cross_subject":
                     normalize_source(run, columns, block_trs, out[offset: offset + run.n_trs], accumulate=True)
                 else:
                     normalize_source(run, columns, block_trs, out[index, offset: offset + run.n_trs])
                 advance()
     if mode == "cross_subject":
-        out /= np.float32(len(subjects))
-    return out
+        counts = covered.sum(axis=0)
+        if (counts == len(subjects)).all():
+            out /= np.float32(len(subjects))  # in place: no second copy of the tensor
+        else:
+            out /= np.maximum(counts, 1).astype(np.float32)[:, None]
+    return out, covered

@@ -1,5 +1,6 @@
-"""Each subject's runs as sources to stream: header, crop, the statistics that z-score it
-and its cleaning operator, from the spec, the split and the saved statistics. Shared by
+"""Each subject's runs as sources to stream: header, crop, the statistics that z-score it,
+its cleaning operator and its censored TRs, from the spec, the split and the saved
+statistics. Shared by
 the fMRI stage and the evaluation's inter-subject pass."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from giblet_kedro.errors import InputDataError
+from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.clean import blockwise_operator, cleaning_operator, confound_matrix
 from giblet_kedro.fmri.normalize import RunSource
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
@@ -41,37 +43,49 @@ def run_confounds(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table:
         return None
     if table is None:
         raise InputDataError(f"{label}: no confound table loaded")
-    kept = table.attrs.get("sample_mask")
-    if kept is not None:  # volumes a confound strategy censors (scrubbing, non-steady-state)
-        censored = np.setdiff1d(np.arange(crop[0], crop[1]), np.asarray(kept, dtype=int))
-        if censored.size:
-            raise InputDataError(
-                f"{label}: strategy {spec.strategy!r} censors volumes {censored[:20].tolist()} inside the analysed "
-                f"crop [{crop[0]}, {crop[1]}); censoring inside it is not supported: crop those volumes out "
-                "(fmri.trs) or use a strategy without censoring (simple, compcor)")
     return confound_matrix(table, spec.columns, spec.skip_rows, n_trs_file, crop, label)
 
 
+def run_censored(fmri: FmriSpec, crop: tuple[int, int], table: pd.DataFrame | None) -> np.ndarray:
+    """Crop-relative TRs of one run that its confound strategy censors (scrubbing,
+    non-steady-state volumes; see :mod:`giblet_kedro.fmri.censor`); empty without one."""
+    spec = fmri.clean.confounds if fmri.clean else None
+    if spec is None or table is None:
+        return censor.EMPTY
+    return censor.censored_trs(table.attrs.get("sample_mask"), spec.skip_rows, crop)
+
+
 def run_operator(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table: pd.DataFrame | None,
-                 label: str, run_blocks: list[slice] | None = None) -> np.ndarray | None:
+                 label: str, run_blocks: list[slice] | None = None,
+                 censored: np.ndarray | None = None) -> np.ndarray | None:
     """One run's cleaning operator over its crop (None when ``fmri.clean`` is off):
     each of ``run_blocks`` cleaned on its own (the whole crop at once when None, as for a
-    held-out run, which is all test)."""
+    held-out run, which is all test), ``censored`` TRs (crop-relative) left out."""
     if fmri.clean is None:
         return None
     matrix = run_confounds(fmri, n_trs_file, crop, table, label)
     if run_blocks is None:
-        return cleaning_operator(crop[1] - crop[0], fmri.tr, fmri.clean, matrix)
-    return blockwise_operator(run_blocks, fmri.tr, fmri.clean, matrix)
+        return cleaning_operator(crop[1] - crop[0], fmri.tr, fmri.clean, matrix, censored)
+    return blockwise_operator(run_blocks, fmri.tr, fmri.clean, matrix, censored)
+
+
+def run_censoring(fmri: FmriSpec, headers: dict[RunKey, RunHeader], split: pd.DataFrame,
+                  confounds: dict[str, pd.DataFrame]) -> dict[RunKey, np.ndarray]:
+    """Each run's censored TRs (crop-relative), from its confound table."""
+    crops = run_crops(split)
+    return {(sid, run): run_censored(fmri, crops[run], confounds.get(run_key(sid, run))) for sid, run in headers}
 
 
 def run_operators(fmri: FmriSpec, headers: dict[RunKey, RunHeader], split: pd.DataFrame,
-               confounds: dict[str, pd.DataFrame]) -> dict[RunKey, np.ndarray | None]:
-    """Each run's cleaning operator, block by block of the split (see ``fmri.split.blocks``)."""
+                  confounds: dict[str, pd.DataFrame],
+                  censored: dict[RunKey, np.ndarray]) -> dict[RunKey, np.ndarray | None]:
+    """Each run's cleaning operator, block by block of the split (see ``fmri.split.blocks``),
+    its ``censored`` TRs left out."""
     crops = run_crops(split)
     run_blocks = {run: blocks(split, run) for run in crops}
     return {(sid, run): run_operator(fmri, header.n_trs, crops[run], confounds.get(run_key(sid, run)),
-                                     f"{run_label(fmri, sid, run)}: fmri.clean.confounds", run_blocks[run])
+                                     f"{run_label(fmri, sid, run)}: fmri.clean.confounds", run_blocks[run],
+                                     censored[(sid, run)])
             for (sid, run), header in headers.items()}
 
 
@@ -84,10 +98,13 @@ def subject_sources(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.Da
     ids = [str(s) for s in np.atleast_1d(stats["subject_ids"])]
     run_ids = [str(r) for r in np.atleast_1d(stats["run_ids"])]
     crops = {run: (int(stats[f"run_{run}_crop"][0]), int(stats[f"run_{run}_crop"][1])) for run in run_ids}
-    operators = run_operators(fmri, headers, split, confounds)
+    censored = {(sid, run): np.asarray(stats.get(censor.stats_key(sid, run), censor.EMPTY), dtype=np.int64)
+                for sid, run in headers}
+    operators = run_operators(fmri, headers, split, confounds, censored)
     subjects = [
         [RunSource(headers[(sid, run)], crops[run], stats[f"subject_{sid}_run_{run}_mean"],
-                   stats[f"subject_{sid}_run_{run}_std"], operators[(sid, run)]) for run in run_ids]
+                   stats[f"subject_{sid}_run_{run}_std"], operators[(sid, run)], censored[(sid, run)])
+         for run in run_ids]
         for sid in ids
     ]
     return subjects, mask_columns(stats["mask"])

@@ -209,8 +209,10 @@ class ConfoundSpec(StrictModel):
     ``scrubbing``; ``ica_aroma``), with ``strategy_options`` passed on (e.g. ``motion:
     basic``, ``fd_threshold: 0.5``); ``columns`` is then not used. Confounds are read
     raw (``demean: false``) and standardized block by block like any table. Volumes the
-    strategy censors (scrubbing, non-steady-state) must lie outside the analysed crop:
-    crop them with ``fmri.trs``; censoring inside it is refused, naming the volumes.
+    strategy censors (scrubbing, non-steady-state) are dropped from the statistics, the
+    cleaning (nilearn's ``sample_mask``), the subjects' average at that TR and the
+    samples; val and test TRs are those no subject has censored (censoring in
+    ``fmri.heldout`` runs is refused).
     """
 
     files: dict[SubjectId, SubjectRuns] | None = None

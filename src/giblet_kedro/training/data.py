@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from giblet_kedro.training.job import ArrayPaths
+from giblet_kedro.training.job import ArrayPaths, fmri_sample_validity
 from giblet_kedro.training.losses import ModalityStats
 
 
@@ -23,7 +23,8 @@ class TrDataset(Dataset):
     (subject, TR) (fMRI (S, n_trs, V)); sample ``i`` is subject ``i // n_rows``.
 
     Each item: ``fmri`` (V,) and continuous modalities standardized per feature with
-    ``stats``; ``audio`` codes as int64 when ``audio_is_codes``; ``<name>_valid`` flags;
+    ``stats``; ``audio`` codes as int64 when ``audio_is_codes``; ``<name>_valid`` flags
+    (False for every modality at a censored fMRI volume, see :mod:`giblet_kedro.fmri.censor`);
     ``subject`` and ``row`` (what was drawn, for the verification's sample count).
     """
 
@@ -38,6 +39,8 @@ class TrDataset(Dataset):
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:  # opened in the process that reads (after spawn)
             arrays = {"fmri": np.load(self.paths.fmri, mmap_mode="r")}
+            if self.paths.fmri_valid:
+                arrays["fmri_covered"] = np.load(self.paths.fmri_valid)
             for name, path in self.paths.values.items():
                 arrays[name] = np.load(path, mmap_mode="r")
                 arrays[f"{name}_valid"] = np.load(self.paths.valid[name])
@@ -57,7 +60,9 @@ class TrDataset(Dataset):
         subjects, positions = np.divmod(np.asarray(indices, dtype=np.int64), len(self.rows))
         trs = self.rows[positions]
         fmri = arrays["fmri"][subjects, trs] if self.mode == "per_subject" else arrays["fmri"][trs]
-        batch = {"fmri": self._standardize("fmri", fmri), "fmri_valid": torch.ones(len(trs), dtype=torch.bool),
+        # A censored volume (scrubbing) is no sample: its fMRI and its stimulus count for nothing.
+        fmri_valid = fmri_sample_validity(arrays.get("fmri_covered"), self.mode, subjects, trs)
+        batch = {"fmri": self._standardize("fmri", fmri), "fmri_valid": torch.from_numpy(fmri_valid),
                  "subject": torch.from_numpy(subjects), "row": torch.from_numpy(trs)}
         for name in self.paths.values:
             values = arrays[name][trs]
@@ -65,7 +70,7 @@ class TrDataset(Dataset):
                 batch[name] = torch.from_numpy(np.asarray(values, dtype=np.int64))
             else:
                 batch[name] = self._standardize(name, values)
-            batch[f"{name}_valid"] = torch.from_numpy(np.asarray(arrays[f"{name}_valid"][trs], dtype=bool))
+            batch[f"{name}_valid"] = torch.from_numpy(np.asarray(arrays[f"{name}_valid"][trs], dtype=bool) & fmri_valid)
         return batch
 
     def _standardize(self, name: str, value: np.ndarray) -> torch.Tensor:

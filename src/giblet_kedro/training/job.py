@@ -38,6 +38,19 @@ class ArrayPaths:
     values: dict[str, str] = field(default_factory=dict)  # modality -> values.npy
     valid: dict[str, str] = field(default_factory=dict)  # modality -> valid.npy
     loss_stats: str = ""
+    # (n_subjects, n_trs) bool, False at censored volumes (``fmri_train_valid``); "": none.
+    fmri_valid: str = ""
+
+
+def fmri_sample_validity(covered: np.ndarray | None, mode: str, subjects: np.ndarray, trs: np.ndarray) -> np.ndarray:
+    """(n,) bool: does sample (subject, TR) have an uncensored fMRI volume? ``cross_subject``
+    (one sample per TR, the subjects' average): at least one subject uncensored.
+    ``covered``: (n_subjects, n_trs) bool, or None (nothing censored)."""
+    if covered is None:
+        return np.ones(len(trs), dtype=bool)
+    if mode == "per_subject":
+        return np.asarray(covered[subjects, trs], dtype=bool)
+    return np.asarray(covered[:, trs].any(axis=0), dtype=bool)
 
 
 @dataclass
@@ -134,15 +147,24 @@ def pool_axes(name: str) -> tuple[int, ...]:
     return {"video": (0,), "audio": (1,)}.get(name, ())
 
 
-def compute_loss_stats(fmri_train: np.ndarray, train_rows: np.ndarray, features: dict) -> dict[str, ModalityStats]:
+def compute_loss_stats(fmri_train: np.ndarray, train_rows: np.ndarray, features: dict,
+                       covered: np.ndarray | None = None) -> dict[str, ModalityStats]:
     """Per-feature statistics over the training TRs (valid TRs only): every voxel's mean
     and std (over subjects too in ``per_subject``), every pixel's, embedding dimension's
-    and mel band's; each codebook's marginal for codes."""
-    if fmri_train.ndim == 3:  # (S, n_trs, V): a voxel's samples are every subject's TRs
+    and mel band's; each codebook's marginal for codes.
+
+    ``covered``: (n_subjects, n_trs) bool, False at censored volumes (``fmri_train_valid``);
+    in ``per_subject`` a censored (subject, TR) sample counts for nothing, fMRI or stimulus."""
+    train_rows = np.asarray(train_rows, dtype=np.int64)
+    if fmri_train.ndim == 3 and covered is not None and not covered[:, train_rows].all():
+        stats = {"fmri": _masked_subject_stats(fmri_train, train_rows, covered)}
+    elif fmri_train.ndim == 3:  # (S, n_trs, V): a voxel's samples are every subject's TRs
         fmri = continuous_stats(np.swapaxes(fmri_train, 0, 1), train_rows, pool_axes=(0,))
         stats = {"fmri": ModalityStats(mean=fmri.mean.reshape(-1), std=fmri.std.reshape(-1))}
     else:
         stats = {"fmri": continuous_stats(fmri_train, train_rows)}
+    if covered is not None:  # stimulus rows with at least one uncensored sample
+        train_rows = train_rows[covered[:, train_rows].any(axis=0)]
     for name, aligned in features.items():
         rows = train_rows[np.asarray(aligned.valid)[train_rows]]
         stats[name] = (code_stats(aligned.values, rows) if name == "audio" and audio_is_codes(aligned)
@@ -150,11 +172,44 @@ def compute_loss_stats(fmri_train: np.ndarray, train_rows: np.ndarray, features:
     return stats
 
 
+def _masked_subject_stats(fmri_train: np.ndarray, rows: np.ndarray, covered: np.ndarray) -> ModalityStats:
+    """Every voxel's mean and std (ddof 0) over the uncensored (subject, training TR)
+    samples of a (S, n_trs, V) tensor, one subject at a time."""
+    from giblet_kedro.fmri.moments import RunningMoments
+
+    moments = RunningMoments(fmri_train.shape[-1])
+    for subject in range(fmri_train.shape[0]):
+        kept = rows[covered[subject, rows]]
+        for start in range(0, len(kept), 256):
+            moments.update(np.asarray(fmri_train[subject, kept[start:start + 256]], dtype=np.float64))
+    return ModalityStats(mean=moments.mean, std=np.sqrt(np.maximum(moments.m2 / moments.count, 0.0)))
+
+
+def job_rows(split: pd.DataFrame, covered: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The train, val and test rows a job uses: the split's, less the TRs censored in every
+    subject (train) or in any subject (val, test: scored with every subject), see
+    :mod:`giblet_kedro.fmri.censor`."""
+    from giblet_kedro.fmri.censor import usable_rows
+
+    if covered is None or covered.all():
+        return {which: split_rows(split, which) for which in ("train", "val", "test")}
+    rows = {which: usable_rows(split, covered, which) for which in ("train", "val", "test")}
+    if rows["train"].size < 3:
+        raise ValueError(f"censoring leaves {rows['train'].size} training TRs; at least 3 are needed")
+    for which in ("val", "test"):
+        if split_rows(split, which).size and not rows[which].size:
+            raise ValueError(f"every {which} TR is censored in at least one subject; relax the confound strategy "
+                             "(fmri.clean.confounds.strategy_options) or leave the most censored subject out")
+    return rows
+
+
 def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str, features: dict,
-              model: dict, loss: dict, train: dict, seed: int, run_dir: str, experiment: str = "") -> TrainJob:
+              model: dict, loss: dict, train: dict, seed: int, run_dir: str, experiment: str = "",
+              fmri_valid: np.ndarray | None = None) -> TrainJob:
     """The job of a spec: cache paths (the memmaps' files), rows, shapes and settings.
 
     ``features``: the present modalities' TR-aligned caches (memory-mapped), by name.
+    ``fmri_valid``: the memory-mapped ``fmri_train_valid`` (censored volumes), or None.
     """
     if not features:
         raise SpecError("training needs at least one stimulus modality: add stimulus.video, stimulus.audio, "
@@ -171,15 +226,16 @@ def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str,
     paths = ArrayPaths(fmri=str(fmri_train.filename),
                        values={n: str(a.values.filename) for n, a in features.items()},
                        valid={n: str(Path(a.values.filename).with_name("valid.npy")) for n, a in features.items()},
-                       loss_stats=str(loss_stats_file))
+                       loss_stats=str(loss_stats_file),
+                       fmri_valid=str(fmri_valid.filename) if fmri_valid is not None else "")
+    rows = job_rows(split, None if fmri_valid is None else np.asarray(fmri_valid))
     weights = {name: float(loss["weights"].get(name, 1.0)) for name in ("fmri", *features)}
     tr = next(iter(features.values())).meta.get("grid", {}).get("tr", 0.0)
-    return TrainJob(paths=paths, train_rows=split_rows(split, "train").tolist(),
-                    val_rows=split_rows(split, "val").tolist(),
+    return TrainJob(paths=paths, train_rows=rows["train"].tolist(), val_rows=rows["val"].tolist(),
                     mode="per_subject" if fmri_train.ndim == 3 else "cross_subject", shapes=shapes,
                     model=dict(model), loss={"normalize": loss["normalize"], "weights": weights}, train=dict(train),
                     seed=int(seed), run_dir=str(run_dir), experiment=experiment, tr=float(tr or 0.0),
-                    test_rows=split_rows(split, "test").tolist(),
+                    test_rows=rows["test"].tolist(),
                     feature_weights={n: str(a.meta["weights"]) for n, a in features.items() if a.meta.get("weights")},
                     feature_columns=list(features["features"].meta.get("columns", [])) if "features" in features else [])
 

@@ -38,6 +38,7 @@ import pandas as pd  # noqa: E402
 
 from giblet_kedro.evaluation.metrics import pearson_columns  # noqa: E402
 from giblet_kedro.evaluation.model import TrainedModel, measured_fmri  # noqa: E402
+from giblet_kedro.fmri import censor  # noqa: E402
 from giblet_kedro.spec.schema import FmriSpec, VerifySpec  # noqa: E402
 from giblet_kedro.training.job import TrainJob, pool_axes  # noqa: E402
 
@@ -69,10 +70,12 @@ def loader_batches(n_samples: int, world_size: int, batch_size: int) -> list[np.
             for start in range(0, len(rank_indices), batch_size)]
 
 
-def check_samples_drawn(history: dict, split: pd.DataFrame, fmri: FmriSpec, batch_size: int) -> dict:
+def check_samples_drawn(history: dict, split: pd.DataFrame, fmri: FmriSpec, batch_size: int,
+                        censored_everywhere: int = 0) -> dict:
     """What the ranks drew in epoch 1 against the split table, the spec's mode and
-    subjects, the world size and the batch size."""
-    n_train = int((split["split"].astype(str) == "train").sum())
+    subjects, the world size and the batch size. ``censored_everywhere``: training TRs
+    censored in every subject (from the saved statistics), which are not samples."""
+    n_train = int((split["split"].astype(str) == "train").sum()) - censored_everywhere
     subjects = len(fmri.subject_ids) if fmri.mode == "per_subject" else 1
     world = int(history["world_size"])
     samples = n_train * subjects
@@ -84,7 +87,9 @@ def check_samples_drawn(history: dict, split: pd.DataFrame, fmri: FmriSpec, batc
                       "the training history does not record what epoch 1 drew (trained before this check existed)")
     observed = {"distinct_samples": drawn["distinct_samples"], "samples_with_padding": drawn["samples"],
                 "batches_per_rank": list(drawn["batches_per_rank"])}
-    why = (f"{fmri.mode}: {n_train} train TRs (split table)" + (f" x {subjects} subjects (spec)" if subjects > 1 else "")
+    why = (f"{fmri.mode}: {n_train} train TRs (split table"
+           + (f", less {censored_everywhere} censored in every subject" if censored_everywhere else "") + ")"
+           + (f" x {subjects} subjects (spec)" if subjects > 1 else "")
            + f"; {world} rank(s) of ceil({samples} / {world}) samples, batches of {batch_size}")
     return _check("samples and batches drawn in epoch 1", expected, observed, observed == expected, why)
 
@@ -97,20 +102,30 @@ class RawSamples:
     def __init__(self, job: TrainJob, rows: np.ndarray):
         self.job, self.rows = job, np.asarray(rows, dtype=np.int64)
         self.fmri = np.load(job.paths.fmri, mmap_mode="r")
+        self.covered = np.load(job.paths.fmri_valid) if job.paths.fmri_valid else None
         self.n_subjects = self.fmri.shape[0] if job.mode == "per_subject" else 1
 
     def __len__(self) -> int:
         return len(self.rows) * self.n_subjects
 
-    def read(self, name: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(raw values (n, *sample) float64 or int, valid (n,)) of dataset ``indices``."""
+    def read(self, name: str, indices: np.ndarray, any_subject: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(raw values (n, *sample) float64 or int, valid (n,)) of dataset ``indices``.
+        ``any_subject``: a TR's stimulus is valid when any subject's volume is uncensored
+        (the stimulus statistics, over one copy of the stimulus)."""
         subjects, positions = np.divmod(np.asarray(indices), len(self.rows))
         trs = self.rows[positions]
+        # Censored volumes: by hand, not through training.job's helper.
+        if self.covered is None:
+            uncensored = np.ones(len(trs), bool)
+        elif self.job.mode == "per_subject" and not any_subject:
+            uncensored = self.covered[subjects, trs]
+        else:
+            uncensored = self.covered[:, trs].any(axis=0)
         if name == "fmri":
             values = self.fmri[subjects, trs] if self.fmri.ndim == 3 else self.fmri[trs]
-            return np.asarray(values, dtype=np.float64), np.ones(len(trs), bool)
+            return np.asarray(values, dtype=np.float64), uncensored
         values = np.load(self.job.paths.values[name], mmap_mode="r")[trs]
-        valid = np.load(self.job.paths.valid[name])[trs]
+        valid = np.load(self.job.paths.valid[name])[trs] & uncensored
         return (np.asarray(values) if name == "audio" and self.job.shapes.audio_is_codes
                 else np.asarray(values, dtype=np.float64)), np.asarray(valid, dtype=bool)
 
@@ -125,7 +140,7 @@ def _feature_moments(samples: RawSamples, name: str, block: int = 32) -> tuple[n
     if name == "fmri":
         indices = np.arange(len(samples))
     for start in range(0, len(indices), block):
-        values, valid = samples.read(name, indices[start:start + block])
+        values, valid = samples.read(name, indices[start:start + block], any_subject=name != "fmri")
         values = values[valid]
         part, part_squares = values.sum(axis=(0, *axes)), np.square(values).sum(axis=(0, *axes))
         total = part if total is None else total + part
@@ -138,7 +153,7 @@ def _feature_moments(samples: RawSamples, name: str, block: int = 32) -> tuple[n
 
 def _marginal_entropy(samples: RawSamples, smoothing: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Each codebook's training code distribution (np.unique counts) and its entropy (nats)."""
-    values, valid = samples.read("audio", np.arange(len(samples.rows)))
+    values, valid = samples.read("audio", np.arange(len(samples.rows)), any_subject=True)
     codes = values[valid]
     marginal = np.zeros((codes.shape[1], CODEBOOK_SIZE))
     for q in range(codes.shape[1]):
@@ -322,6 +337,14 @@ def check_stimulus_drives_brain(trained: TrainedModel, min_shift: int) -> dict:
                   f"(1 + shifts)")
 
 
+def _censored_everywhere(norm_stats: dict[str, np.ndarray], split: pd.DataFrame) -> int:
+    """Training TRs whose volume is censored in every subject, from the statistics' record
+    of censored volumes (not from the tensor's coverage file that training read)."""
+    covered = censor.coverage(norm_stats)
+    train = split.loc[split["split"].astype(str) == "train", "tr"].to_numpy(dtype=np.int64)
+    return int((~covered[:, train].any(axis=0)).sum())
+
+
 def verify(job: TrainJob, history: dict, weights: dict, norm_stats: dict[str, np.ndarray], split: pd.DataFrame,
            fmri: FmriSpec, verify_spec: VerifySpec) -> dict:
     """Run every check; the report (JSON-serialisable)."""
@@ -329,7 +352,7 @@ def verify(job: TrainJob, history: dict, weights: dict, norm_stats: dict[str, np
     components = {k: v for k, v in (history.get("initial") or {}).items() if k != "total"}
     trained = TrainedModel.load(job, weights)
     checks = [
-        check_samples_drawn(history, split, fmri, int(job.train["batch_size"])),
+        check_samples_drawn(history, split, fmri, int(job.train["batch_size"]), _censored_everywhere(norm_stats, split)),
         initial_check,
         check_balance(job, components or expected_initial),
         check_loss_drop(history, verify_spec),

@@ -50,6 +50,15 @@ def validate_norm_stats(stats: dict[str, np.ndarray]) -> None:
             raise ValueError(f"{prefix}_std has zero entries: those voxels cannot be z-scored")
 
 
+def validate_fmri_coverage(covered: np.ndarray) -> None:
+    """``fmri_train_valid``: (n_subjects, n_trs) bool, with at least one uncensored volume."""
+    if covered.dtype != bool or covered.ndim != 2 or 0 in covered.shape:
+        raise ValueError(f"fmri_train_valid must be a non-empty (n_subjects, n_trs) bool array, got "
+                         f"{covered.dtype} {covered.shape}")
+    if not covered.any():
+        raise ValueError("fmri_train_valid: every volume of every subject is censored")
+
+
 def validate_fmri_tensor(tensor: np.ndarray) -> None:
     """``fmri_train``: float32, (n_trs, n_voxels) or (n_subjects, n_trs, n_voxels), finite."""
     if tensor.dtype != np.float32:

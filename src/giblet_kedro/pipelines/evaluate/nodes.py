@@ -22,10 +22,11 @@ from giblet_kedro.evaluation.agreement import agreement_arrays, rows_of_subjects
 from giblet_kedro.evaluation.model import TrainedModel, measured_fmri
 from giblet_kedro.evaluation.reconstruction import reconstruction_metrics
 from giblet_kedro.evaluation.ridge import feature_band, fit_banded_ridge
+from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.sources import subject_sources
 from giblet_kedro.fmri.volume import unmask
 from giblet_kedro.spec.schema import EvaluateSpec, FmriSpec
-from giblet_kedro.training.job import TrainJob, split_rows
+from giblet_kedro.training.job import TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def intersubject_agreement(runs: dict[str, nib.Nifti1Image], confounds: dict[str
     """Which voxels the subjects agree on (val rows; every subject shifted independently
     for the null) and the noise ceiling (test rows)."""
     subjects, columns = subject_sources(runs, confounds, stats, split, fmri)
-    rows = {which: split_rows(split, which) for which in ("val", "test")}
+    covered = censor.coverage(stats)  # val and test rows uncensored in every subject, as the job's
+    rows = {which: censor.usable_rows(split, covered, which) for which in ("val", "test")}
     data = rows_of_subjects(subjects, columns, rows, fmri.chunk_trs)
     target = "subject" if fmri.mode == "per_subject" else "average"
     rng = np.random.default_rng(0)
@@ -72,16 +74,19 @@ def fit_ridge_reference(train_job: dict[str, Any], fmri_split: pd.DataFrame, eva
                         ) -> tuple[dict[str, np.ndarray], dict]:
     """Banded ridge with FIR delays on the autoencoder's features (see
     :mod:`giblet_kedro.evaluation.ridge`), fit on train rows, delays chosen on val rows.
-    ``per_subject``: fit to the subjects' mean (the stimulus is shared)."""
+    ``per_subject``: fit to the subjects' mean (the stimulus is shared), over the
+    uncensored subjects of each TR. Rows are the job's (censored TRs left out)."""
     job = TrainJob.from_dict(train_job)
-    train_rows, val_rows, test_rows = (split_rows(fmri_split, which) for which in ("train", "val", "test"))
+    train_rows, val_rows, test_rows = (np.asarray(rows, dtype=np.int64)
+                                       for rows in (job.train_rows, job.val_rows, job.test_rows))
     bands = {}
     for name in job.modalities:
         values = np.load(job.paths.values[name], mmap_mode="r")
         valid = np.load(job.paths.valid[name])
         bands[name] = feature_band(values, valid, train_rows, is_codes=name == "audio" and job.shapes.audio_is_codes)
     tensor = np.load(job.paths.fmri, mmap_mode="r")
-    target = np.asarray(tensor) if tensor.ndim == 2 else np.asarray(tensor).mean(0)
+    covered = np.load(job.paths.fmri_valid) if job.paths.fmri_valid else None
+    target = np.asarray(tensor) if tensor.ndim == 2 else uncensored_mean(tensor, covered)
     runs = fmri_split["run"].astype(str).to_numpy()
     run_starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
     if val_rows.size == 0:  # no val rows: nothing to choose on, use the first set
@@ -96,6 +101,17 @@ def fit_ridge_reference(train_job: dict[str, Any], fmri_split: pd.DataFrame, eva
                "val_mean_r_by_delays": fit.val_scores, "band_weights_median": fit.band_weights,
                "alphas": list(ridge.alphas), "fit_rows": int(train_rows.size)}
     return {"rows": test_rows, "fmri": fit.prediction[test_rows]}, summary
+
+
+def uncensored_mean(tensor: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
+    """(n_trs, V) float32: each TR's mean over the subjects of a (S, n_trs, V) tensor whose
+    volume is uncensored (``covered`` (S, n_trs) bool; None: all), 0 where none is."""
+    if covered is None or covered.all():
+        return np.asarray(tensor).mean(0)
+    total = np.zeros(tensor.shape[1:], dtype=np.float32)
+    for subject in range(tensor.shape[0]):
+        total += np.where(covered[subject][:, None], np.asarray(tensor[subject]), np.float32(0.0))
+    return total / np.maximum(covered.sum(axis=0), 1).astype(np.float32)[:, None]
 
 
 def score_voxels(model_test_predictions: dict[str, np.ndarray], ridge_test_predictions: dict[str, np.ndarray],

@@ -17,11 +17,14 @@ import numpy as np
 import pandas as pd
 
 from giblet_kedro.errors import InputDataError
+from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.checks import check_runs, check_space, check_tr, resolve_crop
 from giblet_kedro.fmri.normalize import RunSource, combine_subjects, normalize_source
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
 from giblet_kedro.fmri.sources import (
     RunKey,
+    run_censored,
+    run_censoring,
     run_confounds,
     run_headers,
     run_label,
@@ -132,10 +135,19 @@ def _given_mask(mask_file: dict[str, nib.Nifti1Image], reference: RunHeader) -> 
 
 
 def _run_moments(fmri: FmriSpec, sid: str, run: str, header: RunHeader, crop, rows: np.ndarray, lab_run: str,
-                 operator, columns, ddof: int) -> SubjectMoments:
-    """One run's streaming pass over its training TRs (cleaned when ``operator`` is given)."""
-    early = rows[: fmri.lab_mask.first_trs] if fmri.mask == "lab" and run == lab_run else None
+                 operator, columns, ddof: int, censored: np.ndarray) -> SubjectMoments:
+    """One run's streaming pass over its uncensored training TRs (cleaned when
+    ``operator`` is given)."""
     label = run_label(fmri, sid, run)
+    if censored.size:
+        log.info("fmri stats: %s: %d volumes censored by the confound strategy (%d of them training TRs)", label,
+                 censored.size, int(np.isin(rows, censored).sum()))
+        trained, rows = rows.size > 0, np.setdiff1d(rows, censored)
+        if trained and rows.size < 2:
+            raise InputDataError(f"{label}: the confound strategy censors all but {rows.size} of the run's training "
+                                 "TRs; its statistics cannot be computed. Relax the strategy's thresholds "
+                                 "(fmri.clean.confounds.strategy_options) or leave the subject out")
+    early = rows[: fmri.lab_mask.first_trs] if fmri.mask == "lab" and run == lab_run else None
     cleaned = operator is not None and rows.size
     log.info("fmri stats: %s (%d TRs, %d training, %s%s)", label, crop[1] - crop[0], rows.size,
              header.path.name, ", cleaned" if cleaned else "")
@@ -172,7 +184,8 @@ def compute_norm_stats(
     reference = next(iter(headers.values()))
     crops = run_crops(split)
     ddof = fmri.zscore.ddof
-    operators = run_operators(fmri, headers, split, confounds)
+    censored = run_censoring(fmri, headers, split, confounds)
+    operators = run_operators(fmri, headers, split, confounds, censored)
 
     given = fmri.mask not in ("auto", "lab")
     given_mask = _given_mask(mask_file, reference) if given else None
@@ -185,7 +198,7 @@ def compute_norm_stats(
     with progress("fMRI statistics", len(headers), "runs") as advance:
         for (sid, run), header in headers.items():
             moments[(sid, run)] = _run_moments(fmri, sid, run, header, crops[run], train_trs[run], lab_run,
-                                               operators[(sid, run)], columns, ddof)
+                                               operators[(sid, run)], columns, ddof, censored[(sid, run)])
             advance()
 
     labelled = {run_label(fmri, *k): m for k, m in moments.items()}
@@ -219,6 +232,9 @@ def compute_norm_stats(
         stats[f"run_{run}_stats_trs"] = train_trs[run] + crop[0]
     if len(crops) == 1:
         stats["crop"] = stats[f"run_{fmri.run_ids[0]}_crop"]
+    for (sid, run), trs in censored.items():
+        if trs.size:
+            stats[censor.stats_key(sid, run)] = trs
     for sid in fmri.subject_ids:
         mean, std = pooled_training_stats([moments[(sid, run)].moments.select(pick) for run in trained_runs], ddof)
         stats[f"subject_{sid}_mean"], stats[f"subject_{sid}_std"] = mean, std
@@ -270,14 +286,25 @@ def cleaning_report(fmri: FmriSpec, moments: dict[RunKey, SubjectMoments], pick)
 
 
 def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
-                      stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec) -> np.ndarray:
+                      stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Clean and z-score every run with its saved stats, concatenate each subject's runs,
     then average (``cross_subject``, shape (n_trs, n_voxels)) or stack (``per_subject``,
-    (n_subjects, n_trs, n_voxels)). float32; ``n_trs`` sums the runs' crops."""
+    (n_subjects, n_trs, n_voxels)). float32; ``n_trs`` sums the runs' crops.
+
+    Also returns which subject's volume is uncensored at each row, (n_subjects, n_trs)
+    bool (``fmri_train_valid``; all True without a censoring strategy): the average
+    covers those subjects only, and training and evaluation use it (see
+    :mod:`giblet_kedro.fmri.censor`).
+    """
     subjects, columns = subject_sources(runs, confounds, stats, split, fmri)
     log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(subjects),
              len(subjects[0]), sum(run.n_trs for run in subjects[0]), len(columns))
-    return combine_subjects(subjects, columns, fmri.mode, fmri.chunk_trs)
+    tensor, covered = combine_subjects(subjects, columns, fmri.mode, fmri.chunk_trs)
+    if not covered.all():
+        log.info("fmri tensor: %d (subject, TR) volumes censored; %d TRs censored in every subject", int((~covered).sum()),
+                 int((~covered.any(axis=0)).sum()))
+    return tensor, covered
 
 
 def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], heldout_confounds: dict[str, pd.DataFrame],
@@ -296,8 +323,13 @@ def normalize_heldout(heldout_runs: dict[str, nib.Nifti1Image], heldout_confound
         check_tr(header, fmri.tr)
         check_space(f"{header.label}: {header.path}", header.grid, header.affine,
                     "the training runs", mask.shape, stats["affine"])
-        operator = run_operator(fmri, header.n_trs, (0, header.n_trs), heldout_confounds.get(sid),
-                                f"held-out run of subject {sid!r}: fmri.clean.confounds.heldout")
+        label = f"held-out run of subject {sid!r}: fmri.clean.confounds.heldout"
+        censored = run_censored(fmri, (0, header.n_trs), heldout_confounds.get(sid))
+        if censored.size:
+            raise InputDataError(f"{label}: the confound strategy censors volumes {censored[:20].tolist()}; "
+                                 "censoring in held-out runs is not supported yet: give the held-out run a table "
+                                 "without censoring, or crop those volumes out of its file")
+        operator = run_operator(fmri, header.n_trs, (0, header.n_trs), heldout_confounds.get(sid), label)
         normalized = np.empty((header.n_trs, len(columns)), dtype=np.float32)
         source = RunSource(header, (0, header.n_trs), stats[f"subject_{sid}_mean"], stats[f"subject_{sid}_std"],
                            operator)

@@ -21,8 +21,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ["fmri_norm_stats", "fmri_cleaning_report"],
             name="compute_fmri_norm_stats",
         ),
-        node(build_fmri_tensor, ["fmri_raw", "fmri_confounds", "fmri_norm_stats", "fmri_split", "params:fmri"], "fmri_train",
-             name="build_fmri_tensor"),
+        node(build_fmri_tensor, ["fmri_raw", "fmri_confounds", "fmri_norm_stats", "fmri_split", "params:fmri"],
+             ["fmri_train", "fmri_train_valid"], name="build_fmri_tensor"),
         node(normalize_heldout, ["fmri_heldout_raw", "fmri_heldout_confounds", "fmri_norm_stats", "params:fmri"],
              "fmri_heldout_normalized", name="normalize_fmri_heldout"),
     ])

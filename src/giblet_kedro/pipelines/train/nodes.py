@@ -15,31 +15,44 @@ import numpy as np
 import pandas as pd
 import torch
 
-from giblet_kedro.errors import SpecError
+from giblet_kedro.errors import InputDataError, SpecError
 from giblet_kedro.spec.schema import FmriSpec, TrainingSettings, VerifySpec
 from giblet_kedro.stimulus.aligned import TrAligned
 from giblet_kedro.training import verification
 from giblet_kedro.training.ddp import launch, load_checkpoint
-from giblet_kedro.training.job import TrainJob, build_job, compute_loss_stats, present_modalities, split_rows
+from giblet_kedro.training.job import (
+    TrainJob,
+    build_job,
+    compute_loss_stats,
+    job_rows,
+    present_modalities,
+)
 from giblet_kedro.training.losses import stats_to_arrays
 
 log = logging.getLogger(__name__)
 
 
-def loss_statistics(fmri_train: np.ndarray, fmri_split: pd.DataFrame,
+def loss_statistics(fmri_train: np.ndarray, fmri_train_valid: np.ndarray, fmri_split: pd.DataFrame,
                     modalities: dict[str, TrAligned]) -> dict[str, np.ndarray]:
-    """Every feature's mean and std over the training TRs (codes: each codebook's marginal)."""
-    stats = compute_loss_stats(fmri_train, split_rows(fmri_split, "train"), present_modalities(modalities))
+    """Every feature's mean and std over the uncensored training TRs (codes: each
+    codebook's marginal)."""
+    try:
+        rows = job_rows(fmri_split, np.asarray(fmri_train_valid))["train"]
+    except ValueError as exc:
+        raise InputDataError(str(exc)) from None
+    stats = compute_loss_stats(fmri_train, rows, present_modalities(modalities), np.asarray(fmri_train_valid))
     return stats_to_arrays(stats)
 
 
-def training_job(fmri_train: np.ndarray, fmri_split: pd.DataFrame, loss_stats: dict[str, np.ndarray],
-                 modalities: dict[str, TrAligned], training: TrainingSettings) -> dict[str, Any]:
+def training_job(fmri_train: np.ndarray, fmri_train_valid: np.ndarray, fmri_split: pd.DataFrame,
+                 loss_stats: dict[str, np.ndarray], modalities: dict[str, TrAligned],
+                 training: TrainingSettings) -> dict[str, Any]:
     """The job every rank, the verification and the evaluation read (JSON)."""
     try:
         job = build_job(fmri_train, fmri_split, loss_stats.filename, present_modalities(modalities),
                         training.model.model_dump(mode="json"), training.loss.model_dump(mode="json"),
-                        training.train.model_dump(mode="json"), training.seed, training.run_dir, training.experiment)
+                        training.train.model_dump(mode="json"), training.seed, training.run_dir, training.experiment,
+                        fmri_train_valid)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     return job.to_dict()

@@ -360,3 +360,74 @@ def test_a_second_run_of_the_same_training_waits_for_the_first(tmp_path, rng, ca
         assert "another run (pid" in caplog.text and "is training this experiment" in caplog.text
     worker.join(timeout=120)
     assert finished.is_set() and (Path(job.run_dir) / "final.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_stop_requested_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, world):
+    """A stop requested after step 2 of epoch 2 (what the sbatch template's USR1 trap
+    does) ends the run with Preempted and the position in last.pt; the next run continues
+    at step 3 with each rank's RNG state (dropout) and partial sums: the final weights and
+    every epoch's losses equal an uninterrupted run's, bitwise."""
+    from giblet_kedro.training.ddp import Preempted
+
+    full = tiny_job(tmp_path / "full", np.random.default_rng(1))
+    full = dataclasses.replace(full, world_size=world, train={**full.train, "epochs": 3, "batch_size": 2},
+                               model={**full.model, "dropout": 0.2})
+    cut = dataclasses.replace(full, run_dir=str(tmp_path / "cut" / "run"))
+    history_full = launch(full)
+    steps = 12 // (2 * world)
+    with pytest.raises(Preempted, match=f"after step 2/{steps} of epoch 2"):
+        launch(dataclasses.replace(cut, crash_at=[0, 1, "preempt"]))
+    assert not (tmp_path / "cut" / "run" / "PREEMPT").exists()
+    history_cut = launch(cut)
+    assert history_cut["resumed_from_epoch"] == 1 and history_cut["resumed_from_step"] == 2
+    a, b = params(tmp_path / "full" / "run" / "final.pt"), params(tmp_path / "cut" / "run" / "final.pt")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert [e["train"] for e in history_full["epochs"]] == [e["train"] for e in history_cut["epochs"]]
+    assert history_full["epoch1_drawn"] == history_cut["epoch1_drawn"]
+
+
+@pytest.mark.slow
+def test_sigusr1_to_a_rank_requests_the_stop(tmp_path):
+    """The signal itself (SLURM's --signal=USR1@T to the job's processes): the rank's
+    handler creates the request file, and training stops inside the epoch."""
+    import os
+    import signal as signals
+    import threading
+
+    from giblet_kedro.training.ddp import Preempted
+
+    job = tiny_job(tmp_path / "sig", np.random.default_rng(2))
+    job = dataclasses.replace(job, train={**job.train, "epochs": 200, "batch_size": 1})
+    run = tmp_path / "sig" / "run"
+
+    def signal_the_rank():
+        deadline = time.time() + 60
+        while time.time() < deadline and not (run / "last.pt").exists():  # epoch 1 done: the rank is training
+            time.sleep(0.05)
+        for pid in _child_pids():
+            os.kill(pid, signals.SIGUSR1)
+
+    thread = threading.Thread(target=signal_the_rank)
+    thread.start()
+    with pytest.raises(Preempted, match="training stopped on request"):
+        launch(job)
+    thread.join()
+
+
+def _child_pids() -> list[int]:
+    import os
+
+    me = str(os.getpid())
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                pids.append(int(entry))
+    return pids

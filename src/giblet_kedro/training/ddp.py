@@ -48,6 +48,7 @@ from giblet_kedro.datasets.atomic import atomic_path, check_file
 from giblet_kedro.logs import configure_rank_logging
 from giblet_kedro.models.autoencoder import build_model
 from giblet_kedro.paths import project_root
+from giblet_kedro.training import preemption
 from giblet_kedro.training.data import TrDataset, identity_collate
 from giblet_kedro.training.job import TrainJob, resolve_devices
 from giblet_kedro.training.losses import modality_losses, torch_stats, weighted_total
@@ -57,6 +58,14 @@ log = logging.getLogger(__name__)
 
 class TrainingFailed(RuntimeError):
     """A rank failed; the message carries its error."""
+
+
+class Preempted(TrainingFailed):
+    """Training stopped mid-epoch on request (see :mod:`giblet_kedro.training.preemption`);
+    ``last.pt`` holds the position and the next run resumes there."""
+
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: what a torchrun rank exits with after a requested stop
 
 
 # ------------------------------------------------------------------------ helpers
@@ -110,6 +119,15 @@ class LossSums:
             self.sums[name] = self.sums.get(name, 0.0) + float(value.detach()) * valid
             self.weights[name] = self.weights.get(name, 0.0) + valid
         self.samples += float(batch["fmri"].shape[0])
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "weights": dict(self.weights), "samples": self.samples}
+
+    @classmethod
+    def from_state(cls, state: dict) -> LossSums:
+        sums = cls()
+        sums.sums, sums.weights, sums.samples = dict(state["sums"]), dict(state["weights"]), float(state["samples"])
+        return sums
 
     def means(self, weights: dict[str, float], device: torch.device) -> tuple[dict[str, float], float]:
         """({modality: mean, "total": weighted sum}, samples), over every rank."""
@@ -165,8 +183,9 @@ def _inject_fault(rank: int, epoch: int, kind: str) -> None:
 
 
 # ------------------------------------------------------------------------- worker
-def run_rank(rank: int, job: TrainJob) -> None:
-    """Train on one rank. Joins the process group, trains, writes (rank 0), leaves."""
+def run_rank(rank: int, job: TrainJob) -> bool:
+    """Train on one rank. Joins the process group, trains, writes (rank 0), leaves.
+    True when it stopped on request (preempted) before the end."""
     world = job.world_size
     timeout = timedelta(seconds=int(job.train.get("collective_timeout_s", 600)))
     if job.init_method is not None:
@@ -176,7 +195,7 @@ def run_rank(rank: int, job: TrainJob) -> None:
         dist.init_process_group(job.backend, timeout=timeout)
         rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        _train(rank, world, job)
+        return _train(rank, world, job)
     except RuntimeError as exc:
         if _is_timeout(exc):
             raise RuntimeError(
@@ -193,7 +212,25 @@ def _is_timeout(exc: BaseException) -> bool:
     return "timed out" in text or "timeout" in text
 
 
-def _train(rank: int, world: int, job: TrainJob) -> None:
+def _stop_requested(rank: int, world: int, request: Path, device: torch.device) -> bool:
+    """Has a stop been requested? Rank 0 looks; every rank gets the same answer."""
+    flag = torch.tensor([1 if rank == 0 and request.exists() else 0], dtype=torch.int32, device=device)
+    if world > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _rank_position(world: int, sums: LossSums, drawn: list[np.ndarray]) -> list[dict]:
+    """Every rank's RNG states, partial loss sums and drawn samples, on every rank."""
+    mine = {"rng": preemption.rng_state(), "sums": sums.state(), "drawn": [torch.from_numpy(d) for d in drawn]}
+    if world == 1:
+        return [mine]
+    ranks: list = [None] * world
+    dist.all_gather_object(ranks, mine)
+    return ranks
+
+
+def _train(rank: int, world: int, job: TrainJob) -> bool:
     settings = job.train
     if job.device_type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", rank))
@@ -235,10 +272,18 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
         optimizer, lambda step: lr_factor(step, max(warmup, 1) if warmup else 0, epochs * steps_per_epoch))
 
     run_dir = Path(job.run_dir)
+    request = preemption.request_file(run_dir)
+    preemption.install_signal_handler(run_dir)
+    if rank == 0:  # a request already served (the stop that led to this run) or left over
+        request.unlink(missing_ok=True)
+        (run_dir / preemption.MARKER).unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
     history = {"world_size": world, "device": device.type, "precision": "bf16" if use_bf16 else "fp32",
                "train_samples": len(train_set), "val_samples": len(val_set), "batch_size": settings["batch_size"],
                "batches_per_epoch": steps_per_epoch, "epochs": [], "initial": None, "resumed_from_epoch": None}
     start_epoch, best_val, stale = 0, math.inf, 0
+    resume_step, resumed_ranks = 0, None
     damage = check_file(run_dir / "last.pt")
     if damage not in (None, "missing"):
         if rank == 0:
@@ -252,8 +297,15 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
         history = json.loads(state["history"])
         start_epoch, best_val, stale = int(state["epoch"]) + 1, float(state["best_val"]), int(state["stale"])
         history["resumed_from_epoch"] = start_epoch
+        if "in_epoch" in state:  # stopped on request inside epoch start_epoch + 1
+            resume_step, resumed_ranks = int(state["in_epoch"]["step"]), state["in_epoch"]["ranks"]
+            if len(resumed_ranks) != world:
+                raise RuntimeError(f"{run_dir / 'last.pt'} was written by {len(resumed_ranks)} ranks, stopped inside "
+                                   f"an epoch; resume it with the same number of ranks (train.devices), not {world}")
+            history["resumed_from_step"] = resume_step
         if rank == 0:
-            log.info("resuming from %s at epoch %d", run_dir / "last.pt", start_epoch + 1)
+            log.info("resuming from %s at epoch %d%s", run_dir / "last.pt", start_epoch + 1,
+                     f", step {resume_step + 1}" if resume_step else "")
     elif history["initial"] is None:
         history["initial"] = _evaluate(model, initial_loader, job, stats, device, autocast)
 
@@ -265,11 +317,21 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
         model.train()
         sums, started = LossSums(), time.perf_counter()
         drawn: list[np.ndarray] = []
+        skip = resume_step if epoch == start_epoch else 0
+        if skip:  # continue the interrupted epoch: the same sample order from the next step
+            batches = iter(DataLoader(train_set, sampler=list(iter(sampler))[skip * settings["batch_size"]:], **batched))
+        else:
+            batches = iter(loader)  # draws the loader's base seed from torch's RNG
+        if skip:  # after that draw: each rank's RNG states (dropout) and partial sums as they were
+            mine = resumed_ranks[rank]
+            preemption.set_rng_state(mine["rng"])
+            sums, drawn = LossSums.from_state(mine["sums"]), [d.numpy().copy() for d in mine["drawn"]]
         # Rank 0 only, and only on a terminal (None: tqdm's own test), not in a batch job's log.
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=True if rank != 0 else None,
-                   unit="batch")
-        for step, batch in enumerate(bar):
-            if job.crash_at is not None and list(job.crash_at[:2]) == [rank, epoch] and step == 1:
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=True if rank != 0 else None,
+                   unit="batch", initial=skip, total=steps_per_epoch)
+        for step, batch in enumerate(bar, start=skip):
+            if job.crash_at is not None and list(job.crash_at[:2]) == [rank, epoch] and step == 1 \
+                    and job.crash_at[2:] != ["preempt"]:
                 _inject_fault(rank, epoch, job.crash_at[2] if len(job.crash_at) > 2 else "raise")
             batch = _to_device(batch, device)
             with autocast():
@@ -288,6 +350,24 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
             sums.add(losses, batch)
             if epoch == 0:
                 drawn.append((batch["subject"] * (1 << 32) + batch["row"]).cpu().numpy())
+            if job.crash_at is not None and list(job.crash_at) == [rank, epoch, "preempt"] and step == 1:
+                request.touch()  # test hook: a stop requested after the second step
+            if step + 1 < steps_per_epoch and _stop_requested(rank, world, request, device):
+                ranks = _rank_position(world, sums, drawn)
+                if rank == 0:
+                    save_checkpoint({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "epoch": epoch - 1, "best_val": best_val,
+                                     "stale": stale, "history": json.dumps(history),
+                                     "in_epoch": {"step": step + 1, "ranks": ranks}}, run_dir / "last.pt")
+                    with atomic_path(run_dir / preemption.MARKER) as tmp:
+                        tmp.write_text(json.dumps({"epoch": epoch + 1, "steps_done": step + 1,
+                                                   "steps_per_epoch": steps_per_epoch}))
+                    request.unlink(missing_ok=True)
+                    log.warning("stop requested: stopped after step %d/%d of epoch %d; %s holds the position, the "
+                                "next run resumes there", step + 1, steps_per_epoch, epoch + 1, run_dir / "last.pt")
+                if world > 1:
+                    dist.barrier()
+                return True
         seconds = time.perf_counter() - started
         if epoch == 0:
             history["epoch1_drawn"] = _gather_drawn(drawn, world)
@@ -319,6 +399,7 @@ def _train(rank: int, world: int, job: TrainJob) -> None:
         with atomic_path(run_dir / "history.json") as tmp:
             tmp.write_text(json.dumps(history, indent=1))
     dist.barrier()
+    return False
 
 
 def _log_epoch(record: dict, epochs: int, history: dict) -> None:
@@ -403,6 +484,12 @@ def launch(job: TrainJob) -> dict:
             raise TrainingFailed(f"training failed on a rank: {detail[-1] if detail else exc}\n{exc}") from None
         except mp.ProcessExitedException as exc:
             raise TrainingFailed(f"a training rank exited abnormally: {exc}") from None
+    marker = Path(job.run_dir) / preemption.MARKER
+    if marker.exists():
+        where = json.loads(marker.read_text())
+        raise Preempted(f"training stopped on request after step {where['steps_done']}/{where['steps_per_epoch']} of "
+                        f"epoch {where['epoch']}; {Path(job.run_dir) / 'last.pt'} holds the position: run the same "
+                        "spec again (or requeue the job) to resume there")
     return json.loads((Path(job.run_dir) / "history.json").read_text())
 
 
@@ -414,15 +501,22 @@ def main(argv: list[str] | None = None) -> None:
     job = with_devices(TrainJob.from_json(Path(args[0]).read_text()))
     job = dataclasses.replace(job, init_method=None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run_rank(int(os.environ.get("RANK", 0)), job)
+    if run_rank(int(os.environ.get("RANK", 0)), job):
+        raise SystemExit(PREEMPTED_EXIT)
 
 
 if __name__ == "__main__":
-    main()
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code != PREEMPTED_EXIT:
+            raise
+        code = PREEMPTED_EXIT
     # Every output is written and synced by now. Leave without running C++ destructors:
     # under torchrun the rendezvous store lives in node 0's agent, which may already be
     # gone, and a store client torn down at interpreter exit can abort ("terminate called
     # without an active exception") and turn a finished rank into a failed one.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

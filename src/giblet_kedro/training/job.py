@@ -84,7 +84,8 @@ class TrainJob:
     device_type: str | None = None
     init_method: str | None = None
     # Tests of failure handling only: [rank, epoch] raises in that epoch; a third item
-    # "hang" or "kill" makes the rank hang forever or SIGKILL itself instead.
+    # "hang" or "kill" makes the rank hang forever or SIGKILL itself instead, "preempt"
+    # requests a stop (training.preemption) after the epoch's second step.
     crash_at: list | None = field(default=None)
     # Tests of the gradient arithmetic only: {"nonzero_init": std} adds seeded noise of
     # that std to every parameter (the zero-initialized output layers included), and

@@ -153,7 +153,10 @@ def _size(folder: Path) -> int:
 @click.option("--experiment", "-e", "extra", multiple=True,
               help="Also keep the caches of this spec (name or path); repeatable.")
 @click.option("--env", default=None, help="Kedro configuration environment (default: local).")
-def caches(prune: bool, yes: bool, extra: tuple[str, ...], env: str | None) -> None:
+@click.option("--verify", is_flag=True,
+              help="Hash every cached file against its recorded digest (runs only hash files whose size, "
+                   "time or inode changed); damaged ones are reported and recomputed by the next kedro run.")
+def caches(prune: bool, yes: bool, extra: tuple[str, ...], env: str | None, verify: bool) -> None:
     """List cache folders, marking those that no known spec refers to.
 
     Known specs: every file in conf/<env>/experiments/ and conf/base/experiments/, every
@@ -161,6 +164,9 @@ def caches(prune: bool, yes: bool, extra: tuple[str, ...], env: str | None) -> N
     exists), and those given with -e. A spec whose inputs
     cannot be fingerprinted stops --prune: its caches cannot be told apart.
     """
+    if verify:
+        _verify_caches()
+        return
     referenced: dict[Path, list[str]] = {}
     try:
         for reference in _known_references(extra, env):
@@ -190,6 +196,25 @@ def caches(prune: bool, yes: bool, extra: tuple[str, ...], env: str | None) -> N
     for folder in unreferenced:
         shutil.rmtree(folder)
     click.echo(f"removed {len(unreferenced)} folder(s)")
+
+
+def _verify_caches() -> None:
+    """``caches --verify``: every cache folder's files hashed; exit 1 when one is damaged."""
+    from giblet_kedro.datasets.atomic import verify_folder
+
+    folders = _cache_folders()
+    damaged = []
+    for folder in folders:
+        problems = verify_folder(folder)
+        rel = folder.relative_to(project_root()) if folder.is_relative_to(project_root()) else folder
+        click.echo(f"{'DAMAGED' if problems else 'ok':<8} {_size(folder) / 1e6:9.1f} MB  {rel}")
+        for path, problem in problems:
+            click.echo(f"         {path.name}: {problem}")
+        damaged += problems
+    if damaged:
+        click.echo(f"{len(damaged)} damaged file(s); the next `kedro run` that needs them recomputes them", err=True)
+        raise SystemExit(1)
+    click.echo(f"every file of {len(folders)} cache folder(s) matches its recorded digest")
 
 
 @giblet.command()

@@ -34,7 +34,7 @@ def damaged_outputs(project: Path) -> list[str]:
     problems = []
     for sidecar in project.glob(f"data/**/.*{atomic.DIGEST_SUFFIX}"):
         data = sidecar.with_name(sidecar.name[1:-len(atomic.DIGEST_SUFFIX)])
-        problem = atomic.check_file(data)
+        problem = atomic.check_file(data, full=True)
         if problem not in (None, "missing"):
             problems.append(f"{data}: {problem}")
     return problems

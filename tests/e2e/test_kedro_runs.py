@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -130,7 +131,22 @@ def test_spec_command_and_cache_pruning(project):
     assert re.search(r"UNREFERENCED .*0123456789abcdef", listing) and "used by demo" in listing
     kedro(project, "giblet", "caches", "--prune", "--yes")
     assert not stale.exists()
-    assert outputs(project, "fmri_tensor/*/fmri_train.npy")  # the used cache is kept
+    tensor, = outputs(project, "fmri_tensor/*/fmri_train.npy")  # the used cache is kept
+
+    assert "every file of" in kedro(project, "giblet", "caches", "--verify").stdout
+    stat = tensor.stat()  # disk rot: one bit, same size, time and inode
+    with open(tensor, "r+b") as handle:
+        handle.seek(stat.st_size - 5)
+        byte = handle.read(1)
+        handle.seek(stat.st_size - 5)
+        handle.write(bytes([byte[0] ^ 1]))
+    os.utime(tensor, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert not ran_nodes(kedro(project, "run", "--pipelines=fmri"))  # the stat memo trusts it
+    checked = kedro(project, "giblet", "caches", "--verify", expect=1)
+    assert re.search(r"DAMAGED .*fmri_tensor", checked.stdout) and "fmri_train.npy: content does not match" in \
+        checked.stdout
+    assert ran_nodes(kedro(project, "run", "--pipelines=fmri")) == {"build_fmri_tensor"}
+    assert "every file of" in kedro(project, "giblet", "caches", "--verify").stdout
 
 
 def test_stimulus_stage_caches_per_modality(project):

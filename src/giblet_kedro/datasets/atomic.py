@@ -8,6 +8,14 @@ what was meant to be there: a kill -9 between the two steps leaves either no new
 (the output is missing and is recomputed) or the old data beside the new digest (a
 mismatch: recomputed). Files without a sidecar are inputs the project did not write
 (a user's NIfTI) and are trusted as they are.
+
+Hashing gigabytes of cache in every process that asks whether an output exists would
+cost more than some stages, so the sidecar also records the file's size, modification
+time and inode when its digest was taken. A file whose stat still matches is trusted
+without reading it (truncation, a rewrite, a replaced file or the old file left by a kill
+before the rename all change the stat and are hashed). Damage that keeps all three (a bit
+flip on disk) is found by a full check on demand: ``kedro giblet caches --verify``
+(:func:`verify_folder`), which also makes ``kedro run`` recompute what it finds damaged.
 """
 
 from __future__ import annotations
@@ -27,8 +35,13 @@ log = logging.getLogger(__name__)
 DIGEST_SUFFIX = ".blake2b"
 PARTIAL_MARK = ".partial"
 _CHUNK = 8 << 20
-# (path, size, mtime_ns) -> problem or None: a file is hashed once per process.
+# (path, size, mtime_ns) -> problem or None: a file is checked once per process.
 _VERIFIED: dict[tuple[str, int, int], str | None] = {}
+
+
+def _signature(stat: os.stat_result) -> list[str]:
+    """What the digest's sidecar remembers of the file it hashed."""
+    return [str(stat.st_size), str(stat.st_mtime_ns), str(stat.st_ino)]
 
 
 def _extension(path: Path) -> str:
@@ -97,8 +110,9 @@ def remove_stale_partials(folder: Path) -> list[Path]:
 
 def record_digest(content: Path, target: Path) -> None:
     """Store the digest of ``content`` as ``target``'s digest (before ``content`` is
-    renamed onto ``target``)."""
-    _write_small(digest_path(target), file_digest(content) + "\n")
+    renamed onto ``target``: a rename keeps the size, modification time and inode
+    recorded with it)."""
+    _write_small(digest_path(target), " ".join([file_digest(content), *_signature(content.stat())]) + "\n")
 
 
 @contextlib.contextmanager
@@ -133,11 +147,13 @@ def _fsync_path(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def check_file(path: str | os.PathLike) -> str | None:
+def check_file(path: str | os.PathLike, full: bool = False) -> str | None:
     """None if ``path`` is intact (or was not written by the project); else what is wrong.
 
     A missing file is reported as missing; a file whose content no longer matches its
-    recorded digest (truncated, bit flip, a write that never finished) as damaged.
+    recorded digest (truncated, bit flip, a write that never finished) as damaged. The
+    content is hashed only when the file's stat differs from the one recorded with the
+    digest, or when ``full`` (see the module's docstring).
     """
     path = Path(path)
     try:
@@ -145,19 +161,45 @@ def check_file(path: str | os.PathLike) -> str | None:
     except OSError:
         return "missing"
     key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key in _VERIFIED:
+    if key in _VERIFIED and not full:
         return _VERIFIED[key]
     try:
-        expected = digest_path(path).read_text().strip()
+        recorded = digest_path(path).read_text().split()
     except FileNotFoundError:
-        problem = None  # not written by the project: nothing to compare with
+        return None  # not written by the project: nothing to compare with
+    expected = recorded[0] if recorded else ""
+    if not full and recorded[1:4] == _signature(stat):
+        problem = None
     else:
         actual = file_digest(path)
         problem = None if actual == expected else (
             f"content does not match its recorded digest (recorded {expected[:12]}…, now {actual[:12]}…): "
             "damaged on disk or left by an interrupted write")
+        if problem is None and recorded[1:4] != _signature(stat):
+            with contextlib.suppress(OSError):  # remember the stat (a read-only cache keeps hashing)
+                _write_small(digest_path(path), " ".join([expected, *_signature(stat)]) + "\n")
+        if problem is not None and len(recorded) > 1:
+            with contextlib.suppress(OSError):  # forget the stat: every later check hashes, and fails
+                _write_small(digest_path(path), expected + "\n")
     _VERIFIED[key] = problem
     return problem
+
+
+def verify_folder(folder: Path) -> list[tuple[Path, str]]:
+    """Hash every file the project wrote under ``folder`` against its recorded digest.
+
+    Returns ``(file, problem)`` for each damaged one; those are also marked so that
+    ``kedro run`` recomputes them (their recorded stat is dropped).
+    """
+    problems = []
+    for sidecar in sorted(Path(folder).rglob(f".*{DIGEST_SUFFIX}")):
+        if PARTIAL_MARK in sidecar.name:
+            continue
+        data = sidecar.with_name(sidecar.name[1:-len(DIGEST_SUFFIX)])
+        problem = check_file(data, full=True)
+        if problem not in (None, "missing"):
+            problems.append((data, problem))
+    return problems
 
 
 def intact(*paths: str | os.PathLike) -> bool:

@@ -281,14 +281,90 @@ def _short(value: Any) -> str:
     return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+SWEEP_METRICS = ("verify.passed", "eval.mean_r", "eval.r_over_ceiling", "eval.minus_ridge")
+
+
+def _sweep_folder(base: str) -> Path:
+    return project_root() / "conf" / "local" / "experiments" / "sweeps" / base
+
+
+@giblet.command()
+@click.option("--experiment", "-e", default=None, help="The base spec (name or path).")
+@click.option("--env", default=None, help="Kedro configuration environment (default: local).")
+@click.option("--grid", "grid_items", multiple=True, metavar="KEY=V1,V2,...",
+              help="A spec key and its values; repeat for more keys (every combination is a point).")
+@click.option("--run", "run_points", is_flag=True, help="Run the points here, one after another.")
+@click.option("--slurm", is_flag=True, help="Print an sbatch --array script that runs one point per task.")
+@click.option("--pipelines", default="evaluate", show_default=True, help="What each point runs.")
+def sweep(experiment: str | None, env: str | None, grid_items: tuple[str, ...], run_points: bool, slurm: bool,
+          pipelines: str) -> None:
+    """Write one spec per point of a grid of spec keys (conf/local/experiments/sweeps/<base>/);
+    run them, or print a SLURM job array. Points share every cache whose stage does not read
+    a swept key. Then `kedro giblet compare --sweep <base>` tabulates their metrics."""
+    import subprocess
+
+    from giblet_kedro.spec.load import load_spec
+    from giblet_kedro.spec.sweep import parse_grid, slurm_array, write_sweep
+
+    try:
+        base_file = find_spec_file(experiment or default_experiment(env), env)
+        base = load_spec(str(base_file), env)[0].name
+        points = write_sweep(base_file, parse_grid(grid_items), _sweep_folder(base))
+    except GibletError as exc:
+        _fail(exc)
+    for point in points:
+        click.echo(f"{point.name}  {', '.join(f'{k}={v}' for k, v in point.values.items())}  {point.path}")
+    if slurm:
+        click.echo(slurm_array(points, pipelines, project_root()))
+    if run_points:
+        kedro_cli = str(Path(sys.executable).parent / "kedro")
+        for point in points:
+            click.echo(f"--- {point.name}")
+            done = subprocess.run([kedro_cli, "run", f"--pipelines={pipelines}", "--params",
+                                   f"experiment={point.path}"], cwd=project_root(), check=False)
+            if done.returncode != 0:
+                _fail(GibletError(f"sweep point {point.name} failed (exit {done.returncode}); the points before it "
+                                  "are done, rerun the sweep to continue (cached stages are not recomputed)"))
+        click.echo(f"{len(points)} point(s) done: kedro giblet compare --sweep {base}")
+
+
+def _compare_sweep(base: str) -> None:
+    from giblet_kedro.runs import load_history
+    from giblet_kedro.spec.sweep import read_sweep
+
+    try:
+        index = read_sweep(_sweep_folder(base))
+    except GibletError as exc:
+        _fail(exc)
+    latest = {record["experiment"]: record for record in load_history()}
+    keys = list(index["grid"])
+    header = ["point", *keys, "run", *SWEEP_METRICS]
+    rows = []
+    for point in index["points"]:
+        record = latest.get(point["name"])
+        metrics = record["metrics"] if record else {}
+        rows.append([point["name"], *(_short(point["values"][k]) for k in keys),
+                     record["run_id"] if record else "not run", *(_short(metrics.get(m)) for m in SWEEP_METRICS)])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(f"{str(v):<{w}}" for v, w in zip(row, widths, strict=True)).rstrip())
+
+
 @giblet.command(name="compare")
-@click.argument("run_a")
-@click.argument("run_b")
-def compare_runs(run_a: str, run_b: str) -> None:
+@click.argument("run_a", required=False)
+@click.argument("run_b", required=False)
+@click.option("--sweep", "sweep_base", default=None, help="Tabulate the latest run of each point of this sweep.")
+def compare_runs(run_a: str | None, run_b: str | None, sweep_base: str | None) -> None:
     """Compare two runs side by side: RUN is a run id (or unique prefix) or EXPERIMENT~N,
-    the N-th latest run of EXPERIMENT (demo~0 is the latest, demo~1 the one before)."""
+    the N-th latest run of EXPERIMENT (demo~0 is the latest, demo~1 the one before). With
+    --sweep BASE: one row per sweep point, its values and its latest run's metrics."""
     from giblet_kedro.runs import compare, find_run, load_history
 
+    if sweep_base is not None:
+        _compare_sweep(sweep_base)
+        return
+    if run_a is None or run_b is None:
+        _fail(GibletError("give two runs (RUN_A RUN_B), or --sweep BASE"))
     records = load_history()
     try:
         a, b = find_run(records, run_a), find_run(records, run_b)

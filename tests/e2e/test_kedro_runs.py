@@ -265,3 +265,21 @@ def test_a_spec_with_only_the_labs_own_features_trains_and_is_evaluated(project)
     assert metrics["autoencoder"]["r_over_ceiling"] > 0.6, metrics["autoencoder"]  # 0.83 here
     assert "features" in metrics["reconstruction"] and "planted:0" in metrics["reconstruction"]["features"]["column_r"]
     assert "features" in json.dumps(metrics["ridge"])
+
+
+def test_a_sweep_runs_its_points_on_shared_caches_and_compares_them(project):
+    """Two points that differ only in a training key: the first computes the fMRI stage,
+    the second reuses it (no node runs); compare --sweep lists both runs."""
+    result = kedro(project, "giblet", "sweep", "-e", "demo", "--grid", "train.lr=1e-3,3e-4", "--run",
+                   "--pipelines=fmri")
+    output = result.stdout + result.stderr
+    first, second = output.split("--- demo-00")[1].split("--- demo-01")
+    assert "Running node: compute_fmri_norm_stats" in first
+    assert "Running node" not in second
+    lines = kedro(project, "giblet", "compare", "--sweep", "demo").stdout.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("point")):]
+    assert table[0].split()[:3] == ["point", "train.lr", "run"]
+    assert [row.split()[:2] for row in table[1:]] == [["demo-00", "0.001"], ["demo-01", "0.0003"]]
+    assert all(row.split()[2] != "not" for row in table[1:])
+    script = kedro(project, "giblet", "sweep", "-e", "demo", "--grid", "train.lr=1e-3,3e-4", "--slurm").stdout
+    assert "#SBATCH --array=0-1" in script

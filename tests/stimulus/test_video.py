@@ -31,11 +31,11 @@ def test_each_sample_is_the_frame_on_screen(tmp_path, variable, rng):
     path = write_movie(tmp_path / "m.mkv", list(times))
     grid = TrGrid.single(tr=1.5, start=0, stop=3)
     aligned = extract_frames(path, grid, (32, 16), 3)
-    assert aligned.values.shape == (3, 3, 3, 16, 32) and aligned.values.dtype == np.float32
+    assert aligned.values.shape == (3, 3, 3, 16, 32) and aligned.values.dtype == np.uint8  # 4x smaller than float32
     assert aligned.valid.all()
     for tr_index, row in enumerate(sample_times(grid, 3)):
         for k, t in enumerate(row):
-            grey = aligned.values[tr_index, k].mean() * 255
+            grey = aligned.values[tr_index, k].mean()
             assert abs(grey - level(expected_index(times, t))) < 4, (tr_index, k, t)
 
 
@@ -53,13 +53,13 @@ def test_movie_longer_than_fmri_is_trimmed_and_said(tmp_path):
     aligned = extract_frames(path, TrGrid.single(tr=1.5, start=1, stop=3), (32, 16), 1)
     assert aligned.valid.all()
     assert "not used" in aligned.meta["notes"][0]
-    assert abs(aligned.values[0, 0].mean() * 255 - level(22)) < 4  # crop start 1 -> t = 2.25 s
+    assert abs(aligned.values[0, 0].mean() - level(22)) < 4  # crop start 1 -> t = 2.25 s
 
 
 def test_real_movie_frames(real_movie):
     aligned = extract_frames(real_movie, TrGrid.single(tr=1.5, start=0, stop=20), (160, 90), 3)
     assert aligned.values.shape == (20, 3, 3, 90, 160) and aligned.valid.all()
-    assert 0.0 <= aligned.values.min() and aligned.values.max() <= 1.0 and aligned.values.std() > 0.05
+    assert aligned.values.dtype == np.uint8 and aligned.values.std() > 0.05 * 255
     assert aligned.meta["frame_rate"] == 24.0
 
 
@@ -70,3 +70,16 @@ def test_missing_and_unreadable_video_are_named(tmp_path):
     bad.write_bytes(b"not a movie at all")
     with pytest.raises(InputDataError, match=r"bad.mp4 is not a readable movie"):
         extract_frames(bad, TrGrid.single(1.5, 0, 2), (8, 8), 1)
+
+
+def test_the_hrf_step_gives_the_model_frames_in_unit_range(tmp_path):
+    """Stored as uint8, the frames reach the model as float32 in [0, 1]: with no HRF delay
+    the model's input is exactly the stored frames / 255."""
+    from giblet_kedro.pipelines.stimulus.nodes import apply_hrf
+    from giblet_kedro.spec.schema import HrfSpec, StimulusSpec
+
+    path = write_movie(tmp_path / "m.mkv", list(np.arange(60) / 10.0))
+    stored = extract_frames(path, TrGrid.single(tr=1.5, start=0, stop=3), (32, 16), 3)
+    features = apply_hrf(stored, StimulusSpec(hrf=HrfSpec(kind="none", delay_s=0)))
+    assert features.values.dtype == np.float32 and features.meta["units"] == "RGB in [0, 1]"
+    np.testing.assert_array_equal(features.values, stored.values.astype(np.float32) / np.float32(255))

@@ -34,7 +34,7 @@ from giblet_kedro.stimulus.features import (
     word_rate,
 )
 from giblet_kedro.stimulus.text import extract_text
-from giblet_kedro.stimulus.video import extract_frames
+from giblet_kedro.stimulus.video import extract_frames, to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def _modality(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None
 
 
 def extract_video_frames(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec | None) -> TrAligned:
-    """Frames of the movie on the TR grid: (n_trs, frames_per_tr, 3, H, W) float32 in [0, 1]."""
+    """Frames of the movie on the TR grid: (n_trs, frames_per_tr, 3, H, W) uint8 RGB (the
+    HRF step makes them float32 in [0, 1])."""
     video, grid, _ = _modality(split, fmri, stimulus, "video")
     if video is None:
         return _absent("video", grid)
@@ -148,6 +149,9 @@ def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
     segments = run_segments(aligned.meta["grid"])
     if aligned.meta.get("absent") or values.size == 0:
         return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": "none (absent)"})
+    meta = dict(aligned.meta)
+    if meta.get("modality") == "video" and values.dtype == np.uint8:  # stored compact; the model reads [0, 1]
+        values, meta["units"] = to_unit_range(values), "RGB in [0, 1]"
     if settings.kind == "none" or np.issubdtype(values.dtype, np.integer):
         lag = (int(round(settings.delay_s / tr)) if settings.kind == "none"
                else hrf.peak_lag_trs(settings.kind, tr, settings.slice_time_ref))
@@ -165,7 +169,7 @@ def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
                    f"volumes at {settings.slice_time_ref:g} of their TR")
     if len(segments) > 1:
         applied += f", each of the {len(segments)} runs on its own"
-    return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": applied})
+    return TrAligned(values=values, valid=valid, meta={**meta, "hrf": applied})
 
 
 def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAligned, text: TrAligned,

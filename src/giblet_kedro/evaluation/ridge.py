@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from giblet_kedro.errors import InputDataError
 from giblet_kedro.evaluation.metrics import pearson_columns
 
 CODEBOOK_SIZE = 1024
@@ -77,9 +78,23 @@ class RidgeFit:
     band_weights: dict[str, float]
 
 
+def ridge_backend(choice: str) -> str:
+    """himalaya's backend for ``evaluate.ridge.backend``: ``auto`` is ``torch_cuda`` when a
+    CUDA device is visible, else ``numpy``."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        return "torch_cuda" if cuda else "numpy"
+    if choice == "torch_cuda" and not cuda:
+        raise InputDataError("evaluate.ridge.backend is 'torch_cuda' but no CUDA device is visible; use 'auto' or "
+                             "'numpy'")
+    return choice
+
+
 def fit_banded_ridge(bands: dict[str, np.ndarray], fmri: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
                      run_starts: np.ndarray, delay_sets: list[list[int]], alphas: list[float], n_iter: int,
-                     seed: int) -> RidgeFit:
+                     seed: int, backend: str = "numpy") -> RidgeFit:
     """Fit on ``train_rows`` for each delay set, keep the set with the best mean r on
     ``val_rows``.
 
@@ -87,12 +102,13 @@ def fit_banded_ridge(bands: dict[str, np.ndarray], fmri: np.ndarray, train_rows:
     ----------
     bands : modality -> (n_trs, d) standardized features.
     fmri : (n_trs, n_voxels) measured (z-scored) fMRI.
+    backend : himalaya's backend (``numpy`` or ``torch_cuda``, see :func:`ridge_backend`).
     """
     from himalaya.backend import set_backend
     from himalaya.kernel_ridge import ColumnKernelizer, Kernelizer, MultipleKernelRidgeCV
     from sklearn.pipeline import make_pipeline
 
-    set_backend("numpy", on_error="raise")
+    engine = set_backend(backend, on_error="raise")
     y = np.asarray(fmri, dtype=np.float32)
     best: tuple[float, list[int], np.ndarray, dict] | None = None
     scores = {}
@@ -106,11 +122,11 @@ def fit_banded_ridge(bands: dict[str, np.ndarray], fmri: np.ndarray, train_rows:
         model = make_pipeline(kernelizer, MultipleKernelRidgeCV(kernels="precomputed", solver="random_search",
                                                                 solver_params=solver, random_state=seed))
         model.fit(design[train_rows], y[train_rows])
-        prediction = np.asarray(model.predict(design), dtype=np.float32)
+        prediction = np.asarray(engine.to_numpy(model.predict(design)), dtype=np.float32)
         score = float(np.mean(pearson_columns(prediction[val_rows], y[val_rows])))
         scores[str(delays)] = round(score, 4)
         if best is None or score > best[0]:
-            weights = np.asarray(model[-1].deltas_)  # (n_bands, n_voxels) log kernel weights
+            weights = np.asarray(engine.to_numpy(model[-1].deltas_))  # (n_bands, n_voxels) log kernel weights
             band_weights = {name: float(np.median(np.exp(weights[k]))) for k, name in enumerate(lagged)}
             best = (score, delays, prediction, band_weights)
     assert best is not None

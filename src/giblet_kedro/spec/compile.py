@@ -381,7 +381,7 @@ def _evaluation_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_
     reads everything it shows."""
     trained = {"train": fps["train"], "fmri_stats": fps["fmri_stats"], "fmri_tensor": fps["fmri_tensor"],
                **{name: fps[name] for name in FINAL_FEATURES.values()}}
-    reads["evaluate"] = {**trained, "evaluate": spec.evaluate.model_dump(mode="json"),
+    reads["evaluate"] = {**trained, "evaluate": spec.evaluate.model_dump(mode="json", exclude={"ridge": {"backend"}}),
                          "code": STAGES["evaluate"].code_version()}
     fps["evaluate"] = hash_payload(reads["evaluate"])
     lesion = spec.lesion

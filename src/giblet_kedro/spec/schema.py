@@ -708,11 +708,14 @@ class RidgeSpec(StrictModel):
 
     Features enter as the model sees them (HRF-aligned), each lagged by every delay of a
     set (FIR, in TRs); the set and the band weights and alphas are chosen on val TRs.
+    ``backend``: himalaya's backend; ``auto`` is ``torch_cuda`` when a GPU is visible,
+    else ``numpy`` (not part of any fingerprint: results agree to float32 rounding).
     """
 
     delay_sets: Annotated[list[list[NonNegativeInt]], Field(min_length=1)] = [[0], [0, 1, 2]]
     alphas: Annotated[list[PositiveFloat], Field(min_length=1)] = [10.0 ** k for k in range(-3, 7)]
     n_iter: PositiveInt = 20
+    backend: Literal["auto", "numpy", "torch_cuda"] = "auto"
 
     @field_validator("delay_sets")
     @classmethod

@@ -21,7 +21,7 @@ from giblet_kedro.evaluation import metrics, nulls
 from giblet_kedro.evaluation.agreement import agreement_arrays, rows_of_subjects
 from giblet_kedro.evaluation.model import TrainedModel, measured_fmri
 from giblet_kedro.evaluation.reconstruction import reconstruction_metrics
-from giblet_kedro.evaluation.ridge import feature_band, fit_banded_ridge
+from giblet_kedro.evaluation.ridge import feature_band, fit_banded_ridge, ridge_backend
 from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.sources import subject_sources
 from giblet_kedro.fmri.volume import unmask
@@ -93,7 +93,7 @@ def fit_ridge_reference(train_job: dict[str, Any], fmri_split: pd.DataFrame, eva
         val_rows = train_rows
     ridge = evaluate.ridge
     fit = fit_banded_ridge(bands, target, train_rows, val_rows, run_starts, ridge.delay_sets, ridge.alphas,
-                           ridge.n_iter, job.seed)
+                           ridge.n_iter, job.seed, ridge_backend(ridge.backend))
     log.info("ridge reference: delays %s (val mean r %s), band weights %s", fit.delays, fit.val_scores,
              {k: round(v, 3) for k, v in fit.band_weights.items()})
     summary = {"model": "banded kernel ridge (himalaya MultipleKernelRidgeCV, random search)",

@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench viz docs clean-caches chromium
+.PHONY: install train test bench lab-bench viz docs clean-caches chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fmri_bench.py
 	$(BIN)/python benchmarks/stimulus_bench.py
 	$(BIN)/python benchmarks/train_bench.py
+
+lab-bench: $(STAMP)
+	$(BIN)/python benchmarks/lab_bench.py
 
 ## The spec reference and JSON Schema under docs/, generated from the schema.
 docs: $(STAMP)

@@ -340,6 +340,8 @@ def check_stimulus_drives_brain(trained: TrainedModel, min_shift: int) -> dict:
 def _censored_everywhere(norm_stats: dict[str, np.ndarray], split: pd.DataFrame) -> int:
     """Training TRs whose volume is censored in every subject, from the statistics' record
     of censored volumes (not from the tensor's coverage file that training read)."""
+    if not any(str(key).endswith("_censored") for key in norm_stats):
+        return 0
     covered = censor.coverage(norm_stats)
     train = split.loc[split["split"].astype(str) == "train", "tr"].to_numpy(dtype=np.int64)
     return int((~covered[:, train].any(axis=0)).sum())

@@ -92,3 +92,17 @@ def test_a_one_second_flash_peaks_4_to_5_5_s_later(tmp_path, flash_start):
     brightness = np.asarray(convolved.values).mean(axis=(1, 2, 3, 4))
     centre = (np.argmax(brightness) + 0.5) * 1.5
     assert 4.0 <= centre - np.mean(flash) <= 5.5, (centre, flash)
+
+
+def test_convolution_block_by_block_equals_scipy_on_the_whole_array(rng):
+    """The lab's video is convolved a block of pixels at a time, from uint8 scaled to
+    [0, 1]: the result equals scipy's lfilter on the whole float64 array."""
+    from scipy.signal import lfilter
+
+    from giblet_kedro.stimulus.hrf import convolve, hrf_kernel
+
+    frames = rng.integers(0, 256, size=(40, 2, 3, 5, 7), dtype=np.uint8)
+    expected = lfilter(hrf_kernel("glover", 1.5), [1.0], frames.astype(np.float64) / 255.0, axis=0)
+    got = convolve(frames, "glover", 1.5, scale=1 / 255.0, block_features=16)  # 210 features: 14 blocks
+    assert got.dtype == np.float32 and got.shape == frames.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)

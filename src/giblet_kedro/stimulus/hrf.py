@@ -68,9 +68,23 @@ def peak_lag_trs(kind: str, tr: float, slice_time_ref: float = 0.5) -> int:
     return int(np.argmax(hrf_kernel(kind, tr, slice_time_ref)))
 
 
-def convolve(values: np.ndarray, kind: str, tr: float, slice_time_ref: float = 0.5) -> np.ndarray:
-    """Causal convolution along axis 0 (TRs) of (n_trs, ...) features."""
-    return lfilter(hrf_kernel(kind, tr, slice_time_ref), [1.0], values.astype(np.float64), axis=0).astype(np.float32)
+def convolve(values: np.ndarray, kind: str, tr: float, slice_time_ref: float = 0.5, scale: float = 1.0,
+             block_features: int = 4096) -> np.ndarray:
+    """Causal convolution along axis 0 (TRs) of (n_trs, ...) features, times ``scale``.
+
+    float64 arithmetic, ``block_features`` feature columns at a time: the lab's video
+    (946 TRs x 129,600 pixel values, uint8) needs its float32 output and one 31 MB block,
+    not a float64 copy of the whole array (1 GB). Returns float32, the shape of ``values``.
+    """
+    kernel = hrf_kernel(kind, tr, slice_time_ref)
+    flat = values.reshape(values.shape[0], -1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    for start in range(0, flat.shape[1], block_features):
+        block = np.asarray(flat[:, start:start + block_features], dtype=np.float64)
+        if scale != 1.0:
+            block *= scale
+        out[:, start:start + block_features] = lfilter(kernel, [1.0], block, axis=0)
+    return out.reshape(values.shape)
 
 
 def shift(values: np.ndarray, valid: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:

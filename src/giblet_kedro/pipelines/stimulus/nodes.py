@@ -150,9 +150,12 @@ def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
     if aligned.meta.get("absent") or values.size == 0:
         return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": "none (absent)"})
     meta = dict(aligned.meta)
-    if meta.get("modality") == "video" and values.dtype == np.uint8:  # stored compact; the model reads [0, 1]
-        values, meta["units"] = to_unit_range(values), "RGB in [0, 1]"
-    if settings.kind == "none" or np.issubdtype(values.dtype, np.integer):
+    frames = meta.get("modality") == "video" and values.dtype == np.uint8  # stored compact; the model reads [0, 1]
+    if frames:
+        meta["units"] = "RGB in [0, 1]"
+    if frames and settings.kind == "none":
+        values = to_unit_range(values)
+    if settings.kind == "none" or (np.issubdtype(values.dtype, np.integer) and not frames):
         lag = (int(round(settings.delay_s / tr)) if settings.kind == "none"
                else hrf.peak_lag_trs(settings.kind, tr, settings.slice_time_ref))
         parts = [hrf.shift(values[rows], valid[rows], lag) for rows in segments]
@@ -163,8 +166,9 @@ def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
             applied += (f" (integer codes are not convolved: delayed by the {settings.kind} HRF's peak lag, "
                         f"volumes at {settings.slice_time_ref:g} of their TR)")
     else:
-        values = np.concatenate([hrf.convolve(values[rows], settings.kind, tr, settings.slice_time_ref)
-                                 for rows in segments])
+        scale = 1.0 / 255.0 if frames else 1.0  # uint8 frames: [0, 1] block by block, never a whole float copy
+        parts = [hrf.convolve(values[rows], settings.kind, tr, settings.slice_time_ref, scale) for rows in segments]
+        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
         applied = (f"causal convolution with nilearn's {settings.kind} HRF integrated over each TR window, "
                    f"volumes at {settings.slice_time_ref:g} of their TR")
     if len(segments) > 1:

@@ -103,12 +103,35 @@ verify: {{drop_within_epochs: 1}}
 """)
 
 
+def compare_runners(kedro: str, project: Path, spec: Path, env: dict) -> None:
+    """The stimulus stage with the project's sequential runner, then with ParallelRunner
+    (one process per core), each recomputing everything; same caches, bitwise."""
+    fmri_bench.measured([kedro, "run", "--pipelines=fmri", "--params", f"experiment={spec}"], env=env, cwd=project)
+    rows, written = {}, {}
+    for name, extra in (("sequential (LockingRunner)", []), ("ParallelRunner (2 processes)", ["--runner=ParallelRunner"])):
+        print(f"- stimulus stage, {name} ...", flush=True)
+        rows[name] = fmri_bench.measured([kedro, "run", "--pipelines=stimulus", "--recompute", *extra, "--params",
+                                          f"experiment={spec}"], env=env, cwd=project)
+        written[name] = {path: path.read_bytes() for path in project.glob("data/0[45]_*/*/*/*/values.npy")}
+    first, second = written.values()
+    same = first.keys() == second.keys() and all(first[p] == second[p] for p in first)
+    base = next(iter(rows.values()))
+    print(f"\n{'stimulus stage (video, audio, text, HRF, alignment)':<54}{'wall s':>9}{'peak RSS GB':>13}{'wall ratio':>12}")
+    for name, measured in rows.items():
+        print(f"{name:<54}{measured['wall_s']:>9.1f}{measured['peak_rss_gb']:>13.2f}"
+              f"{measured['wall_s'] / base['wall_s']:>12.2f}")
+    print(f"same caches, bitwise: {same} ({len(first)} arrays)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=fmri_bench.REPO / "data" / "bench")
     parser.add_argument("--subjects", type=int, default=5)
     parser.add_argument("--trs", type=int, default=946)
     parser.add_argument("--segments", type=int, default=1000)
+    parser.add_argument("--runners", action="store_true",
+                        help="instead: the stimulus stage (4 extractors, HRF, alignment) sequentially and with "
+                             "Kedro's ParallelRunner, in the same run, and whether they wrote the same caches")
     args = parser.parse_args()
 
     folder = args.data / f"sherlock_{args.subjects}x{args.trs}"
@@ -125,6 +148,9 @@ def main() -> None:
         project, _ = fmri_bench.giblet_project(subjects, mask, Path(tmp) / "project")
         spec = project / "lab.yml"
         lab_spec(spec, subjects, mask, movie, table)
+        if args.runners:
+            compare_runners(kedro, project, spec, env)
+            return
         for what, arguments in STEPS:
             print(f"- {what} ...", flush=True)
             measured = fmri_bench.measured([kedro, "run", *arguments, "--params", f"experiment={spec}"],

@@ -169,10 +169,8 @@ def test_the_verification_expects_no_sample_at_a_tr_censored_in_every_subject():
 
 
 def test_the_ridge_target_averages_the_uncensored_subjects():
-    from giblet_kedro.pipelines.evaluate.nodes import uncensored_mean
-
     tensor = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
     covered = np.array([[True, False, True], [True, True, True]])
     expected = tensor.mean(0)
     expected[1] = tensor[1, 1]  # subject 0 censored at TR 1
-    np.testing.assert_allclose(uncensored_mean(tensor, covered), expected)
+    np.testing.assert_allclose(censor.uncensored_mean(tensor, covered), expected)

@@ -85,3 +85,14 @@ def usable_rows(split: pd.DataFrame, covered: np.ndarray, which: str) -> np.ndar
     rows = split.loc[split["split"] == which, "tr"].to_numpy(dtype=np.int64)
     keep = covered[:, rows].any(axis=0) if which == "train" else covered[:, rows].all(axis=0)
     return rows[keep]
+
+
+def uncensored_mean(tensor: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
+    """(n_trs, V) float32: each TR's mean over the subjects of a (S, n_trs, V) tensor whose
+    volume is uncensored (``covered`` (S, n_trs) bool; None: all), 0 where none is."""
+    if covered is None or covered.all():
+        return np.asarray(tensor).mean(0)
+    total = np.zeros(tensor.shape[1:], dtype=np.float32)
+    for subject in range(tensor.shape[0]):
+        total += np.where(covered[subject][:, None], np.asarray(tensor[subject]), np.float32(0.0))
+    return total / np.maximum(covered.sum(axis=0), 1).astype(np.float32)[:, None]

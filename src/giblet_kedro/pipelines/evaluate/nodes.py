@@ -86,7 +86,7 @@ def fit_ridge_reference(train_job: dict[str, Any], fmri_split: pd.DataFrame, eva
         bands[name] = feature_band(values, valid, train_rows, is_codes=name == "audio" and job.shapes.audio_is_codes)
     tensor = np.load(job.paths.fmri, mmap_mode="r")
     covered = np.load(job.paths.fmri_valid) if job.paths.fmri_valid else None
-    target = np.asarray(tensor) if tensor.ndim == 2 else uncensored_mean(tensor, covered)
+    target = np.asarray(tensor) if tensor.ndim == 2 else censor.uncensored_mean(tensor, covered)
     runs = fmri_split["run"].astype(str).to_numpy()
     run_starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
     if val_rows.size == 0:  # no val rows: nothing to choose on, use the first set
@@ -101,17 +101,6 @@ def fit_ridge_reference(train_job: dict[str, Any], fmri_split: pd.DataFrame, eva
                "val_mean_r_by_delays": fit.val_scores, "band_weights_median": fit.band_weights,
                "alphas": list(ridge.alphas), "fit_rows": int(train_rows.size)}
     return {"rows": test_rows, "fmri": fit.prediction[test_rows]}, summary
-
-
-def uncensored_mean(tensor: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
-    """(n_trs, V) float32: each TR's mean over the subjects of a (S, n_trs, V) tensor whose
-    volume is uncensored (``covered`` (S, n_trs) bool; None: all), 0 where none is."""
-    if covered is None or covered.all():
-        return np.asarray(tensor).mean(0)
-    total = np.zeros(tensor.shape[1:], dtype=np.float32)
-    for subject in range(tensor.shape[0]):
-        total += np.where(covered[subject][:, None], np.asarray(tensor[subject]), np.float32(0.0))
-    return total / np.maximum(covered.sum(axis=0), 1).astype(np.float32)[:, None]
 
 
 def score_voxels(model_test_predictions: dict[str, np.ndarray], ridge_test_predictions: dict[str, np.ndarray],

@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,mlflow]'
+	$(BIN)/python -m pip install -q -e '.[test,mlflow,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)

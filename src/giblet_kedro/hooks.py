@@ -82,11 +82,13 @@ class GibletHooks:
         """Validate the spec (with its overrides) first: a mistake is the spec's own error,
         not a failure to resolve the catalog that reads it."""
         from giblet_kedro.config_loader import GibletConfigLoader
+        from giblet_kedro.pipelines.partitions import activate
         from giblet_kedro.spec.load import load_spec
 
         self._context = context
         if isinstance(context.config_loader, GibletConfigLoader):
-            load_spec(context.config_loader.run_reference())
+            spec, _ = load_spec(context.config_loader.run_reference())
+            activate(spec.fmri.run_keys)  # the fMRI stage's nodes, one per subject and run
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:

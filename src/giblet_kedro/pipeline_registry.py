@@ -16,14 +16,17 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from giblet_kedro.pipelines import demo_data, evaluate, fmri, lesion, report, stimulus, train
+from giblet_kedro.pipelines.partitions import active_partitions
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    fmri_pipeline = fmri.pipeline.create_pipeline()
+    # fMRI map-reduce: one node per (subject, run) of the experiment being run.
+    partitions = active_partitions()
+    fmri_pipeline = fmri.pipeline.create_pipeline(partitions)
     demo_pipeline = demo_data.pipeline.create_pipeline()
     stimulus_pipeline = stimulus.pipeline.create_pipeline()
     train_pipeline = train.pipeline.create_pipeline()
-    evaluate_pipeline = evaluate.pipeline.create_pipeline()
+    evaluate_pipeline = evaluate.pipeline.create_pipeline(partitions)
     lesion_pipeline = lesion.pipeline.create_pipeline()
     workflow = fmri_pipeline + stimulus_pipeline + train_pipeline
     report_pipeline = report.pipeline.create_pipeline()

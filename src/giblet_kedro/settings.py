@@ -22,9 +22,10 @@ warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is depreca
 
 HOOKS: tuple = (GibletHooks(),)
 if importlib.util.find_spec("kedro_mlflow") is not None:  # the optional tracking extra
-    from giblet_kedro.tracking import MlflowHooks
+    from giblet_kedro.tracking import MlflowHooks, spec_only_mlflow_hook
 
     # conf/base/mlflow.yml logs to a local file store (mlruns/), which MLflow 3.17 keeps in
     # maintenance mode behind this switch; conf/local/mlflow.yml can name sqlite or a server.
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    HOOKS += (MlflowHooks(),)
+    HOOKS += (MlflowHooks(), spec_only_mlflow_hook())  # the order Kedro gave the plugin: last
+    DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its hook is registered above, less node params

@@ -118,6 +118,24 @@ def ensure_experiment(context) -> None:
             client.create_experiment(name)
 
 
+def spec_only_mlflow_hook():
+    """kedro-mlflow's hook without its per-node parameter logging (registered in place of
+    the plugin's own, ``settings.py``).
+
+    :class:`MlflowHooks` logs the whole spec once, key by key (``spec.*``). kedro-mlflow
+    would also log each node's ``params:`` inputs, whole sections as text, from whichever
+    process runs the node: under ``ParallelRunner`` or Dask a worker's text of a section
+    can differ from the main process's (a typed spec section against its plain dict), and
+    MLflow refuses a param that changes value, failing the run."""
+    from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+
+    class SpecOnlyMlflowHook(MlflowHook):
+        def _log_param(self, name: str, value: Any) -> None:
+            return None
+
+    return SpecOnlyMlflowHook()
+
+
 class MlflowHooks:
     """Logs the spec, fingerprints, losses, metrics and artifacts into kedro-mlflow's run.
 

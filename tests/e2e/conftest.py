@@ -39,7 +39,7 @@ def kedro(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedPro
 
 
 def ran_nodes(result) -> set[str]:
-    return set(re.findall(r"Running node: (\w+)", result.stdout + result.stderr))
+    return set(re.findall(r"Running node: ([\w.-]+)", result.stdout + result.stderr))
 
 
 def outputs(project: Path, pattern: str) -> list[Path]:

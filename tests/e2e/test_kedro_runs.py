@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +286,42 @@ def test_a_sweep_runs_its_points_on_shared_caches_and_compares_them(project):
     script = kedro(project, "giblet", "sweep", "-e", "demo", "--grid", "train.lr=1e-3,3e-4", "--slurm").stdout
     assert "#SBATCH --array=0-1" in script
 
+
+
+FMRI_CACHES = ("05_model_input/fmri_tensor/*/*.npy", "05_model_input/fmri_tensor/*/runs/*/zscored.npy",
+               "03_primary/fmri_stats/*/norm_stats.npz", "03_primary/fmri_stats/*/runs/*/moments.npz")
+
+
+def _arrays(path: Path, content: bytes) -> dict[str, np.ndarray]:
+    if path.suffix == ".npz":  # zip members carry their write time: compare the arrays
+        with np.load(io.BytesIO(content)) as archive:
+            return {key: archive[key] for key in archive.files}
+    return {"": np.load(io.BytesIO(content))}
+
+
+def test_the_fmri_map_reduce_on_parallel_and_dask_runners_writes_the_sequential_caches(project):
+    """One node per subject and run: ParallelRunner (processes) and the Dask runner (a
+    LocalCluster of 2 workers) write every fMRI cache, partitions included, bitwise as the
+    sequential run; a partition lost (a run killed before writing it) is the only map
+    node that runs again."""
+    kedro(project, "run", "--pipelines=fmri")
+    sequential = {path: path.read_bytes() for pattern in FMRI_CACHES for path in project.glob(f"data/{pattern}")}
+    partitions = [f"sub-{sid:02d}_run-1" for sid in range(1, 5)]
+    assert sum("/runs/" in str(path) for path in sequential) == 2 * len(partitions)
+    maps = {f"fmri_{kind}_{name}" for kind in ("statistics", "normalize") for name in partitions}
+    for runner in ("ParallelRunner", "giblet_kedro.runner.DaskRunner"):
+        result = kedro(project, "run", f"--runner={runner}", "--pipelines=fmri", "--recompute")
+        completed = set(re.findall(r"Completed node: ([\w.-]+)", result.stdout + result.stderr))
+        assert maps | {"compute_fmri_norm_stats", "build_fmri_tensor"} <= completed | ran_nodes(result), runner
+        for path, content in sequential.items():
+            now, before = _arrays(path, path.read_bytes()), _arrays(path, content)
+            assert now.keys() == before.keys(), path
+            for key in now:
+                np.testing.assert_array_equal(now[key], before[key], err_msg=f"{runner}: {path}:{key}")
+
+    lost = next(path for path in sequential if f"runs/{partitions[2]}/zscored.npy" in str(path))
+    lost.unlink()
+    next(path for path in sequential if path.name == "fmri_train.npy").unlink()
+    again = ran_nodes(kedro(project, "run", "--pipelines=fmri"))
+    assert again == {f"fmri_normalize_{partitions[2]}", "build_fmri_tensor"}, again
+    assert lost.read_bytes() == sequential[lost]

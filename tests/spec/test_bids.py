@@ -308,3 +308,42 @@ def test_strategy_errors_are_named(tmp_path):
     root = bids_tree(tmp_path / "bids", confounds=False)
     with pytest.raises(SpecError, match="strategy: simple chooses the confound columns; leave 'columns' out"):
         parse_spec(spec_text(root, extra_fmri="  clean: {confounds: {strategy: simple, columns: [csf]}}\n"))
+
+
+@pytest.mark.parametrize("mode", ["cross_subject", "per_subject"])
+def test_the_map_reduce_stage_writes_bitwise_the_single_process_tensor(tmp_path, mode):
+    """The pipeline's map-reduce (one normalized run per subject and run, saved and read
+    back as memory maps, then combined) equals the single-process streaming tensor
+    bitwise, with two runs, cleaning and censored volumes; the inter-subject pass's rows
+    read from the same partials are the per-subject data's rows."""
+    from giblet_kedro.datasets.arrays import NpyDataset
+    from giblet_kedro.evaluation.agreement import rows_of_runs
+    from giblet_kedro.fmri.partials import by_subject, partition_names
+    from giblet_kedro.pipelines.fmri.nodes import build_fmri_tensor, combine_normalized, normalized_run
+
+    root = _scrubbed_tree(tmp_path, {("01", "1"): (1, 17), ("02", "2"): (4,)})
+    _, _, stats, split, confounds = _strategy_stage(root, SCRUB, everything=True)
+    fmri = compiled(root, extra_fmri=f"  clean: {SCRUB}\n").fmri.model_copy(update={"mode": mode})
+    from giblet_kedro.datasets.nifti import NiftiRunsDataset
+
+    runs = NiftiRunsDataset(fmri.run_files).load()
+    partials = {}
+    for name, (sid, run) in partition_names(fmri.run_keys).items():
+        dataset = NpyDataset(str(tmp_path / "partials" / name / "zscored.npy"))
+        dataset.save(normalized_run(runs, confounds, stats, split, fmri, sid, run))
+        partials[name] = dataset.load()
+    assert len(partials) == 4 and all(isinstance(p, np.memmap) for p in partials.values())
+    expected, expected_covered = build_fmri_tensor(runs, confounds, stats, split, fmri)
+    tensor, covered = combine_normalized(stats, fmri, **partials)
+    assert tensor.dtype == expected.dtype and tensor.tobytes() == expected.tobytes()
+    np.testing.assert_array_equal(covered, expected_covered)
+    assert not covered.all()  # the censored volumes took part
+
+    rows = {"some": np.array([0, 1, 17, 29, 30, 34, 59])}  # both runs, censored volumes included
+    picked = rows_of_runs(by_subject(partials, stats)[0], rows)["some"]
+    per_subject, _ = build_fmri_tensor(runs, confounds, stats, split, fmri.model_copy(update={"mode": "per_subject"}))
+    np.testing.assert_array_equal(picked, per_subject[:, rows["some"]])
+
+    del partials["sub-02_run-2"]
+    with pytest.raises(ValueError, match=r"no normalized run for the partitions \['sub-02_run-2'\]"):
+        combine_normalized(stats, fmri, **partials)

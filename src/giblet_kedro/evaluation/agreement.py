@@ -1,10 +1,10 @@
 """How much the subjects agree: which voxels are reliable (val rows) and the noise
 ceiling (test rows), from each subject's cleaned, z-scored data.
 
-The ``cross_subject`` tensor holds only the subjects' mean, so each subject's runs are
-read again, one subject at a time, and only their val and test rows are kept:
-``(n_subjects, n_rows, n_voxels)`` float32 per row set (about 160 MB for 5 subjects, 95
-rows and 83,138 voxels).
+The ``cross_subject`` tensor holds only the subjects' mean, so the val and test rows of
+each subject's runs are read from the fMRI stage's normalized runs (its map-reduce
+partials; no run is read or cleaned again): ``(n_subjects, n_rows, n_voxels)`` float32 per
+row set (about 160 MB for 5 subjects, 95 rows and 83,138 voxels).
 """
 
 from __future__ import annotations
@@ -12,19 +12,31 @@ from __future__ import annotations
 import numpy as np
 
 from giblet_kedro.evaluation import metrics, nulls
-from giblet_kedro.fmri.normalize import RunSource, combine_subjects
 
 
-def rows_of_subjects(subjects: list[list[RunSource]], columns: np.ndarray, row_sets: dict[str, np.ndarray],
-                     block_trs: int) -> dict[str, np.ndarray]:
-    """Each subject's cleaned, z-scored data on each set of rows of the concatenated runs:
-    ``{name: (n_subjects, n_rows, n_voxels) float32}``. One subject's runs in memory at a time."""
-    out = {name: np.empty((len(subjects), len(rows), len(columns)), dtype=np.float32)
-           for name, rows in row_sets.items()}
-    for index, runs in enumerate(subjects):
-        normalized = combine_subjects([runs], columns, "per_subject", block_trs)[0][0]
-        for name, rows in row_sets.items():
-            out[name][index] = normalized[rows]
+def rows_of_runs(subjects: list[list[np.ndarray]], row_sets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each subject's cleaned, z-scored data on each set of rows of the concatenated runs.
+
+    subjects : per subject, its normalized runs in concatenation order, each
+        ``(n_trs_run, n_voxels)`` (the fMRI stage's partials; memory maps: only the
+        requested rows are read).
+    row_sets : name -> rows of the concatenated runs.
+
+    Returns ``{name: (n_subjects, n_rows, n_voxels) float32}``.
+    """
+    offsets = np.cumsum([0] + [run.shape[0] for run in subjects[0]])
+    n_voxels = subjects[0][0].shape[1]
+    out = {}
+    for name, rows in row_sets.items():
+        rows = np.asarray(rows, dtype=np.int64)
+        which = np.searchsorted(offsets, rows, side="right") - 1
+        picked = np.empty((len(subjects), len(rows), n_voxels), dtype=np.float32)
+        for index, runs in enumerate(subjects):
+            for run_index, run in enumerate(runs):
+                selected = which == run_index
+                if selected.any():
+                    picked[index, selected] = run[rows[selected] - offsets[run_index]]
+        out[name] = picked
     return out
 
 

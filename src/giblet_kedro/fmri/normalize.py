@@ -132,9 +132,64 @@ def combine_subjects(
                     normalize_source(run, columns, block_trs, out[index, offset: offset + run.n_trs])
                 advance()
     if mode == "cross_subject":
-        counts = covered.sum(axis=0)
-        if (counts == len(subjects)).all():
-            out /= np.float32(len(subjects))  # in place: no second copy of the tensor
-        else:
-            out /= np.maximum(counts, 1).astype(np.float32)[:, None]
+        _average(out, covered)
+    return out, covered
+
+
+def _average(summed: np.ndarray, covered: np.ndarray) -> None:
+    """Divide the subjects' sum, in place, by how many subjects each TR covers."""
+    counts = covered.sum(axis=0)
+    if (counts == len(covered)).all():
+        summed /= np.float32(len(covered))  # in place: no second copy of the tensor
+    else:
+        summed /= np.maximum(counts, 1).astype(np.float32)[:, None]
+
+
+def _coverage(censored: Sequence[Sequence[np.ndarray]], offsets: np.ndarray) -> np.ndarray:
+    covered = np.ones((len(censored), int(offsets[-1])), dtype=bool)
+    for index, runs in enumerate(censored):
+        for offset, trs in zip(offsets, runs, strict=False):
+            covered[index, offset + np.asarray(trs, dtype=np.int64)] = False
+    return covered
+
+
+def combine_partials(
+    partials: Sequence[Sequence[np.ndarray]],
+    censored: Sequence[Sequence[np.ndarray]],
+    mode: str,
+    block_trs: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`combine_subjects` from runs already normalized (the map-reduce fMRI stage):
+    the same additions in the same order, so the result is bitwise the same.
+
+    Parameters
+    ----------
+    partials : per subject, its runs in concatenation order, each ``(n_trs_run,
+        n_voxels)`` float32 as :func:`normalize_source` writes it (0 at censored TRs);
+        memory maps are read ``block_trs`` rows at a time.
+    censored : per subject and run, its crop-relative censored TRs.
+
+    Returns ``(tensor, covered)`` as :func:`combine_subjects`.
+    """
+    if mode not in ("cross_subject", "per_subject"):
+        raise ValueError(f"unknown fmri.mode {mode!r}; accepted: 'cross_subject', 'per_subject'")
+    offsets = np.cumsum([0] + [run.shape[0] for run in partials[0]])
+    n_trs, n_voxels = int(offsets[-1]), partials[0][0].shape[1]
+    shape = (n_trs, n_voxels) if mode == "cross_subject" else (len(partials), n_trs, n_voxels)
+    out = np.zeros(shape, dtype=np.float32)
+    for index, runs in enumerate(partials):
+        for offset, stop, run in zip(offsets[:-1], offsets[1:], runs, strict=True):
+            if run.shape != (stop - offset, n_voxels):
+                raise ValueError(f"subject {index}: a normalized run of shape {run.shape} where "
+                                 f"{(int(stop - offset), n_voxels)} was expected")
+            for t0 in range(0, run.shape[0], block_trs):
+                block = run[t0: t0 + block_trs]
+                rows = slice(offset + t0, offset + t0 + block.shape[0])
+                if mode == "cross_subject":
+                    out[rows] += block
+                else:
+                    out[index, rows] = block
+    covered = _coverage(censored, offsets)
+    if mode == "cross_subject":
+        _average(out, covered)
     return out, covered

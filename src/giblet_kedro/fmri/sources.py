@@ -89,24 +89,39 @@ def run_operators(fmri: FmriSpec, headers: dict[RunKey, RunHeader], split: pd.Da
             for (sid, run), header in headers.items()}
 
 
+def saved_crops(stats: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """Run id -> its crop ``(start, stop)`` in file TRs, from the saved statistics (in
+    concatenation order)."""
+    return {str(run): (int(stats[f"run_{run}_crop"][0]), int(stats[f"run_{run}_crop"][1]))
+            for run in np.atleast_1d(stats["run_ids"])}
+
+
+def saved_censored(stats: dict[str, np.ndarray], subject: str, run: str) -> np.ndarray:
+    """One run's crop-relative censored TRs, as the saved statistics recorded them."""
+    return np.asarray(stats.get(censor.stats_key(subject, run), censor.EMPTY), dtype=np.int64)
+
+
+def run_source(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame], stats: dict[str, np.ndarray],
+               split: pd.DataFrame, fmri: FmriSpec, subject: str, run: str) -> RunSource:
+    """One run with its saved stats, cleaning operator (block by block of the split) and
+    censored TRs."""
+    label = run_label(fmri, subject, run)
+    header = read_header(runs[run_key(subject, run)], label)
+    crop = saved_crops(stats)[run]
+    censored = saved_censored(stats, subject, run)
+    operator = run_operator(fmri, header.n_trs, crop, confounds.get(run_key(subject, run)),
+                            f"{label}: fmri.clean.confounds", blocks(split, run), censored)
+    return RunSource(header, crop, stats[f"subject_{subject}_run_{run}_mean"],
+                     stats[f"subject_{subject}_run_{run}_std"], operator, censored)
+
+
 def subject_sources(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
                     stats: dict[str, np.ndarray], split: pd.DataFrame,
                     fmri: FmriSpec) -> tuple[list[list[RunSource]], np.ndarray]:
     """Per subject (saved order), its runs with the saved stats and cleaning operators;
     and the mask's file-order columns."""
-    headers = run_headers(runs, fmri)
+    run_headers(runs, fmri)  # every run is there
     ids = [str(s) for s in np.atleast_1d(stats["subject_ids"])]
-    run_ids = [str(r) for r in np.atleast_1d(stats["run_ids"])]
-    crops = {run: (int(stats[f"run_{run}_crop"][0]), int(stats[f"run_{run}_crop"][1])) for run in run_ids}
-    censored = {(sid, run): np.asarray(stats.get(censor.stats_key(sid, run), censor.EMPTY), dtype=np.int64)
-                for sid, run in headers}
-    operators = run_operators(fmri, headers, split, confounds, censored)
-    subjects = [
-        [RunSource(headers[(sid, run)], crops[run], stats[f"subject_{sid}_run_{run}_mean"],
-                   stats[f"subject_{sid}_run_{run}_std"], operators[(sid, run)], censored[(sid, run)])
-         for run in run_ids]
-        for sid in ids
-    ]
+    subjects = [[run_source(runs, confounds, stats, split, fmri, sid, run) for run in saved_crops(stats)]
+                for sid in ids]
     return subjects, mask_columns(stats["mask"])
-
-

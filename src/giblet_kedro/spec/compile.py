@@ -63,8 +63,9 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
         Stage("demo", "01_raw", _nodes("demo_data.nodes", "generate_demo")),
-        Stage("fmri_stats", "03_primary", _nodes("fmri.nodes", "inspect_runs", "make_split", "compute_norm_stats")),
-        Stage("fmri_tensor", "05_model_input", _nodes("fmri.nodes", "build_fmri_tensor")),
+        Stage("fmri_stats", "03_primary", _nodes("fmri.nodes", "inspect_runs", "make_split", "run_statistics",
+                                                 "combine_statistics")),
+        Stage("fmri_tensor", "05_model_input", _nodes("fmri.nodes", "normalized_run", "combine_normalized")),
         Stage("video_frames_tr", "04_feature", _nodes("stimulus.nodes", "extract_video_frames")),
         Stage("audio_codes_tr", "04_feature", _nodes("stimulus.nodes", "extract_audio_codes")),
         Stage("text_embeddings_tr", "04_feature", _nodes("stimulus.nodes", "extract_text_embeddings")),

@@ -405,6 +405,11 @@ class FmriSpec(StrictModel):
         files = self.subject_files()
         return list(next(iter(files.values()))) if files else []
 
+    @property
+    def run_keys(self) -> list[tuple[str, str]]:
+        """Every (subject, run), subjects then runs: the order of the statistics and tensors."""
+        return [(sid, run) for sid in self.subject_ids for run in self.run_ids]
+
     def run_crop(self, run: str) -> tuple[int, int] | None:
         """The run's crop in file TRs: ``runs[run].trs``, else ``fmri.trs``, else None (whole run)."""
         settings = self.runs.get(run)

@@ -19,21 +19,21 @@ import pandas as pd
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.checks import check_runs, check_space, check_tr, resolve_crop
-from giblet_kedro.fmri.normalize import RunSource, combine_subjects, normalize_source
+from giblet_kedro.fmri.normalize import RunSource, combine_partials, combine_subjects, normalize_source
+from giblet_kedro.fmri.partials import RunKey, by_subject, moments_from_arrays, moments_to_arrays, partition_names
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
 from giblet_kedro.fmri.sources import (
-    RunKey,
     run_censored,
-    run_censoring,
     run_confounds,
     run_headers,
     run_label,
     run_operator,
-    run_operators,
+    run_source,
     subject_sources,
 )
 from giblet_kedro.fmri.split import (
     auto_gap_trs,
+    blocks,
     concatenate_runs,
     run_crops,
     split_table,
@@ -159,14 +159,40 @@ def _run_moments(fmri: FmriSpec, sid: str, run: str, header: RunHeader, crop, ro
     return m
 
 
-def compute_norm_stats(
-    runs: dict[str, nib.Nifti1Image],
-    mask_file: dict[str, nib.Nifti1Image],
-    confounds: dict[str, pd.DataFrame],
-    split: pd.DataFrame,
-    fmri: FmriSpec,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Mask and per-run mean/std (after cleaning, if any): one streaming pass per run.
+def _lab_run(split: pd.DataFrame, fmri: FmriSpec) -> str:
+    """The run whose first training TRs the lab's mask rule reads: the first run with any."""
+    return next(run for run in fmri.run_ids if stats_rows(split, run).size)
+
+
+def run_statistics(runs: dict[str, nib.Nifti1Image], mask_file: dict[str, nib.Nifti1Image],
+                   confounds: dict[str, pd.DataFrame], split: pd.DataFrame, fmri: FmriSpec, subject: str,
+                   run: str) -> dict[str, np.ndarray]:
+    """Map: one run's statistics, in one streaming pass (cleaned first, if the spec cleans).
+
+    Returns the arrays of :func:`giblet_kedro.fmri.partials.moments_to_arrays`: the run's
+    per-voxel mean, std (float64, over its uncensored training TRs), non-finite flags,
+    early std (lab mask), raw variance (cleaning report) and censored TRs. Voxels: the
+    whole grid, or the given mask's.
+    """
+    label = run_label(fmri, subject, run)
+    key = run_key(subject, run)
+    header = read_header(runs[key], label)
+    crop = run_crops(split)[run]
+    table = confounds.get(key)
+    censored = run_censored(fmri, crop, table)
+    operator = run_operator(fmri, header.n_trs, crop, table, f"{label}: fmri.clean.confounds", blocks(split, run),
+                            censored)
+    columns = mask_columns(_given_mask(mask_file, header)) if fmri.mask not in ("auto", "lab") else None
+    moments = _run_moments(fmri, subject, run, header, crop, stats_rows(split, run), _lab_run(split, fmri),
+                           operator, columns, fmri.zscore.ddof, censored)
+    return moments_to_arrays(moments, subject, run, censored)
+
+
+def combine_statistics(runs: dict[str, nib.Nifti1Image], mask_file: dict[str, nib.Nifti1Image],
+                       split: pd.DataFrame, fmri: FmriSpec, **partials: dict[str, np.ndarray]
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reduce: the mask and ``fmri_norm_stats`` from every run's :func:`run_statistics`
+    (``partials``: partition name -> its arrays, one per subject and run).
 
     Returns
     -------
@@ -180,31 +206,29 @@ def compute_norm_stats(
     cleaning : JSON report: the settings and, per subject and run, the share of
         variance (over the mask, on the statistics TRs) that cleaning removed.
     """
-    headers = run_headers(runs, fmri)
-    reference = next(iter(headers.values()))
+    order = fmri.run_keys
+    names = partition_names(order)
+    missing = sorted(set(names) - set(partials))
+    if missing:
+        raise ValueError(f"fmri statistics: no partial statistics for {missing}")
+    moments: dict[RunKey, SubjectMoments] = {}
+    censored: dict[RunKey, np.ndarray] = {}
+    for name, key in names.items():
+        stored_key, moments[key], censored[key] = moments_from_arrays(partials[name])
+        if stored_key != key:
+            raise ValueError(f"fmri statistics: partition {name!r} holds {stored_key}, not {key}")
+    reference = read_header(runs[run_key(*order[0])], run_label(fmri, *order[0]))
     crops = run_crops(split)
     ddof = fmri.zscore.ddof
-    censored = run_censoring(fmri, headers, split, confounds)
-    operators = run_operators(fmri, headers, split, confounds, censored)
-
     given = fmri.mask not in ("auto", "lab")
-    given_mask = _given_mask(mask_file, reference) if given else None
-    columns = mask_columns(given_mask) if given else None
     train_trs = {run: stats_rows(split, run) for run in crops}  # crop-relative; empty for runs held out whole
     trained_runs = [run for run in fmri.run_ids if train_trs[run].size]
-    lab_run = trained_runs[0]  # the lab's rule reads the first training TRs of the first run that has them
-
-    moments: dict[RunKey, SubjectMoments] = {}
-    with progress("fMRI statistics", len(headers), "runs") as advance:
-        for (sid, run), header in headers.items():
-            moments[(sid, run)] = _run_moments(fmri, sid, run, header, crops[run], train_trs[run], lab_run,
-                                               operators[(sid, run)], columns, ddof, censored[(sid, run)])
-            advance()
+    lab_run = _lab_run(split, fmri)
 
     labelled = {run_label(fmri, *k): m for k, m in moments.items()}
     if given:
-        mask = given_mask
-        check_mask_usable(columns, labelled, reference.grid, "given", indexed=True)
+        mask = _given_mask(mask_file, reference)
+        check_mask_usable(mask_columns(mask), labelled, reference.grid, "given", indexed=True)
         pick = slice(None)
     else:
         if fmri.mask == "auto":
@@ -244,6 +268,24 @@ def compute_norm_stats(
             stats[f"subject_{sid}_run_{run}_mean"] = m.mean[pick] if own else mean
             stats[f"subject_{sid}_run_{run}_std"] = m.std[pick] if own else std
     return stats, cleaning_report(fmri, moments, pick)
+
+
+def compute_norm_stats(
+    runs: dict[str, nib.Nifti1Image],
+    mask_file: dict[str, nib.Nifti1Image],
+    confounds: dict[str, pd.DataFrame],
+    split: pd.DataFrame,
+    fmri: FmriSpec,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Mask and per-run mean/std in one process: :func:`run_statistics` for every run,
+    then :func:`combine_statistics` (what the pipeline runs as one node per run plus a
+    reduce node). Returns ``(fmri_norm_stats, cleaning report)``."""
+    partials = {}
+    with progress("fMRI statistics", len(fmri.run_keys), "runs") as advance:
+        for name, (sid, run) in partition_names(fmri.run_keys).items():
+            partials[name] = run_statistics(runs, mask_file, confounds, split, fmri, sid, run)
+            advance()
+    return combine_statistics(runs, mask_file, split, fmri, **partials)
 
 
 # What the npz's ``heldout_policy`` says (and the README).
@@ -304,6 +346,30 @@ def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.
     if not covered.all():
         log.info("fmri tensor: %d (subject, TR) volumes censored; %d TRs censored in every subject", int((~covered).sum()),
                  int((~covered.any(axis=0)).sum()))
+    return tensor, covered
+
+
+def normalized_run(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
+                   stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec, subject: str,
+                   run: str) -> np.ndarray:
+    """Map: one run cleaned (if the spec cleans) and z-scored with its saved stats,
+    ``(n_trs_run, n_voxels)`` float32 over its crop, 0 at its censored TRs."""
+    source = run_source(runs, confounds, stats, split, fmri, subject, run)
+    columns = mask_columns(stats["mask"])
+    out = np.empty((source.n_trs, len(columns)), dtype=np.float32)
+    normalize_source(source, columns, fmri.chunk_trs, out)
+    return out
+
+
+def combine_normalized(stats: dict[str, np.ndarray], fmri: FmriSpec, **partials: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce: the training tensor and its coverage from every run's
+    :func:`normalized_run` (``partials``: partition name -> array), equal bitwise to
+    :func:`build_fmri_tensor`."""
+    arrays, censored = by_subject(partials, stats)
+    tensor, covered = combine_partials(arrays, censored, fmri.mode, fmri.chunk_trs)
+    log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(arrays),
+             len(arrays[0]), covered.shape[1], tensor.shape[-1])
     return tensor, covered
 
 

@@ -103,24 +103,106 @@ verify: {{drop_within_epochs: 1}}
 """)
 
 
-def compare_runners(kedro: str, project: Path, spec: Path, env: dict) -> None:
-    """The stimulus stage with the project's sequential runner, then with ParallelRunner
-    (one process per core), each recomputing everything; same caches, bitwise."""
-    fmri_bench.measured([kedro, "run", "--pipelines=fmri", "--params", f"experiment={spec}"], env=env, cwd=project)
-    rows, written = {}, {}
-    for name, extra in (("sequential (LockingRunner)", []), ("ParallelRunner (2 processes)", ["--runner=ParallelRunner"])):
-        print(f"- stimulus stage, {name} ...", flush=True)
-        rows[name] = fmri_bench.measured([kedro, "run", "--pipelines=stimulus", "--recompute", *extra, "--params",
-                                          f"experiment={spec}"], env=env, cwd=project)
-        written[name] = {path: path.read_bytes() for path in project.glob("data/0[45]_*/*/*/*/values.npy")}
-    first, second = written.values()
-    same = first.keys() == second.keys() and all(first[p] == second[p] for p in first)
+SINGLE_PROCESS = """
+import sys
+from giblet_kedro.datasets.confounds import ConfoundTablesDataset
+from giblet_kedro.datasets.nifti import NiftiRunsDataset
+from giblet_kedro.pipelines.fmri.nodes import build_fmri_tensor, compute_norm_stats, inspect_runs, make_split
+from giblet_kedro.spec.resolvers import compiled
+import nibabel as nib, numpy as np
+fmri = compiled(sys.argv[1]).spec.fmri
+runs = NiftiRunsDataset(fmri.run_files).load()
+confounds = ConfoundTablesDataset(fmri.confound_files).load()
+split = make_split(inspect_runs(runs, fmri), fmri)
+masks = {key: nib.load(path) for key, path in fmri.mask_files.items()}
+stats, _ = compute_norm_stats(runs, masks, confounds, split, fmri)
+tensor, _ = build_fmri_tensor(runs, confounds, stats, split, fmri)
+np.save(sys.argv[2], tensor)
+"""
+
+INFLATE = """
+import sys, time
+from isal import igzip
+started = time.perf_counter()
+for path in sys.argv[1:]:
+    with igzip.open(path, "rb") as handle:
+        while handle.read(1 << 24):
+            pass
+print(time.perf_counter() - started)
+"""
+
+
+def inflate_seconds(paths: list[Path], env: dict) -> float:
+    """One core inflating every run once (ISA-L, as the reader), in a fresh process."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", INFLATE, *map(str, paths)], capture_output=True, text=True,
+                            env=env, check=True)
+    return float(result.stdout.strip())
+
+
+# The last commit before the fMRI stage became map-reduce: "today's" stage, one node.
+BEFORE_MAP_REDUCE = "09926ff"
+
+
+def checkout_before(folder: Path) -> Path | None:
+    """The project's sources at ``BEFORE_MAP_REDUCE`` (a git worktree), or None outside a clone."""
+    import subprocess
+
+    result = subprocess.run(["git", "-C", str(fmri_bench.REPO), "worktree", "add", "--detach", str(folder),
+                             BEFORE_MAP_REDUCE], capture_output=True, text=True)
+    return folder / "src" if result.returncode == 0 else None
+
+
+def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: dict[str, Path]) -> None:
+    """The fMRI stage five ways, each recomputing everything in a fresh process, and the
+    decompression floor; whether they wrote the same tensor."""
+    before = checkout_before(project.parent / "before")
+    runs = {
+        "today: one node (kedro run, before map-reduce)": [kedro, "run", "--pipelines=fmri", "--recompute"],
+        "one process, no Kedro (the same streaming passes)": [sys.executable, "-c", SINGLE_PROCESS, str(spec),
+                                                              str(project / "single.npy")],
+        "map-reduce, sequential (LockingRunner)": [kedro, "run", "--pipelines=fmri", "--recompute"],
+        "map-reduce, ParallelRunner (2 processes)": [kedro, "run", "--pipelines=fmri", "--recompute",
+                                                     "--runner=ParallelRunner"],
+        "map-reduce, Dask LocalCluster (2 workers)": [kedro, "run", "--pipelines=fmri", "--recompute",
+                                                      "--runner=giblet_kedro.runner.DaskRunner"],
+    }
+    if before is None:
+        print("(no git clone here: today's one-node stage is left out)")
+        del runs["today: one node (kedro run, before map-reduce)"]
+    rows, tensors = {}, {}
+    dask_env = {**env, "GIBLET_DASK_WORKERS": "2"}
+    for name, command in runs.items():
+        if command[0] == kedro:
+            command = [*command, "--params", f"experiment={spec}"]
+        print(f"- fMRI stage, {name} ...", flush=True)
+        run_env = {**dask_env, "PYTHONPATH": str(before)} if name.startswith("today") else dask_env
+        for old in project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"):
+            old.unlink()
+        rows[name] = fmri_bench.measured(command, env=run_env, cwd=project)
+        print(f"  {rows[name]['wall_s']:.1f} s", flush=True)
+        written = project / "single.npy" if name.startswith("one process") else \
+            next(project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"))
+        tensors[name] = written.read_bytes()
+    if before is not None:
+        import subprocess
+
+        subprocess.run(["git", "-C", str(fmri_bench.REPO), "worktree", "remove", "--force", str(before.parent)],
+                       capture_output=True)
+    inflate = inflate_seconds(list(subjects.values()), env)
+    partials = sum(p.stat().st_size for p in project.glob("data/05_model_input/fmri_tensor/*/runs/*/zscored.npy"))
     base = next(iter(rows.values()))
-    print(f"\n{'stimulus stage (video, audio, text, HRF, alignment)':<54}{'wall s':>9}{'peak RSS GB':>13}{'wall ratio':>12}")
+    n_trs = fmri_bench.nib.load(next(iter(subjects.values()))).shape[3]
+    print(f"\n{f'fMRI stage ({len(subjects)} x {n_trs} TRs)':<50}{'wall s':>9}{'peak RSS GB':>13}{'wall ratio':>12}")
     for name, measured in rows.items():
-        print(f"{name:<54}{measured['wall_s']:>9.1f}{measured['peak_rss_gb']:>13.2f}"
+        print(f"{name:<50}{measured['wall_s']:>9.1f}{measured['peak_rss_gb']:>13.2f}"
               f"{measured['wall_s'] / base['wall_s']:>12.2f}")
-    print(f"same caches, bitwise: {same} ({len(first)} arrays)")
+    print(f"{'decompression floor, 2 passes on 1 core':<50}{2 * inflate:>9.1f}{'':>13}{2 * inflate / base['wall_s']:>12.2f}")
+    print(f"{'decompression floor, 2 passes on 2 cores':<50}{inflate:>9.1f}{'':>13}{inflate / base['wall_s']:>12.2f}")
+    first = next(iter(tensors.values()))
+    print(f"same tensor, bitwise, all: {all(t == first for t in tensors.values())}; "
+          f"normalized-run partials on disk: {partials / 1e9:.2f} GB")
 
 
 def main() -> None:
@@ -130,13 +212,20 @@ def main() -> None:
     parser.add_argument("--trs", type=int, default=946)
     parser.add_argument("--segments", type=int, default=1000)
     parser.add_argument("--runners", action="store_true",
-                        help="instead: the stimulus stage (4 extractors, HRF, alignment) sequentially and with "
-                             "Kedro's ParallelRunner, in the same run, and whether they wrote the same caches")
+                        help="instead: the fMRI stage in one process, then as map-reduce on the sequential runner, "
+                             "ParallelRunner and a 2-worker Dask LocalCluster, with the decompression floor, in "
+                             "the same run, and whether they wrote the same tensor")
+    parser.add_argument("--full-size", action="store_true",
+                        help="with --runners: the full Sherlock scan, 1,976 TRs x 271,633 voxels (the whole grid) "
+                             "per subject (--subjects of them; 17 in the lab)")
     args = parser.parse_args()
 
-    folder = args.data / f"sherlock_{args.subjects}x{args.trs}"
-    print(f"data: {args.subjects} subjects x {args.trs} TRs x {fmri_bench.N_VOXELS:,} voxels ({folder})", flush=True)
-    subjects, mask = fmri_bench.make_data(folder, args.subjects, args.trs)
+    n_voxels = fmri_bench.N_VOXELS
+    if args.full_size:
+        args.trs, n_voxels = 1976, int(np.prod(fmri_bench.GRID))
+    folder = args.data / (f"sherlock_{args.subjects}x{args.trs}" + ("_full" if args.full_size else ""))
+    print(f"data: {args.subjects} subjects x {args.trs} TRs x {n_voxels:,} voxels ({folder})", flush=True)
+    subjects, mask = fmri_bench.make_data(folder, args.subjects, args.trs, n_voxels)
     movie, table = write_movie_files(folder, args.trs, args.segments)
     print(f"  movie {movie.stat().st_size / 1e6:.0f} MB, {args.segments} annotation segments", flush=True)
 
@@ -149,7 +238,7 @@ def main() -> None:
         spec = project / "lab.yml"
         lab_spec(spec, subjects, mask, movie, table)
         if args.runners:
-            compare_runners(kedro, project, spec, env)
+            compare_runners(kedro, project, spec, env, subjects)
             return
         for what, arguments in STEPS:
             print(f"- {what} ...", flush=True)

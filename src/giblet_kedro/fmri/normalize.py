@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -153,6 +154,15 @@ def _coverage(censored: Sequence[Sequence[np.ndarray]], offsets: np.ndarray) -> 
     return covered
 
 
+def _release(array: np.ndarray) -> None:
+    """Let the kernel drop the pages of a memory-mapped partial once it is added: the
+    reduce would otherwise hold every subject's pages (n_subjects x the tensor) in its
+    resident memory until it returns."""
+    mapped = getattr(array, "_mmap", None) if isinstance(array, np.memmap) else None
+    if mapped is not None and hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
 def combine_partials(
     partials: Sequence[Sequence[np.ndarray]],
     censored: Sequence[Sequence[np.ndarray]],
@@ -189,6 +199,7 @@ def combine_partials(
                     out[rows] += block
                 else:
                     out[index, rows] = block
+            _release(run)
     covered = _coverage(censored, offsets)
     if mode == "cross_subject":
         _average(out, covered)

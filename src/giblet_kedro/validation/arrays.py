@@ -69,14 +69,6 @@ def validate_fmri_tensor(tensor: np.ndarray) -> None:
     _finite("fmri tensor", tensor)
 
 
-def validate_normalized_run(run: np.ndarray) -> None:
-    """``fmri_run_zscored_<partition>``: one run z-scored, finite float32 (n_trs, n_voxels)."""
-    if run.dtype != np.float32 or run.ndim != 2 or 0 in run.shape:
-        raise ValueError(f"a normalized run must be a non-empty float32 (n_trs, n_voxels) array, got "
-                         f"{run.dtype} {run.shape}")
-    _finite("normalized run", run)
-
-
 def validate_heldout(runs: dict[str, np.ndarray]) -> None:
     """``fmri_heldout_normalized``: ``subject_<id>`` -> finite float32 (n_trs, n_voxels)."""
     widths = set()

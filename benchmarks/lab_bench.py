@@ -190,6 +190,9 @@ def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: 
 
         subprocess.run(["git", "-C", str(fmri_bench.REPO), "worktree", "remove", "--force", str(before.parent)],
                        capture_output=True)
+    print("- fMRI stage, nothing to do (every cache there: Kedro, checks, MLflow) ...", flush=True)
+    fixed = fmri_bench.measured([kedro, "run", "--pipelines=fmri", "--params", f"experiment={spec}"], env=env,
+                                cwd=project)["wall_s"]
     inflate = inflate_seconds(list(subjects.values()), env)
     partials = sum(p.stat().st_size for p in project.glob("data/05_model_input/fmri_tensor/*/runs/*/zscored.npy"))
     base = next(iter(rows.values()))
@@ -200,6 +203,15 @@ def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: 
               f"{measured['wall_s'] / base['wall_s']:>12.2f}")
     print(f"{'decompression floor, 2 passes on 1 core':<50}{2 * inflate:>9.1f}{'':>13}{2 * inflate / base['wall_s']:>12.2f}")
     print(f"{'decompression floor, 2 passes on 2 cores':<50}{inflate:>9.1f}{'':>13}{inflate / base['wall_s']:>12.2f}")
+    print(f"{'nothing to do (start-up, checks, MLflow)':<50}{fixed:>9.1f}{'':>13}{fixed / base['wall_s']:>12.2f}")
+    sequential = rows["map-reduce, sequential (LockingRunner)"]["wall_s"]
+    parallel = rows["map-reduce, ParallelRunner (2 processes)"]["wall_s"]
+    work = 2 * max(sequential - parallel, 0.0)  # what 2 processes halve: the map nodes
+    serial = max(sequential - fixed - work, 0.0)  # the reduces, partial I/O, the split
+    n_partitions = len(subjects)
+    model = ", ".join(f"N={n}: {fixed + serial + work / min(n, n_partitions):.1f} s" for n in (1, 2, 4, 8, 17))
+    print(f"scaling model, T(N) = {fixed:.1f} (fixed) + {serial:.1f} (reduces) + {work:.1f} / min(N, "
+          f"{n_partitions} partitions): {model}")
     first = next(iter(tensors.values()))
     print(f"same tensor, bitwise, all: {all(t == first for t in tensors.values())}; "
           f"normalized-run partials on disk: {partials / 1e9:.2f} GB")

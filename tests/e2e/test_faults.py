@@ -51,19 +51,20 @@ def arrays(project: Path, pattern: str) -> dict[str, np.ndarray]:
 def nodes_in_flight(log: Path) -> list[str]:
     """Nodes the log shows started but not completed."""
     text = log.read_text(errors="replace")
-    started = re.findall(r"Running node: (\w+)", text)
-    completed = set(re.findall(r"Completed node: (\w+)", text))
+    started = re.findall(r"Running node: ([\w.-]+)", text)
+    completed = set(re.findall(r"Completed node: ([\w.-]+)", text))
     return [name for name in started if name not in completed]
 
 
 def kill_inside(project: Path, log: Path, node: str | None, rng: np.random.Generator, timeout: float = 180) -> str:
-    """Start the fMRI stage, wait until ``node`` (or any node) has started, kill -9 the
-    whole process group a few milliseconds later; the node it landed in."""
+    """Start the fMRI stage, wait until ``node`` (a node name, or the start of one: any
+    node if None) has started, kill -9 the whole process group a few milliseconds later;
+    the node it landed in."""
     process = start(project, "--pipelines=fmri", log=log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         flight = nodes_in_flight(log) if log.exists() else []
-        if flight and (node is None or node in flight):
+        if flight and (node is None or any(name.startswith(node) for name in flight)):
             time.sleep(float(rng.uniform(0.0, 0.05)))
             break
         if process.poll() is not None:
@@ -78,7 +79,8 @@ def kill_inside(project: Path, log: Path, node: str | None, rng: np.random.Gener
 
 def test_fmri_stage_killed_inside_nodes_resumes_to_the_same_result(project, tmp_path):
     """kill -9 inside the slow nodes in turn (each kill asserted to land inside a node:
-    its start is logged and its completion is not); after each, whatever is on disk is
+    its start is logged and its completion is not): the demo data, a run's statistics and
+    a run's normalization (map-reduce partitions); after each, whatever is on disk is
     whole, and the final run equals an uninterrupted one bit for bit."""
     reference = tmp_path / "reference"
     shutil.copytree(project, reference)
@@ -86,12 +88,14 @@ def test_fmri_stage_killed_inside_nodes_resumes_to_the_same_result(project, tmp_
 
     rng = np.random.default_rng(2026)
     killed = []
-    for index, node in enumerate(("generate_demo_data", "compute_fmri_norm_stats", "build_fmri_tensor", None)):
+    targets = ("generate_demo_data", "fmri_statistics_", "fmri_normalize_", None)
+    for index, node in enumerate(targets):
         killed.append(kill_inside(project, tmp_path / f"kill{index}.log", node, rng))
         assert damaged_outputs(project) == []
-    assert killed[:3] == ["generate_demo_data", "compute_fmri_norm_stats", "build_fmri_tensor"], killed
+    assert all(name.startswith(target) for name, target in zip(killed[:3], targets, strict=False)), killed
     kedro(project, "run", "--pipelines=fmri")
-    for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy"):
+    for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy",
+                    "data/05_model_input/fmri_tensor/*/runs/sub-03_run-1/zscored.npy"):
         ours, theirs = arrays(project, pattern), arrays(reference, pattern)
         assert ours.keys() == theirs.keys()
         for key in ours:
@@ -172,7 +176,8 @@ def test_two_runs_at_once_on_one_data_folder_agree(project, tmp_path):
         assert sum(t.count(f"Running node: {node}") for t in text) == 1, node
     assert any("waiting for pid" in t for t in text) or any("Skipping all" in t for t in text)
     assert damaged_outputs(project) == []
-    for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy"):
+    for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy",
+                    "data/05_model_input/fmri_tensor/*/runs/sub-03_run-1/zscored.npy"):
         ours, theirs = arrays(project, pattern), arrays(reference, pattern)
         for key in theirs:
             np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{pattern}: {key}")

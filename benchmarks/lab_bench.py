@@ -194,7 +194,7 @@ def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: 
     fixed = fmri_bench.measured([kedro, "run", "--pipelines=fmri", "--params", f"experiment={spec}"], env=env,
                                 cwd=project)["wall_s"]
     inflate = inflate_seconds(list(subjects.values()), env)
-    partials = sum(p.stat().st_size for p in project.glob("data/05_model_input/fmri_tensor/*/runs/*/zscored.npy"))
+    partials = sum(p.stat().st_size for p in project.glob("data/05_model_input/fmri_runs/*/runs/*/zscored.npy"))
     base = next(iter(rows.values()))
     n_trs = fmri_bench.nib.load(next(iter(subjects.values()))).shape[3]
     print(f"\n{f'fMRI stage ({len(subjects)} x {n_trs} TRs)':<50}{'wall s':>9}{'peak RSS GB':>13}{'wall ratio':>12}")

@@ -68,6 +68,18 @@ def _drop_nodes_with_outputs(pipeline, catalog) -> int:
     return before - len(pipeline.nodes)
 
 
+def _run_keys(reference: str, spec) -> list[tuple[str, str]]:
+    """The experiment's (subject, run) pairs, as compiled (a BIDS spec finds its subjects
+    and runs in its folder); the spec's own if it does not compile yet: preflight then
+    reports why, before any node runs."""
+    from giblet_kedro.spec.resolvers import compiled
+
+    try:
+        return compiled(reference).spec.fmri.run_keys
+    except GibletError:
+        return spec.fmri.run_keys
+
+
 class GibletHooks:
     """Preflight, demo data, cache reuse, locking and run history for every run."""
 
@@ -87,8 +99,9 @@ class GibletHooks:
 
         self._context = context
         if isinstance(context.config_loader, GibletConfigLoader):
-            spec, _ = load_spec(context.config_loader.run_reference())
-            activate(spec.fmri.run_keys)  # the fMRI stage's nodes, one per subject and run
+            reference = context.config_loader.run_reference()
+            spec, _ = load_spec(reference)
+            activate(_run_keys(reference, spec))  # the fMRI stage's nodes, one per subject and run
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:

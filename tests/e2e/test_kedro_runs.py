@@ -288,7 +288,7 @@ def test_a_sweep_runs_its_points_on_shared_caches_and_compares_them(project):
 
 
 
-FMRI_CACHES = ("05_model_input/fmri_tensor/*/*.npy", "05_model_input/fmri_tensor/*/runs/*/zscored.npy",
+FMRI_CACHES = ("05_model_input/fmri_tensor/*/*.npy", "05_model_input/fmri_runs/*/runs/*/zscored.npy",
                "03_primary/fmri_stats/*/norm_stats.npz", "03_primary/fmri_stats/*/runs/*/moments.npz")
 
 

@@ -151,7 +151,10 @@ def checkout_before(folder: Path) -> Path | None:
 
     result = subprocess.run(["git", "-C", str(fmri_bench.REPO), "worktree", "add", "--detach", str(folder),
                              BEFORE_MAP_REDUCE], capture_output=True, text=True)
-    return folder / "src" if result.returncode == 0 else None
+    if result.returncode != 0:
+        return None
+    (folder / "conf" / "local").mkdir(exist_ok=True)
+    return folder / "src"
 
 
 def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: dict[str, Path]) -> None:
@@ -176,6 +179,8 @@ def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: 
     for name, command in runs.items():
         if command[0] == kedro:
             command = [*command, "--params", f"experiment={spec}"]
+        if name.startswith("today"):  # its own code and catalog
+            command = [*command, f"--conf-source={before.parent / 'conf'}"]
         print(f"- fMRI stage, {name} ...", flush=True)
         run_env = {**dask_env, "PYTHONPATH": str(before)} if name.startswith("today") else dask_env
         for old in project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"):

@@ -69,6 +69,17 @@ def locked(folders: list[Path], what: str) -> Iterator[bool]:
         yield waited
 
 
+def run_locked(node, catalog, hook_manager, is_async: bool, run_id: str | None) -> bool:
+    """Run ``node`` holding its output folders' locks; skip it (False) if another run
+    wrote all its outputs while this one waited for them."""
+    with locked(output_folders(node, catalog), node.name) as waited:
+        if waited and node.outputs and all(catalog.exists(name) for name in node.outputs):
+            log.info("Skipping node %s: another run wrote its outputs while this one waited", node.name)
+            return False
+        Task(node=node, catalog=catalog, hook_manager=hook_manager, is_async=is_async, run_id=run_id).execute()
+    return True
+
+
 class LockingRunner(SequentialRunner):
     """``SequentialRunner`` that locks each node's output folders while it runs and skips
     a node whose outputs another run wrote while this one waited."""
@@ -81,16 +92,11 @@ class LockingRunner(SequentialRunner):
         load_counts = Counter(chain.from_iterable(n.inputs for n in nodes))
         done = []
         for node in nodes:
-            with locked(output_folders(node, catalog), node.name) as waited:
-                if waited and node.outputs and all(catalog.exists(name) for name in node.outputs):
-                    log.info("Skipping node %s: another run wrote its outputs while this one waited", node.name)
-                else:
-                    try:
-                        Task(node=node, catalog=catalog, hook_manager=hook_manager, is_async=self._is_async,
-                             run_id=run_id).execute()
-                    except Exception:
-                        self._suggest_resume_scenario(pipeline, done, catalog)
-                        raise
+            try:
+                run_locked(node, catalog, hook_manager, self._is_async, run_id)
+            except Exception:
+                self._suggest_resume_scenario(pipeline, done, catalog)
+                raise
             done.append(node)
             self._logger.info("Completed node: %s", node.name)
             self._logger.info("Completed %d out of %d tasks", len(done), len(nodes))
@@ -123,14 +129,10 @@ def run_node_on_worker(node, catalog, is_async: bool, run_id: str | None, projec
     from kedro.framework.project import settings
 
     _bootstrap_worker(project_path)
-    with locked(output_folders(node, catalog), node.name) as waited:
-        if waited and node.outputs and all(catalog.exists(name) for name in node.outputs):
-            log.info("Skipping node %s: another run wrote its outputs while this one waited", node.name)
-            return node.name
-        hook_manager = _create_hook_manager()
-        _register_hooks(hook_manager, settings.HOOKS)
-        _register_hooks_entry_points(hook_manager, settings.DISABLE_HOOKS_FOR_PLUGINS)
-        Task(node=node, catalog=catalog, hook_manager=hook_manager, is_async=is_async, run_id=run_id).execute()
+    hook_manager = _create_hook_manager()
+    _register_hooks(hook_manager, settings.HOOKS)
+    _register_hooks_entry_points(hook_manager, settings.DISABLE_HOOKS_FOR_PLUGINS)
+    run_locked(node, catalog, hook_manager, is_async, run_id)
     return node.name
 
 

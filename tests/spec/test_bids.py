@@ -340,7 +340,7 @@ def test_the_map_reduce_stage_writes_bitwise_the_single_process_tensor(tmp_path,
     assert not covered.all()  # the censored volumes took part
 
     rows = {"some": np.array([0, 1, 17, 29, 30, 34, 59])}  # both runs, censored volumes included
-    picked = rows_of_runs(by_subject(partials, stats)[0], rows)["some"]
+    picked = rows_of_runs(by_subject(partials, stats), rows)["some"]
     per_subject, _ = build_fmri_tensor(runs, confounds, stats, split, fmri.model_copy(update={"mode": "per_subject"}))
     np.testing.assert_array_equal(picked, per_subject[:, rows["some"]])
 

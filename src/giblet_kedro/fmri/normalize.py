@@ -146,14 +146,6 @@ def _average(summed: np.ndarray, covered: np.ndarray) -> None:
         summed /= np.maximum(counts, 1).astype(np.float32)[:, None]
 
 
-def _coverage(censored: Sequence[Sequence[np.ndarray]], offsets: np.ndarray) -> np.ndarray:
-    covered = np.ones((len(censored), int(offsets[-1])), dtype=bool)
-    for index, runs in enumerate(censored):
-        for offset, trs in zip(offsets, runs, strict=False):
-            covered[index, offset + np.asarray(trs, dtype=np.int64)] = False
-    return covered
-
-
 def _release(array: np.ndarray) -> None:
     """Let the kernel drop the pages of a memory-mapped partial once it is added: the
     reduce would otherwise hold every subject's pages (n_subjects x the tensor) in its
@@ -165,7 +157,7 @@ def _release(array: np.ndarray) -> None:
 
 def combine_partials(
     partials: Sequence[Sequence[np.ndarray]],
-    censored: Sequence[Sequence[np.ndarray]],
+    covered: np.ndarray,
     mode: str,
     block_trs: int,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +169,8 @@ def combine_partials(
     partials : per subject, its runs in concatenation order, each ``(n_trs_run,
         n_voxels)`` float32 as :func:`normalize_source` writes it (0 at censored TRs);
         memory maps are read ``block_trs`` rows at a time.
-    censored : per subject and run, its crop-relative censored TRs.
+    covered : (n_subjects, n_trs) bool, False at censored volumes
+        (:func:`giblet_kedro.fmri.censor.coverage` of the saved statistics).
 
     Returns ``(tensor, covered)`` as :func:`combine_subjects`.
     """
@@ -200,7 +193,8 @@ def combine_partials(
                 else:
                     out[index, rows] = block
             _release(run)
-    covered = _coverage(censored, offsets)
+    if covered.shape != (len(partials), n_trs):
+        raise ValueError(f"coverage of shape {covered.shape} for {len(partials)} subjects and {n_trs} TRs")
     if mode == "cross_subject":
         _average(out, covered)
     return out, covered

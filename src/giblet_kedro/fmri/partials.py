@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from giblet_kedro.fmri.moments import RunningMoments
-from giblet_kedro.fmri.sources import RunKey, saved_censored, saved_crops
+from giblet_kedro.fmri.sources import RunKey, saved_crops
 from giblet_kedro.fmri.stats import SubjectMoments
 
 MOMENTS_DATASET = "fmri_run_moments_{partition}"
@@ -76,17 +76,14 @@ def moments_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[RunKey, SubjectM
     return key, moments, np.asarray(arrays["censored"], dtype=np.int64)
 
 
-def by_subject(partials: dict[str, np.ndarray], stats: dict[str, np.ndarray]
-               ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+def by_subject(partials: dict[str, np.ndarray], stats: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
     """Normalized runs (partition name -> ``(n_trs_run, n_voxels)``) arranged per subject
-    in the saved order, runs in concatenation order; and each run's censored TRs.
-    Raises naming the partitions that are missing."""
+    in the saved order, runs in concatenation order. Raises naming the partitions that are
+    missing."""
     run_ids = list(saved_crops(stats))
     ids = [str(sid) for sid in np.atleast_1d(stats["subject_ids"])]
     names = {key: name for name, key in partition_names([(sid, run) for sid in ids for run in run_ids]).items()}
     missing = sorted(name for name in names.values() if name not in partials)
     if missing:
         raise ValueError(f"no normalized run for the partitions {missing}")
-    arrays = [[partials[names[(sid, run)]] for run in run_ids] for sid in ids]
-    censored = [[saved_censored(stats, sid, run) for run in run_ids] for sid in ids]
-    return arrays, censored
+    return [[partials[names[(sid, run)]] for run in run_ids] for sid in ids]

@@ -36,7 +36,7 @@ def intersubject_agreement(stats: dict[str, np.ndarray], split: pd.DataFrame, fm
     """Which voxels the subjects agree on (val rows; every subject shifted independently
     for the null) and the noise ceiling (test rows), from the fMRI stage's normalized runs
     (partition name -> ``(n_trs_run, n_voxels)``)."""
-    subjects, _ = by_subject(normalized_runs, stats)
+    subjects = by_subject(normalized_runs, stats)
     covered = censor.coverage(stats)  # val and test rows uncensored in every subject, as the job's
     rows = {which: censor.usable_rows(split, covered, which) for which in ("val", "test")}
     data = rows_of_runs(subjects, rows)

@@ -366,8 +366,8 @@ def combine_normalized(stats: dict[str, np.ndarray], fmri: FmriSpec, **partials:
     """Reduce: the training tensor and its coverage from every run's
     :func:`normalized_run` (``partials``: partition name -> array), equal bitwise to
     :func:`build_fmri_tensor`."""
-    arrays, censored = by_subject(partials, stats)
-    tensor, covered = combine_partials(arrays, censored, fmri.mode, fmri.chunk_trs)
+    arrays = by_subject(partials, stats)
+    tensor, covered = combine_partials(arrays, censor.coverage(stats), fmri.mode, fmri.chunk_trs)
     log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(arrays),
              len(arrays[0]), covered.shape[1], tensor.shape[-1])
     return tensor, covered

@@ -14,7 +14,7 @@ from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.clean import blockwise_operator, cleaning_operator, confound_matrix
 from giblet_kedro.fmri.normalize import RunSource
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
-from giblet_kedro.fmri.split import blocks, run_crops
+from giblet_kedro.fmri.split import blocks
 from giblet_kedro.spec.schema import FmriSpec, run_key
 
 RunKey = tuple[str, str]  # (subject, run)
@@ -67,26 +67,6 @@ def run_operator(fmri: FmriSpec, n_trs_file: int, crop: tuple[int, int], table: 
     if run_blocks is None:
         return cleaning_operator(crop[1] - crop[0], fmri.tr, fmri.clean, matrix, censored)
     return blockwise_operator(run_blocks, fmri.tr, fmri.clean, matrix, censored)
-
-
-def run_censoring(fmri: FmriSpec, headers: dict[RunKey, RunHeader], split: pd.DataFrame,
-                  confounds: dict[str, pd.DataFrame]) -> dict[RunKey, np.ndarray]:
-    """Each run's censored TRs (crop-relative), from its confound table."""
-    crops = run_crops(split)
-    return {(sid, run): run_censored(fmri, crops[run], confounds.get(run_key(sid, run))) for sid, run in headers}
-
-
-def run_operators(fmri: FmriSpec, headers: dict[RunKey, RunHeader], split: pd.DataFrame,
-                  confounds: dict[str, pd.DataFrame],
-                  censored: dict[RunKey, np.ndarray]) -> dict[RunKey, np.ndarray | None]:
-    """Each run's cleaning operator, block by block of the split (see ``fmri.split.blocks``),
-    its ``censored`` TRs left out."""
-    crops = run_crops(split)
-    run_blocks = {run: blocks(split, run) for run in crops}
-    return {(sid, run): run_operator(fmri, header.n_trs, crops[run], confounds.get(run_key(sid, run)),
-                                     f"{run_label(fmri, sid, run)}: fmri.clean.confounds", run_blocks[run],
-                                     censored[(sid, run)])
-            for (sid, run), header in headers.items()}
 
 
 def saved_crops(stats: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:

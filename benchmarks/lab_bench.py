@@ -22,6 +22,7 @@ largest process (for training: the largest rank, or the launcher). Usage::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -199,7 +200,7 @@ def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: 
     fixed = fmri_bench.measured([kedro, "run", "--pipelines=fmri", "--params", f"experiment={spec}"], env=env,
                                 cwd=project)["wall_s"]
     inflate = inflate_seconds(list(subjects.values()), env)
-    partials = sum(p.stat().st_size for p in project.glob("data/05_model_input/fmri_runs/*/runs/*/zscored.npy"))
+    partials = sum(p.stat().st_size for p in project.glob("data/05_model_input/fmri_runs/*/groups/*/*.npy"))
     base = next(iter(rows.values()))
     n_trs = fmri_bench.nib.load(next(iter(subjects.values()))).shape[3]
     print(f"\n{f'fMRI stage ({len(subjects)} x {n_trs} TRs)':<50}{'wall s':>9}{'peak RSS GB':>13}{'wall ratio':>12}")
@@ -217,9 +218,14 @@ def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: 
     model = ", ".join(f"N={n}: {fixed + serial + work / min(n, n_partitions):.1f} s" for n in (1, 2, 4, 8, 17))
     print(f"scaling model, T(N) = {fixed:.1f} (fixed) + {serial:.1f} (reduces) + {work:.1f} / min(N, "
           f"{n_partitions} partitions): {model}")
-    first = next(iter(tensors.values()))
-    print(f"same tensor, bitwise, all: {all(t == first for t in tensors.values())}; "
-          f"normalized-run partials on disk: {partials / 1e9:.2f} GB")
+    ours = {name: t for name, t in tensors.items() if not name.startswith("today")}
+    first = next(iter(ours.values()))
+    line = f"same tensor, bitwise, one process and every runner: {all(t == first for t in ours.values())}"
+    if len(ours) < len(tensors):  # today's stage summed the subjects in one sequence, not by group
+        today = next(t for name, t in tensors.items() if name.startswith("today"))
+        as_array = [np.load(io.BytesIO(t)) for t in (today, first)]
+        line += f"; today's within {np.abs(as_array[0] - as_array[1]).max():.1e}"
+    print(f"{line}; map partials on disk: {partials / 1e9:.2f} GB")
 
 
 def main() -> None:

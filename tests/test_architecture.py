@@ -5,12 +5,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from giblet_kedro.fmri.partials import MOMENTS_DATASET, ZSCORED_DATASET
+from giblet_kedro.fmri.partials import GROUP_ROWS_DATASET, GROUP_SUM_DATASET, MOMENTS_DATASET
 from giblet_kedro.pipeline_registry import register_pipelines
 
 PIPELINES = Path(__file__).resolve().parents[1] / "src" / "giblet_kedro" / "pipelines"
 MAX_INPUTS = 7
-PARTITION_PREFIXES = tuple(pattern.split("{")[0] for pattern in (MOMENTS_DATASET, ZSCORED_DATASET))
+PARTITION_PREFIXES = tuple(pattern.split("{")[0]
+                           for pattern in (MOMENTS_DATASET, GROUP_SUM_DATASET, GROUP_ROWS_DATASET))
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -38,7 +39,7 @@ def _partitions(node) -> int:
 
 def test_every_node_takes_a_handful_of_inputs():
     """... besides the partitions a reduce node combines."""
-    nodes = {node.name: node for node in register_pipelines()["__default__"].nodes}
+    nodes = {node.name: node for node in register_pipelines(["__default__"])["__default__"].nodes}
     crowded = {name: len(node.inputs) - _partitions(node) for name, node in nodes.items()
                if len(node.inputs) - _partitions(node) > MAX_INPUTS}
     assert not crowded, crowded

@@ -1,5 +1,5 @@
 """Run a pipeline's nodes on SLURM nodes through dask-jobqueue (the fMRI stage's map-reduce:
-one node per subject and run).
+one node per subject and run, then per group of subjects and run).
 
 Starts a Dask scheduler here (a login node or a small job), asks SLURM for ``--jobs``
 worker jobs, and runs ``kedro run --runner=giblet_kedro.runner.DaskRunner`` against it.

@@ -68,16 +68,17 @@ def _drop_nodes_with_outputs(pipeline, catalog) -> int:
     return before - len(pipeline.nodes)
 
 
-def _run_keys(reference: str, spec) -> list[tuple[str, str]]:
-    """The experiment's (subject, run) pairs, as compiled (a BIDS spec finds its subjects
-    and runs in its folder); the spec's own if it does not compile yet: preflight then
-    reports why, before any node runs."""
+def _fmri_section(reference: str):
+    """The experiment's ``fmri`` section as compiled (a BIDS spec finds its subjects and
+    runs in its folder); the spec's own if it does not compile yet (preflight then reports
+    why, before any node runs). An invalid spec raises its own error here."""
+    from giblet_kedro.spec.load import load_spec
     from giblet_kedro.spec.resolvers import compiled
 
     try:
-        return compiled(reference).spec.fmri.run_keys
+        return compiled(reference).spec.fmri
     except GibletError:
-        return spec.fmri.run_keys
+        return load_spec(reference)[0].fmri
 
 
 class GibletHooks:
@@ -95,23 +96,24 @@ class GibletHooks:
         not a failure to resolve the catalog that reads it."""
         from giblet_kedro.config_loader import GibletConfigLoader
         from giblet_kedro.pipelines.partitions import activate
-        from giblet_kedro.spec.load import load_spec
 
         self._context = context
         if isinstance(context.config_loader, GibletConfigLoader):
-            reference = context.config_loader.run_reference()
-            spec, _ = load_spec(reference)
-            activate(_run_keys(reference, spec))  # the fMRI stage's nodes, one per subject and run
+            fmri = _fmri_section(context.config_loader.run_reference())
+            # the fMRI stage's nodes: per subject and run, then per group of subjects and run
+            activate(fmri.run_keys, fmri.subjects_per_group)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        from giblet_kedro.pipelines.demo_data.pipeline import create_pipeline as demo_pipeline
         from giblet_kedro.runner import LockingRunner
+        from giblet_kedro.validation.tables import build_schemas
 
         # A file per run, not per context: notebooks create contexts without running anything.
         start_run_log(Path(self._context.project_path))
         reference = self._context.params["experiment_name"]
         compiled = self._compiled = preflight(reference)
+        if "ParallelRunner" in str(run_params.get("runner", "")):  # Kedro passes the runner's repr
+            build_schemas()  # before its workers are forked (see its docstring)
         names = run_params.get("pipeline_names") or ["__default__"]
         if "lesion" in names and compiled.spec.lesion is None:
             raise GibletError(f"{compiled.spec_file}: the lesion pipeline needs a 'lesion' section: lesion: "
@@ -119,6 +121,8 @@ class GibletHooks:
         recompute = bool((run_params.get("runtime_params") or {}).get("recompute"))
         node_names = {node.name for node in pipeline.nodes}
         if compiled.spec.demo is not None and DEMO_NODE not in node_names:
+            from giblet_kedro.pipelines.demo_data.pipeline import create_pipeline as demo_pipeline
+
             # The run reads the demo data: generate them first (once; locked like any node).
             # Kedro types only the requested pipelines' parameters; the demo node's are typed here.
             for section in ("demo", "fmri"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from giblet_kedro.datasets.arrays import (
 )
 from giblet_kedro.datasets.atomic import atomic_path
 from giblet_kedro.datasets.nifti import NiftiDataset, NiftiRunsDataset
+from giblet_kedro.errors import InputDataError
 
 
 def test_npy_loads_memory_mapped_read_only(tmp_path, rng):
@@ -82,6 +85,24 @@ def test_runs_dataset_is_lazy_and_exists_only_when_complete(tmp_path):
     assert dataset.exists()
     loaded = dataset.load()
     assert set(loaded) == {"01", "02"} and not loaded["01"].in_memory
+
+
+def test_runs_dataset_reads_a_header_when_it_is_asked_for(tmp_path, monkeypatch):
+    """A map node of the fMRI stage reads its own run's header, not every subject's."""
+    from giblet_kedro.datasets import nifti
+
+    image = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
+    paths = {f"0{i}": str(tmp_path / f"{i}.nii.gz") for i in range(1, 4)}
+    NiftiRunsDataset(paths).save(dict.fromkeys(paths, image))
+    read = []
+    real = nifti.load_nifti
+    monkeypatch.setattr(nifti, "load_nifti", lambda path, label: read.append(label) or real(path, label))
+    runs = NiftiRunsDataset(paths).load()
+    assert read == [] and list(runs) == ["01", "02", "03"] and len(runs) == 3
+    assert runs["02"].shape == (2, 2, 2, 3) and runs["02"] is runs["02"] and len(read) == 1
+    Path(paths["03"]).unlink()
+    with pytest.raises(InputDataError, match="3.nii.gz"):
+        runs["03"]  # noqa: B018 - the read is the point
 
 
 def test_csv_table_round_trip(tmp_path):

@@ -95,7 +95,7 @@ def test_fmri_stage_killed_inside_nodes_resumes_to_the_same_result(project, tmp_
     assert all(name.startswith(target) for name, target in zip(killed[:3], targets, strict=False)), killed
     kedro(project, "run", "--pipelines=fmri")
     for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy",
-                    "data/05_model_input/fmri_runs/*/runs/sub-03_run-1/zscored.npy"):
+                    "data/05_model_input/fmri_runs/*/groups/group-1_run-1/combined.npy"):
         ours, theirs = arrays(project, pattern), arrays(reference, pattern)
         assert ours.keys() == theirs.keys()
         for key in ours:
@@ -177,7 +177,7 @@ def test_two_runs_at_once_on_one_data_folder_agree(project, tmp_path):
     assert any("waiting for pid" in t for t in text) or any("Skipping all" in t for t in text)
     assert damaged_outputs(project) == []
     for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy",
-                    "data/05_model_input/fmri_runs/*/runs/sub-03_run-1/zscored.npy"):
+                    "data/05_model_input/fmri_runs/*/groups/group-1_run-1/combined.npy"):
         ours, theirs = arrays(project, pattern), arrays(reference, pattern)
         for key in theirs:
             np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{pattern}: {key}")

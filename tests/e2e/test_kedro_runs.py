@@ -31,7 +31,8 @@ def test_demo_fmri_run_then_cache_reuse_then_mode_change(project):
     spec = (project / "conf/base/experiments/demo.yml").read_text()
     (project / "per_subject.yml").write_text(spec.replace("mode: cross_subject", "mode: per_subject"))
     changed = kedro(project, "run", "--pipelines=fmri", "--params", "experiment=per_subject.yml")
-    assert ran_nodes(changed) == {"build_fmri_tensor"}  # stats, split, demo data reused
+    # stats, split, demo data reused; the group's second pass stacks instead of summing
+    assert ran_nodes(changed) == {"fmri_normalize_group-1_run-1", "build_fmri_tensor"}
     assert stats_file.stat().st_mtime_ns == stamp
     per_subject, = [p for p in outputs(project, "fmri_tensor/*/fmri_train.npy") if p != tensor_file]
     cross, per = np.load(tensor_file), np.load(per_subject)
@@ -288,7 +289,7 @@ def test_a_sweep_runs_its_points_on_shared_caches_and_compares_them(project):
 
 
 
-FMRI_CACHES = ("05_model_input/fmri_tensor/*/*.npy", "05_model_input/fmri_runs/*/runs/*/zscored.npy",
+FMRI_CACHES = ("05_model_input/fmri_tensor/*/*.npy", "05_model_input/fmri_runs/*/groups/*/*.npy",
                "03_primary/fmri_stats/*/norm_stats.npz", "03_primary/fmri_stats/*/runs/*/moments.npz")
 
 
@@ -300,17 +301,23 @@ def _arrays(path: Path, content: bytes) -> dict[str, np.ndarray]:
 
 
 def test_the_fmri_map_reduce_on_parallel_and_dask_runners_writes_the_sequential_caches(project):
-    """One node per subject and run: ParallelRunner (processes) and the Dask runner (a
-    LocalCluster of 2 workers) write every fMRI cache, partitions included, bitwise as the
-    sequential run; a partition lost (a run killed before writing it) is the only map
-    node that runs again."""
-    kedro(project, "run", "--pipelines=fmri")
+    """A node per subject and run, then per group of subjects (2 here) and run:
+    ParallelRunner (processes) and the Dask runner (a LocalCluster of 2 workers) write
+    every fMRI cache, partitions included, bitwise as the sequential run; a partition lost
+    (a run killed before writing it) is the only map node that runs again."""
+    spec = (project / "conf/base/experiments/demo.yml").read_text()
+    (project / "groups.yml").write_text(spec.replace("mode: cross_subject",
+                                                     "mode: cross_subject\n  subjects_per_group: 2"))
+    params = ("--params", "experiment=groups.yml")
+    kedro(project, "run", "--pipelines=fmri", *params)
     sequential = {path: path.read_bytes() for pattern in FMRI_CACHES for path in project.glob(f"data/{pattern}")}
     partitions = [f"sub-{sid:02d}_run-1" for sid in range(1, 5)]
-    assert sum("/runs/" in str(path) for path in sequential) == 2 * len(partitions)
-    maps = {f"fmri_{kind}_{name}" for kind in ("statistics", "normalize") for name in partitions}
+    groups = ["group-1_run-1", "group-2_run-1"]
+    assert sum("/runs/" in str(path) for path in sequential) == len(partitions)
+    assert sum("/groups/" in str(path) for path in sequential) == 2 * len(groups)  # sums and val/test rows
+    maps = {f"fmri_statistics_{name}" for name in partitions} | {f"fmri_normalize_{name}" for name in groups}
     for runner in ("ParallelRunner", "giblet_kedro.runner.DaskRunner"):
-        result = kedro(project, "run", f"--runner={runner}", "--pipelines=fmri", "--recompute")
+        result = kedro(project, "run", f"--runner={runner}", "--pipelines=fmri", "--recompute", *params)
         completed = set(re.findall(r"Completed node: ([\w.-]+)", result.stdout + result.stderr))
         assert maps | {"compute_fmri_norm_stats", "build_fmri_tensor"} <= completed | ran_nodes(result), runner
         for path, content in sequential.items():
@@ -319,9 +326,9 @@ def test_the_fmri_map_reduce_on_parallel_and_dask_runners_writes_the_sequential_
             for key in now:
                 np.testing.assert_array_equal(now[key], before[key], err_msg=f"{runner}: {path}:{key}")
 
-    lost = next(path for path in sequential if f"runs/{partitions[2]}/zscored.npy" in str(path))
+    lost = next(path for path in sequential if f"groups/{groups[1]}/combined.npy" in str(path))
     lost.unlink()
     next(path for path in sequential if path.name == "fmri_train.npy").unlink()
-    again = ran_nodes(kedro(project, "run", "--pipelines=fmri"))
-    assert again == {f"fmri_normalize_{partitions[2]}", "build_fmri_tensor"}, again
+    again = ran_nodes(kedro(project, "run", "--pipelines=fmri", *params))
+    assert again == {f"fmri_normalize_{groups[1]}", "build_fmri_tensor"}, again
     assert lost.read_bytes() == sequential[lost]

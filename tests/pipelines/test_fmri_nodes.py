@@ -92,6 +92,43 @@ def test_cross_subject_equals_numpy_zscore_then_average(three_subjects, ddof):
     assert list(stats["crop"]) == [5, 45] and int(stats["ddof"]) == ddof
 
 
+def test_subjects_are_summed_by_group_then_the_groups_added(tmp_path, rng):
+    """fmri.subjects_per_group: 2 of 4 subjects makes ((z1 + z2) + (z3 + z4)) / 4, in
+    float32, in the single-process stage and in the map-reduce alike (a different order
+    of additions rounds differently: the test tells them apart)."""
+    from giblet_kedro.fmri.partials import Partitions
+    from giblet_kedro.pipelines.fmri.nodes import combine_normalized, normalized_group
+
+    runs = random_runs(rng, 4, grid=(6, 5, 4), n_trs=50)
+    paths = {f"{i:02d}": str(write_run(tmp_path / f"sub-{i:02d}.nii.gz", d)) for i, d in enumerate(runs, 1)}
+    _, split, stats, tensor, _ = run_stage(paths, subjects_per_group=2)
+    *_, z = run_stage(paths, subjects_per_group=2, mode="per_subject")[:4]
+    z1, z2, z3, z4 = (np.asarray(z[i]) for i in range(4))
+    by_groups = (z1 + z2) + (z3 + z4)
+    by_groups /= np.float32(4)
+    in_order = ((z1 + z2) + z3) + z4
+    in_order /= np.float32(4)
+    assert tensor.tobytes() == by_groups.tobytes() and by_groups.tobytes() != in_order.tobytes()
+
+    spec = fmri_spec(paths, subjects_per_group=2)
+    loaded = NiftiRunsDataset(spec.run_files).load()
+    groups = Partitions(tuple(spec.run_keys), 2).groups()
+    assert [subjects for subjects, _ in groups.values()] == [["01", "02"], ["03", "04"]]
+    sums = {name: normalized_group(loaded, {}, stats, split, spec, subjects, run)[0]
+            for name, (subjects, run) in groups.items()}
+    assert combine_normalized(stats, spec, **sums)[0].tobytes() == tensor.tobytes()
+
+
+@pytest.mark.parametrize(("n", "size", "sizes"), [(5, 4, [3, 2]), (8, 4, [4, 4]), (17, 4, [4, 4, 3, 3, 3]),
+                                                  (3, 4, [3]), (4, 1, [1, 1, 1, 1])])
+def test_subject_groups_are_contiguous_and_even(n, size, sizes):
+    from giblet_kedro.fmri.partials import subject_groups
+
+    ids = [f"{i:02d}" for i in range(n)]
+    groups = subject_groups(ids, size)
+    assert [len(g) for g in groups] == sizes and sum(groups, []) == ids
+
+
 def test_per_subject_keeps_subjects_apart_and_counts_samples(three_subjects):
     _, _, stats, cross, _ = run_stage(three_subjects)
     _, _, _, per, _ = run_stage(three_subjects, mode="per_subject")
@@ -209,8 +246,9 @@ def test_unreadable_file_names_the_subject(tmp_path, rng):
     bad.write_bytes(b"this is not a NIfTI file")
     from giblet_kedro.preflight import user_error as _user_error
 
-    with pytest.raises(Exception) as info:  # Kedro wraps load errors in DatasetError
-        NiftiRunsDataset({"01": str(good), "02": str(bad)}).load()
+    runs = NiftiRunsDataset({"01": str(good), "02": str(bad)}).load()  # headers are read when asked for
+    with pytest.raises(Exception) as info:
+        dict(runs)  # what inspect_fmri_runs, the stage's first node, does
     assert re.search(r"subject '02'.*b.nii.gz is not a readable NIfTI", str(_user_error(info.value)))
 
 

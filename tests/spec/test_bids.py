@@ -311,39 +311,50 @@ def test_strategy_errors_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["cross_subject", "per_subject"])
-def test_the_map_reduce_stage_writes_bitwise_the_single_process_tensor(tmp_path, mode):
-    """The pipeline's map-reduce (one normalized run per subject and run, saved and read
-    back as memory maps, then combined) equals the single-process streaming tensor
-    bitwise, with two runs, cleaning and censored volumes; the inter-subject pass's rows
-    read from the same partials are the per-subject data's rows."""
+@pytest.mark.parametrize("group_size", [1, 4])
+def test_the_map_reduce_stage_writes_bitwise_the_single_process_tensor(tmp_path, mode, group_size):
+    """The pipeline's map-reduce (each group's normalized runs summed or stacked per run,
+    saved and read back as memory maps, then combined) equals the single-process
+    streaming tensor bitwise, with two runs, cleaning and censored volumes, in one group
+    or in one group per subject; the inter-subject pass's val and test rows kept by the
+    map are the per-subject data's rows."""
     from giblet_kedro.datasets.arrays import NpyDataset
-    from giblet_kedro.evaluation.agreement import rows_of_runs
-    from giblet_kedro.fmri.partials import by_subject, partition_names
-    from giblet_kedro.pipelines.fmri.nodes import build_fmri_tensor, combine_normalized, normalized_run
+    from giblet_kedro.fmri.partials import Partitions, subject_rows
+    from giblet_kedro.pipelines.fmri.nodes import build_fmri_tensor, combine_normalized, normalized_group
 
     root = _scrubbed_tree(tmp_path, {("01", "1"): (1, 17), ("02", "2"): (4,)})
     _, _, stats, split, confounds = _strategy_stage(root, SCRUB, everything=True)
-    fmri = compiled(root, extra_fmri=f"  clean: {SCRUB}\n").fmri.model_copy(update={"mode": mode})
+    fmri = compiled(root, extra_fmri=f"  clean: {SCRUB}\n").fmri.model_copy(
+        update={"mode": mode, "subjects_per_group": group_size})
     from giblet_kedro.datasets.nifti import NiftiRunsDataset
 
     runs = NiftiRunsDataset(fmri.run_files).load()
-    partials = {}
-    for name, (sid, run) in partition_names(fmri.run_keys).items():
-        dataset = NpyDataset(str(tmp_path / "partials" / name / "zscored.npy"))
-        dataset.save(normalized_run(runs, confounds, stats, split, fmri, sid, run))
-        partials[name] = dataset.load()
-    assert len(partials) == 4 and all(isinstance(p, np.memmap) for p in partials.values())
+    combined, kept = {}, {}
+    groups = Partitions(tuple(fmri.run_keys), group_size).groups()
+    assert len(groups) == 2 * (2 if group_size == 1 else 1)  # 2 runs
+    for name, (subjects, run) in groups.items():
+        outputs = normalized_group(runs, confounds, stats, split, fmri, subjects, run)
+        for store, array, file in ((combined, outputs[0], "combined"), (kept, outputs[1], "rows")):
+            dataset = NpyDataset(str(tmp_path / "partials" / name / f"{file}.npy"))
+            dataset.save(array)
+            store[name] = dataset.load()
+    assert all(isinstance(p, np.memmap) for p in combined.values())
     expected, expected_covered = build_fmri_tensor(runs, confounds, stats, split, fmri)
-    tensor, covered = combine_normalized(stats, fmri, **partials)
+    tensor, covered = combine_normalized(stats, fmri, **combined)
     assert tensor.dtype == expected.dtype and tensor.tobytes() == expected.tobytes()
     np.testing.assert_array_equal(covered, expected_covered)
     assert not covered.all()  # the censored volumes took part
 
-    rows = {"some": np.array([0, 1, 17, 29, 30, 34, 59])}  # both runs, censored volumes included
-    picked = rows_of_runs(by_subject(partials, stats), rows)["some"]
     per_subject, _ = build_fmri_tensor(runs, confounds, stats, split, fmri.model_copy(update={"mode": "per_subject"}))
-    np.testing.assert_array_equal(picked, per_subject[:, rows["some"]])
+    rows = {which: split.index[split["split"] == which].to_numpy() for which in ("val", "test")}
+    assert len(rows["test"]) == 30 and 30 + 4 in rows["test"]  # run 2 is the test run; subject 02 censored there
+    picked = subject_rows(kept, stats, split, group_size, rows)
+    for which in rows:
+        np.testing.assert_array_equal(picked[which], per_subject[:, rows[which]])
+    with pytest.raises(ValueError, match="outside the val and test rows"):
+        subject_rows(kept, stats, split, group_size, {"train": split.index[split["split"] == "train"].to_numpy()})
 
-    del partials["sub-02_run-2"]
-    with pytest.raises(ValueError, match=r"no normalized run for the partitions \['sub-02_run-2'\]"):
-        combine_normalized(stats, fmri, **partials)
+    lost = next(iter(groups))
+    del combined[lost]
+    with pytest.raises(ValueError, match=rf"no normalized group for the partitions \['{lost}'\]"):
+        combine_normalized(stats, fmri, **combined)

@@ -250,3 +250,19 @@ def test_cleaning_settings_and_tables_are_part_of_the_fmri_fingerprint(project, 
 
     np.savetxt(raw / "rp_02.txt", rng.standard_normal((40, 6)))  # a replaced confound table
     assert cleaned("{detrend: true, confounds: {pattern: 'rp_{id}.txt'}}")["fmri_stats"] != motion["fmri_stats"]
+
+
+def test_module_code_hash_is_taken_once_per_version_of_the_file(tmp_path, monkeypatch):
+    """Each compile hashes 100+ modules: a module's hash is memoized by its file's stat,
+    so a second compile reads nothing, and an edit (a notebook, ``kedro viz``) is seen."""
+    source = tmp_path / "giblet_kedro" / "probe.py"
+    source.parent.mkdir()
+    source.write_text("def f(x):\n    return x + 1\n")
+    monkeypatch.setattr(fingerprint, "module_file", lambda name: source)
+    hashed = []
+    real = fingerprint.source_hash
+    monkeypatch.setattr(fingerprint, "source_hash", lambda text: hashed.append(text) or real(text))
+    first = fingerprint.module_code_hash("giblet_kedro.probe")
+    assert fingerprint.module_code_hash("giblet_kedro.probe") == first and len(hashed) == 1
+    source.write_text("def f(x):\n    return x + 22\n")  # another size: a new stat even on a coarse clock
+    assert fingerprint.module_code_hash("giblet_kedro.probe") != first and len(hashed) == 2

@@ -240,6 +240,18 @@ def test_a_killed_or_hanging_rank_ends_the_job_within_the_timeout_then_resumes(t
     assert history["resumed_from_epoch"] == 1 and len(history["epochs"]) == 3
 
 
+def test_what_a_killed_launcher_left_for_the_rendezvous_is_cleared_by_the_next_launch(tmp_path, rng):
+    """A launcher killed with -9 leaves its file store behind (in the run folder, so that
+    it is not left in /tmp for good); the next launch starts from an empty one."""
+    job = tiny_job(tmp_path / "r", rng)
+    stale = Path(job.run_dir) / ".rendezvous"
+    stale.mkdir(parents=True)
+    (stale / "store").write_bytes(b"left by a launcher killed with -9")
+    history = launch(job)
+    assert len(history["epochs"]) == job.train["epochs"]
+    assert not stale.exists()
+
+
 def test_best_checkpoint_is_never_the_final_one_by_accident(tmp_path, rng):
     job = tiny_job(tmp_path / "d", rng)
     history = launch(dataclasses.replace(job, train={**job.train, "epochs": 3, "batch_size": 4}))

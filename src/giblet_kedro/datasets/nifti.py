@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +74,40 @@ def _label(key: str) -> str:
     return f"subject {subject!r}" + (f" run {run!r}" if run else "")
 
 
-class NiftiRunsDataset(AbstractDataset[dict[str, nib.Nifti1Image], dict[str, nib.Nifti1Image]]):
+class LazyRuns(Mapping):
+    """``{key: lazy Nifti1Image}`` whose headers are read on first access: a map node of
+    the fMRI stage touches its own run only, not every subject's."""
+
+    def __init__(self, paths: dict[str, Path]):
+        self._paths = paths
+        self._images: dict[str, nib.Nifti1Image] = {}
+
+    def __getitem__(self, key: str) -> nib.Nifti1Image:
+        if key not in self._images:
+            self._images[key] = load_nifti(self._paths[key], label=_label(key))  # KeyError if unknown
+        return self._images[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+class NiftiRunsDataset(AbstractDataset[Mapping[str, nib.Nifti1Image], dict[str, nib.Nifti1Image]]):
     """A set of runs keyed by subject id, each a NIfTI file anywhere on disk.
 
-    ``load`` returns ``{subject_id: lazy Nifti1Image}``; nothing but headers is read.
-    ``save`` writes each image atomically to its configured path.
+    ``load`` returns ``{subject_id: lazy Nifti1Image}`` (a read-only mapping); nothing
+    but headers is read, and each header when it is first asked for. ``save`` writes
+    each image atomically to its configured path.
     """
 
     def __init__(self, paths: dict[str, str], metadata: dict[str, Any] | None = None):
         self._paths = {str(k): Path(v) for k, v in dict(paths).items()}
         self.metadata = metadata
 
-    def load(self) -> dict[str, nib.Nifti1Image]:
-        return {key: load_nifti(path, label=_label(key)) for key, path in self._paths.items()}
+    def load(self) -> Mapping[str, nib.Nifti1Image]:
+        return LazyRuns(self._paths)
 
     def save(self, data: dict[str, nib.Nifti1Image]) -> None:
         unknown = sorted(set(data) - set(self._paths))

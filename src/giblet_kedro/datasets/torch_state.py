@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from kedro.io import AbstractDataset
 from kedro_datasets._typing import JSONPreview
 
 from giblet_kedro.datasets.atomic import atomic_path, intact
 from giblet_kedro.datasets.preview import to_json
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TorchStateDictDataset(AbstractDataset[dict, dict]):
@@ -18,10 +20,16 @@ class TorchStateDictDataset(AbstractDataset[dict, dict]):
         self._filepath = Path(filepath)
         self.metadata = metadata
 
+    # torch is imported when a state is read or written, not when the catalog is built:
+    # every run builds every dataset (kedro-mlflow), and importing torch costs ~1.5 s.
     def load(self) -> dict[str, torch.Tensor]:
+        import torch
+
         return torch.load(self._filepath, map_location="cpu", weights_only=True, mmap=True)
 
     def save(self, data: dict[str, torch.Tensor]) -> None:
+        import torch
+
         with atomic_path(self._filepath) as tmp:
             torch.save({k: v.detach().cpu().contiguous() for k, v in data.items()}, tmp)
 

@@ -14,32 +14,6 @@ import numpy as np
 from giblet_kedro.evaluation import metrics, nulls
 
 
-def rows_of_runs(subjects: list[list[np.ndarray]], row_sets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each subject's cleaned, z-scored data on each set of rows of the concatenated runs.
-
-    subjects : per subject, its normalized runs in concatenation order, each
-        ``(n_trs_run, n_voxels)`` (the fMRI stage's partials; memory maps: only the
-        requested rows are read).
-    row_sets : name -> rows of the concatenated runs.
-
-    Returns ``{name: (n_subjects, n_rows, n_voxels) float32}``.
-    """
-    offsets = np.cumsum([0] + [run.shape[0] for run in subjects[0]])
-    n_voxels = subjects[0][0].shape[1]
-    out = {}
-    for name, rows in row_sets.items():
-        rows = np.asarray(rows, dtype=np.int64)
-        which = np.searchsorted(offsets, rows, side="right") - 1
-        picked = np.empty((len(subjects), len(rows), n_voxels), dtype=np.float32)
-        for index, runs in enumerate(subjects):
-            for run_index, run in enumerate(runs):
-                selected = which == run_index
-                if selected.any():
-                    picked[index, selected] = run[rows[selected] - offsets[run_index]]
-        out[name] = picked
-    return out
-
-
 def agreement_arrays(val: np.ndarray, test: np.ndarray, target: str, min_shift: int, draws: int,
                      rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per voxel: the mean pairwise inter-subject r on the val rows and its p-value against

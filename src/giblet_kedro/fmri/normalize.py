@@ -38,13 +38,14 @@ def zscore_run(
     mean32 = mean.astype(np.float32)
     inv_std32 = (1.0 / std).astype(np.float32)
     for t0, block in iter_blocks(header, start, stop, block_trs, columns):
-        block -= mean32
-        block *= inv_std32
         rows = slice(t0 - start, t0 - start + block.shape[0])
         if accumulate:
+            block -= mean32
+            block *= inv_std32
             out[rows] += block
-        else:
-            out[rows] = block
+        else:  # straight into ``out``: one pass over the block fewer
+            np.subtract(block, mean32, out=out[rows])
+            out[rows] *= inv_std32
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,28 @@ def normalize_source(source: RunSource, columns: np.ndarray, block_trs: int, out
         out[...] = cleaned
 
 
+def subject_groups(subject_ids: list, size: int) -> list[list]:
+    """The subjects, in saved order, cut into ``ceil(n / size)`` contiguous groups whose
+    sizes differ by one at most (larger groups first): the subjects one map node of the
+    second pass sums, and so the order in which the cross-subject mean adds."""
+    if size < 1:
+        raise ValueError(f"fmri.subjects_per_group must be at least 1, not {size}")
+    n_groups = max(1, -(-len(subject_ids) // size))
+    base, extra = divmod(len(subject_ids), n_groups)
+    groups, start = [], 0
+    for index in range(n_groups):
+        stop = start + base + (index < extra)
+        groups.append(list(subject_ids[start:stop]))
+        start = stop
+    return groups
+
+
 def combine_subjects(
     subjects: Sequence[Sequence[RunSource]],
     columns: np.ndarray,
     mode: str,
     block_trs: int,
+    group_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalize every subject's runs with their own statistics, concatenate each subject's
     runs in time, then combine subjects.
@@ -103,6 +121,9 @@ def combine_subjects(
     Parameters
     ----------
     subjects : per subject, its runs in concatenation order (the same crops for all).
+    group_size : ``fmri.subjects_per_group``. ``cross_subject`` sums the subjects of each
+        group (:func:`subject_groups`), then adds the group
+        sums in order: the additions of the map-reduce stage, so the two agree bitwise.
 
     Returns
     -------
@@ -118,20 +139,29 @@ def combine_subjects(
     n_trs, n_voxels = int(offsets[-1]), len(columns)
     if mode not in ("cross_subject", "per_subject"):
         raise ValueError(f"unknown fmri.mode {mode!r}; accepted: 'cross_subject', 'per_subject'")
+    groups = subject_groups(list(range(len(subjects))), group_size)
     if mode == "cross_subject":
         out = np.zeros((n_trs, n_voxels), dtype=np.float32)
+        # one group: its sum is the total (0 + sum), so no second buffer
+        group_sum = out if len(groups) == 1 else np.empty_like(out)
     else:
         out = np.empty((len(subjects), n_trs, n_voxels), dtype=np.float32)
     covered = np.ones((len(subjects), n_trs), dtype=bool)
     with progress("fMRI z-scores", sum(len(runs) for runs in subjects), "runs") as advance:
-        for index, runs in enumerate(subjects):
-            for offset, run in zip(offsets, runs, strict=False):
-                covered[index, offset + np.asarray(run.censored, dtype=np.int64)] = False
-                if mode == "cross_subject":
-                    normalize_source(run, columns, block_trs, out[offset: offset + run.n_trs], accumulate=True)
-                else:
-                    normalize_source(run, columns, block_trs, out[index, offset: offset + run.n_trs])
-                advance()
+        for group in groups:
+            if mode == "cross_subject" and group_sum is not out:
+                group_sum[...] = 0.0
+            for index in group:
+                for offset, run in zip(offsets, subjects[index], strict=False):
+                    covered[index, offset + np.asarray(run.censored, dtype=np.int64)] = False
+                    if mode == "cross_subject":
+                        normalize_source(run, columns, block_trs, group_sum[offset: offset + run.n_trs],
+                                         accumulate=True)
+                    else:
+                        normalize_source(run, columns, block_trs, out[index, offset: offset + run.n_trs])
+                    advance()
+            if mode == "cross_subject" and group_sum is not out:
+                out += group_sum
     if mode == "cross_subject":
         _average(out, covered)
     return out, covered
@@ -155,20 +185,22 @@ def _release(array: np.ndarray) -> None:
         mapped.madvise(mmap.MADV_DONTNEED)
 
 
-def combine_partials(
-    partials: Sequence[Sequence[np.ndarray]],
+def combine_groups(
+    groups: Sequence[tuple[Sequence[str], Sequence[np.ndarray]]],
     covered: np.ndarray,
     mode: str,
     block_trs: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`combine_subjects` from runs already normalized (the map-reduce fMRI stage):
+    """:func:`combine_subjects` from the map's group partials (the map-reduce fMRI stage):
     the same additions in the same order, so the result is bitwise the same.
 
     Parameters
     ----------
-    partials : per subject, its runs in concatenation order, each ``(n_trs_run,
-        n_voxels)`` float32 as :func:`normalize_source` writes it (0 at censored TRs);
-        memory maps are read ``block_trs`` rows at a time.
+    groups : per group of subjects (saved order), its subjects and its runs in
+        concatenation order: ``cross_subject`` each ``(n_trs_run, n_voxels)`` float32, the
+        sum of the group's normalized runs (0 added at censored TRs); ``per_subject``
+        each ``(n_group, n_trs_run, n_voxels)``, the runs stacked. Memory maps are read
+        ``block_trs`` rows at a time.
     covered : (n_subjects, n_trs) bool, False at censored volumes
         (:func:`giblet_kedro.fmri.censor.coverage` of the saved statistics).
 
@@ -176,25 +208,30 @@ def combine_partials(
     """
     if mode not in ("cross_subject", "per_subject"):
         raise ValueError(f"unknown fmri.mode {mode!r}; accepted: 'cross_subject', 'per_subject'")
-    offsets = np.cumsum([0] + [run.shape[0] for run in partials[0]])
-    n_trs, n_voxels = int(offsets[-1]), partials[0][0].shape[1]
-    shape = (n_trs, n_voxels) if mode == "cross_subject" else (len(partials), n_trs, n_voxels)
+    first_runs = groups[0][1]
+    offsets = np.cumsum([0] + [run.shape[-2] for run in first_runs])
+    n_trs, n_voxels = int(offsets[-1]), first_runs[0].shape[-1]
+    n_subjects = sum(len(subjects) for subjects, _ in groups)
+    shape = (n_trs, n_voxels) if mode == "cross_subject" else (n_subjects, n_trs, n_voxels)
     out = np.zeros(shape, dtype=np.float32)
-    for index, runs in enumerate(partials):
+    first = 0
+    for subjects, runs in groups:
         for offset, stop, run in zip(offsets[:-1], offsets[1:], runs, strict=True):
-            if run.shape != (stop - offset, n_voxels):
-                raise ValueError(f"subject {index}: a normalized run of shape {run.shape} where "
-                                 f"{(int(stop - offset), n_voxels)} was expected")
-            for t0 in range(0, run.shape[0], block_trs):
-                block = run[t0: t0 + block_trs]
-                rows = slice(offset + t0, offset + t0 + block.shape[0])
+            expected = (int(stop - offset), n_voxels) if mode == "cross_subject" else \
+                (len(subjects), int(stop - offset), n_voxels)
+            if run.shape != expected:
+                raise ValueError(f"subjects {list(subjects)}: a normalized run of shape {run.shape} where "
+                                 f"{expected} was expected (fmri.mode {mode!r})")
+            for t0 in range(0, run.shape[-2], block_trs):
+                rows = slice(offset + t0, offset + min(t0 + block_trs, stop - offset))
                 if mode == "cross_subject":
-                    out[rows] += block
+                    out[rows] += run[t0: t0 + block_trs]
                 else:
-                    out[index, rows] = block
+                    out[first: first + len(subjects), rows] = run[:, t0: t0 + block_trs]
             _release(run)
-    if covered.shape != (len(partials), n_trs):
-        raise ValueError(f"coverage of shape {covered.shape} for {len(partials)} subjects and {n_trs} TRs")
+        first += len(subjects)
+    if covered.shape != (n_subjects, n_trs):
+        raise ValueError(f"coverage of shape {covered.shape} for {n_subjects} subjects and {n_trs} TRs")
     if mode == "cross_subject":
         _average(out, covered)
     return out, covered

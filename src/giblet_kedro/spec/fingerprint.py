@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import threading
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-@lru_cache(maxsize=64)
 def module_code_hash(module_name: str) -> str:
     """Hash of a module's code with comments, docstrings and formatting removed.
 
@@ -55,7 +54,16 @@ def module_code_hash(module_name: str) -> str:
     path = module_file(module_name)
     if path is None:
         raise RuntimeError(f"cannot locate module {module_name} to fingerprint its code")
-    return source_hash(path.read_text(encoding="utf-8"))
+    stat = path.stat()
+    return _file_code_hash(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _file_code_hash(path: str, mtime_ns: int, size: int) -> str:
+    """:func:`source_hash` of a file, once per version of it (keyed by its stat: an edit
+    in a long-lived process, a notebook or ``kedro viz``, is hashed again). Unbounded:
+    a bounded cache smaller than the package (100+ modules) missed on every sorted pass."""
+    return source_hash(Path(path).read_text(encoding="utf-8"))
 
 
 def source_hash(source: str) -> str:

@@ -305,6 +305,9 @@ class FmriSpec(StrictModel):
     split: SplitSpec = SplitSpec()
     heldout: dict[SubjectId, str] = Field(default_factory=dict)
     chunk_trs: Annotated[int, Field(ge=1, le=4096)] = 64
+    # Subjects z-scored and summed by one map node of the second pass (the partial it
+    # writes is one run per group, not per subject); fewer per group, more parallel nodes.
+    subjects_per_group: Annotated[int, Field(ge=1)] = 4
     space: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] | None = None
 
     @field_validator("subjects")

@@ -28,11 +28,12 @@ import math
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -469,13 +470,28 @@ def with_devices(job: TrainJob) -> TrainJob:
                                device_type=job.device_type or device_type)
 
 
+@contextlib.contextmanager
+def _rendezvous(run_dir: Path) -> Iterator[Path]:
+    """An empty folder for the ranks' file-store rendezvous, inside the (locked) run
+    folder: what a launcher killed with -9 leaves there is removed by the next launch of
+    the same training, not left in /tmp for good (a stale store would also break the
+    next rendezvous)."""
+    folder = run_dir / ".rendezvous"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def launch(job: TrainJob) -> dict:
     """Run ``job`` on ``job.world_size`` local processes; return the training history."""
     import torch.multiprocessing as mp
 
     job = with_devices(job)
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-    with run_lock(Path(job.run_dir)), tempfile.TemporaryDirectory(prefix="giblet-rdzv-") as rendezvous:
+    with run_lock(Path(job.run_dir)), _rendezvous(Path(job.run_dir)) as rendezvous:
         job = dataclasses.replace(job, init_method=f"file://{rendezvous}/store")
         try:
             mp.start_processes(_spawned, args=(job,), nprocs=job.world_size, join=True, start_method="spawn")

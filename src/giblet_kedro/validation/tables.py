@@ -86,3 +86,12 @@ def validate_split_table(table: pd.DataFrame) -> pd.DataFrame:
     if not (table["split"] == "train").any():
         raise ValueError("split table: no training TRs")
     return table
+
+
+def build_schemas() -> None:
+    """Build the table schemas in this process now. The first build imports about a
+    second of modules (pandera's typing imports dask when it is installed); built in the
+    process that runs the pipeline, before ParallelRunner forks its workers, they are
+    inherited instead of imported again by every worker."""
+    SubjectTable.to_schema()
+    SplitTable.to_schema()

@@ -18,12 +18,12 @@ import pandas as pd
 import torch
 
 from giblet_kedro.evaluation import metrics, nulls
-from giblet_kedro.evaluation.agreement import agreement_arrays, rows_of_runs
+from giblet_kedro.evaluation.agreement import agreement_arrays
 from giblet_kedro.evaluation.model import TrainedModel, measured_fmri
 from giblet_kedro.evaluation.reconstruction import reconstruction_metrics
 from giblet_kedro.evaluation.ridge import feature_band, fit_banded_ridge, ridge_backend
 from giblet_kedro.fmri import censor
-from giblet_kedro.fmri.partials import by_subject
+from giblet_kedro.fmri.partials import subject_rows
 from giblet_kedro.fmri.volume import unmask
 from giblet_kedro.spec.schema import EvaluateSpec, FmriSpec
 from giblet_kedro.training.job import TrainJob
@@ -32,14 +32,14 @@ log = logging.getLogger(__name__)
 
 
 def intersubject_agreement(stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec,
-                           evaluate: EvaluateSpec, **normalized_runs: np.ndarray) -> dict[str, np.ndarray]:
+                           evaluate: EvaluateSpec, **val_test_rows: np.ndarray) -> dict[str, np.ndarray]:
     """Which voxels the subjects agree on (val rows; every subject shifted independently
-    for the null) and the noise ceiling (test rows), from the fMRI stage's normalized runs
-    (partition name -> ``(n_trs_run, n_voxels)``)."""
-    subjects = by_subject(normalized_runs, stats)
+    for the null) and the noise ceiling (test rows), from each subject's normalized val
+    and test rows the fMRI stage's map kept (partition name -> ``(n_group, n_rows_run,
+    n_voxels)``)."""
     covered = censor.coverage(stats)  # val and test rows uncensored in every subject, as the job's
     rows = {which: censor.usable_rows(split, covered, which) for which in ("val", "test")}
-    data = rows_of_runs(subjects, rows)
+    data = subject_rows(val_test_rows, stats, split, fmri.subjects_per_group, rows)
     target = "subject" if fmri.mode == "per_subject" else "average"
     rng = np.random.default_rng(0)
     return agreement_arrays(data["val"], data["test"], target, evaluate.min_shift_trs, evaluate.null_draws, rng)

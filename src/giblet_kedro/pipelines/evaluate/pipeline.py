@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node
 
-from giblet_kedro.fmri.partials import ZSCORED_DATASET, RunKey, partition_names
+from giblet_kedro.fmri.partials import GROUP_ROWS_DATASET, Partitions
 from giblet_kedro.pipelines.evaluate.nodes import (
     fit_ridge_reference,
     intersubject_agreement,
@@ -12,14 +12,14 @@ from giblet_kedro.pipelines.evaluate.nodes import (
 )
 
 
-def create_pipeline(partitions: list[RunKey], **kwargs) -> Pipeline:
-    """Evaluation for an experiment with these (subject, run) partitions: the
-    inter-subject pass reads their normalized runs (the fMRI stage's partials)."""
-    normalized = {name: ZSCORED_DATASET.format(partition=name) for name in partition_names(partitions)}
+def create_pipeline(partitions: Partitions, **kwargs) -> Pipeline:
+    """Evaluation for an experiment with these partitions: the inter-subject pass reads
+    each subject's val and test rows from the fMRI stage's group partials."""
+    rows = {name: GROUP_ROWS_DATASET.format(partition=name) for name in partitions.groups()}
     return Pipeline([
         node(intersubject_agreement,
              {"stats": "fmri_norm_stats", "split": "fmri_split", "fmri": "params:fmri", "evaluate": "params:evaluate"}
-             | normalized, "fmri_intersubject", name="intersubject_agreement"),
+             | rows, "fmri_intersubject", name="intersubject_agreement"),
         node(predict_test, ["train_job", "model_checkpoint"], ["model_test_predictions", "reconstruction_metrics"],
              name="predict_test_trs"),
         node(fit_ridge_reference, ["train_job", "fmri_split", "params:evaluate"],

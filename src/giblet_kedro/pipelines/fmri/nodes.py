@@ -19,8 +19,15 @@ import pandas as pd
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.checks import check_runs, check_space, check_tr, resolve_crop
-from giblet_kedro.fmri.normalize import RunSource, combine_partials, combine_subjects, normalize_source
-from giblet_kedro.fmri.partials import RunKey, by_subject, moments_from_arrays, moments_to_arrays, partition_names
+from giblet_kedro.fmri.normalize import RunSource, combine_groups, combine_subjects, normalize_source
+from giblet_kedro.fmri.partials import (
+    RunKey,
+    by_group,
+    moments_from_arrays,
+    moments_to_arrays,
+    partition_names,
+    val_test_rows,
+)
 from giblet_kedro.fmri.reader import RunHeader, mask_columns, read_header
 from giblet_kedro.fmri.sources import (
     run_censored,
@@ -29,6 +36,7 @@ from giblet_kedro.fmri.sources import (
     run_label,
     run_operator,
     run_source,
+    saved_crops,
     subject_sources,
 )
 from giblet_kedro.fmri.split import (
@@ -342,34 +350,55 @@ def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.
     subjects, columns = subject_sources(runs, confounds, stats, split, fmri)
     log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(subjects),
              len(subjects[0]), sum(run.n_trs for run in subjects[0]), len(columns))
-    tensor, covered = combine_subjects(subjects, columns, fmri.mode, fmri.chunk_trs)
+    tensor, covered = combine_subjects(subjects, columns, fmri.mode, fmri.chunk_trs, fmri.subjects_per_group)
     if not covered.all():
         log.info("fmri tensor: %d (subject, TR) volumes censored; %d TRs censored in every subject", int((~covered).sum()),
                  int((~covered.any(axis=0)).sum()))
     return tensor, covered
 
 
-def normalized_run(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
-                   stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec, subject: str,
-                   run: str) -> np.ndarray:
-    """Map: one run cleaned (if the spec cleans) and z-scored with its saved stats,
-    ``(n_trs_run, n_voxels)`` float32 over its crop, 0 at its censored TRs."""
-    source = run_source(runs, confounds, stats, split, fmri, subject, run)
+def normalized_group(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
+                     stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec, subjects: list[str],
+                     run: str) -> tuple[np.ndarray, np.ndarray]:
+    """Map: one run of a group of subjects, each cleaned (if the spec cleans) and z-scored
+    with its saved stats, over the run's crop, 0 at its censored TRs.
+
+    Returns
+    -------
+    combined : ``cross_subject``: the group's sum, ``(n_trs_run, n_voxels)`` float32,
+        added from zeros in saved order; ``per_subject``: stacked, ``(n_group, n_trs_run,
+        n_voxels)``.
+    rows : ``(n_group, n_val_test_rows, n_voxels)`` float32, each subject's val and test
+        rows of the run (:func:`giblet_kedro.fmri.partials.val_test_rows`): what the
+        inter-subject pass reads.
+    """
     columns = mask_columns(stats["mask"])
-    out = np.empty((source.n_trs, len(columns)), dtype=np.float32)
-    normalize_source(source, columns, fmri.chunk_trs, out)
-    return out
+    kept = val_test_rows(split, run)
+    start, stop = saved_crops(stats)[run]
+    shape = (stop - start, len(columns))
+    summed = fmri.mode == "cross_subject"
+    combined = np.zeros(shape, dtype=np.float32) if summed else np.empty((len(subjects), *shape), dtype=np.float32)
+    rows = np.empty((len(subjects), len(kept), len(columns)), dtype=np.float32)
+    normalized = np.empty(shape, dtype=np.float32) if summed else None
+    for index, sid in enumerate(subjects):  # one subject's cleaning operator at a time
+        source = run_source(runs, confounds, stats, split, fmri, sid, run)
+        target = normalized if summed else combined[index]
+        normalize_source(source, columns, fmri.chunk_trs, target)
+        rows[index] = target[kept]
+        if summed:
+            combined += target
+    return combined, rows
 
 
 def combine_normalized(stats: dict[str, np.ndarray], fmri: FmriSpec, **partials: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Reduce: the training tensor and its coverage from every run's
-    :func:`normalized_run` (``partials``: partition name -> array), equal bitwise to
-    :func:`build_fmri_tensor`."""
-    arrays = by_subject(partials, stats)
-    tensor, covered = combine_partials(arrays, censor.coverage(stats), fmri.mode, fmri.chunk_trs)
-    log.info("fmri tensor: %s over %d subjects, %d runs, %d TRs, %d voxels", fmri.mode, len(arrays),
-             len(arrays[0]), covered.shape[1], tensor.shape[-1])
+    """Reduce: the training tensor and its coverage from every group's
+    :func:`normalized_group` (``partials``: partition name -> its combined array), equal
+    bitwise to :func:`build_fmri_tensor`."""
+    groups = by_group(partials, stats, fmri.subjects_per_group)
+    tensor, covered = combine_groups(groups, censor.coverage(stats), fmri.mode, fmri.chunk_trs)
+    log.info("fmri tensor: %s over %d subjects in %d groups, %d runs, %d TRs, %d voxels", fmri.mode,
+             covered.shape[0], len(groups), len(groups[0][1]), covered.shape[1], tensor.shape[-1])
     return tensor, covered
 
 

@@ -118,6 +118,10 @@ class GibletHooks:
         if "lesion" in names and compiled.spec.lesion is None:
             raise GibletError(f"{compiled.spec_file}: the lesion pipeline needs a 'lesion' section: lesion: "
                               "{regions: {NAME: {mask: FILE} or {atlas: FILE, labels: [..]}}, method: zero}")
+        if "predict" in names and compiled.spec.predict.stimulus is None:
+            raise GibletError(f"{compiled.spec_file}: the predict pipeline needs a movie: predict.stimulus (e.g. "
+                              "--params predict.stimulus=/path/to/movie.mp4); the spec has no stimulus.video or "
+                              "stimulus.audio to default to")
         recompute = bool((run_params.get("runtime_params") or {}).get("recompute"))
         node_names = {node.name for node in pipeline.nodes}
         if compiled.spec.demo is not None and DEMO_NODE not in node_names:

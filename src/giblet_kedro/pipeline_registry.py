@@ -8,6 +8,9 @@
   (and everything it needs).
 - ``lesion``: decode the stimulus from brain activity with regions silenced.
 - ``report``: evaluate + lesion (when the spec has one) + the HTML report.
+- ``predict``: in silico: a movie (``predict.stimulus``) -> the predicted response,
+  region time courses, modality ablations, held-out runs scored. Not in ``__default__``
+  (it extracts the movie's features again); ``kedro viz`` lists it on its own.
 - ``__default__``: everything, for ``kedro run`` and lineage review in ``kedro viz``.
 
 ``kedro run --pipelines=fmri`` builds (and imports the nodes of) only the pipelines it
@@ -34,6 +37,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "evaluate": ("fmri", "stimulus", "train", "evaluate"),
     "lesion": ("fmri", "stimulus", "train", "lesion"),
     "report": ("fmri", "stimulus", "train", "evaluate", "lesion", "report"),
+    "predict": ("fmri", "stimulus", "train", "predict"),
     "__default__": ("demo_data", "fmri", "stimulus", "train", "evaluate", "lesion", "report"),
 }
 

@@ -10,6 +10,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO
@@ -107,12 +108,25 @@ def test_demo_evaluation_and_lesions_recover_the_planted_regions(project):
     from scipy.io import wavfile
 
     wavs = {p.stem: wavfile.read(p) for p in project.glob("data/07_model_output/lesion/*/audio/*.wav")}
-    assert set(wavs) == {"true", "intact", "lesion_visual", "lesion_auditory", "lesion_language"}
+    assert set(wavs) == {"true", "intact", *(f"{kind}_{name}" for kind in ("lesion", "only")
+                                            for name in ("visual", "auditory", "language"))}
     rate, true = wavs["true"]
     assert rate == 24000 and len(true) == 45 * 112 * 320  # 45 test TRs of 112 code frames
     assert true.std() > 0 and not np.array_equal(true, wavs["lesion_auditory"][1])
     decoded_text = next(project.glob("data/07_model_output/lesion/*/decoded_text.md")).read_text()
-    assert "| TR |" in decoded_text and "lesion visual" in decoded_text
+    assert "| TR |" in decoded_text and "lesion visual" in decoded_text and "visual alone" in decoded_text
+
+    # what a region sees: decoded from the region alone, each keeps its own modality and
+    # loses the others (normalized loss, 1 = the training mean)
+    alone = {name: lesions["regions"][name]["alone"] for name in ("visual", "auditory", "language")}
+    for name, modality in (("visual", "video"), ("auditory", "audio"), ("language", "text")):
+        own = alone[name][modality]["normalized_loss"]
+        assert all(own < alone[other][modality]["normalized_loss"] for other in alone if other != name), \
+            (name, modality, alone)
+    # (when written: frame r 0.27 from the visual region alone, -0.03 and 0.01 from the others)
+    assert alone["visual"]["video"]["sample_r_mean"] > 0.15 + max(alone[other]["video"]["sample_r_mean"]
+                                                                  for other in ("auditory", "language")), alone
+    assert alone["visual"]["audio"]["normalized_loss"] > alone["auditory"]["audio"]["normalized_loss"], alone
 
     # 4. timing: the pipeline's HRF-convolved video lines up with the planted response at
     #    lag 0 (the TR-sampled kernel made every feature one TR late), and the planted
@@ -140,7 +154,7 @@ def test_demo_evaluation_and_lesions_recover_the_planted_regions(project):
         assert next(project.glob(f"data/08_reporting/report/*/{name}")).read_bytes()[:4] == b"\x89PNG"
     report = next(project.glob("data/08_reporting/report/*/report.html")).read_text()
     assert report.count("data:image/png;base64,") == 5 and "Training verification" in report
-    assert "permutation" in report and "voxel layer" in report
+    assert "permutation" in report and "voxel layer" in report and "What each region sees" in report
 
     # nothing recomputes on a rerun; the run history lists both runs and compares them
     assert ran_nodes(kedro(project, "run", "--pipelines=report")) == set()
@@ -171,6 +185,104 @@ def test_demo_evaluation_and_lesions_recover_the_planted_regions(project):
     np.testing.assert_array_equal(first_tr.get_fdata(dtype=np.float32)[mask], tensor[0])
     assert not first_tr.get_fdata()[~mask].any()
     assert (project / "data/08_reporting/notebook_r_map.png").read_bytes()[:4] == b"\x89PNG"
+
+    # 8. in silico, on the trained model: a movie it never saw, then the training movie
+    check_predictions(project, truth, stats, region)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)
+
+
+def check_predictions(project, truth, stats, region) -> None:
+    """``--pipelines=predict`` on the demo's held-out movie (never seen in training):
+    the prediction follows the planted response, each region depends on its planted
+    modality, sub-01's held-out run is scored on every TR; then on the training movie,
+    where it reproduces the evaluation's prediction and only test TRs are scored; and
+    bad input is refused with nothing written."""
+    result = kedro(project, "run", "--pipelines=predict")
+    assert ran_nodes(result) == {"extract_new_stimulus", "predict_response", "region_timecourses",
+                                 "score_heldout_runs", "modality_timing_test"}
+    folder = next(project.glob("data/07_model_output/predict/*/"))
+    arrays = _npz(project, "data/07_model_output/predict/*/predicted_voxels.npz")
+    planted = truth["heldout_shared_response"]
+    assert arrays["zscored"].shape == planted.shape == (150, int(stats["mask"].sum()))
+    r = _pearson(arrays["zscored"], planted)
+    for code in (1, 2, 3):  # the planted regions: 0.67, 0.29, 0.90 when written
+        assert r[region == code].mean() > (0.15 if code == 2 else 0.5), (code, r[region == code].mean())
+    image = nib.load(folder / "predicted_bold.nii.gz")
+    assert image.shape == (*stats["mask"].shape, 150) and image.header.get_zooms()[3] == pytest.approx(1.5)
+    np.testing.assert_allclose(np.asarray(image.dataobj)[stats["mask"]].T, arrays["zscored"], atol=1e-6)
+
+    # ablation: visual voxels lean on video, language voxels on the scene text
+    effect = {m: arrays[f"ablation_{m}"] for m in arrays["ablation_modalities"]}
+    assert np.median(effect["video"][region == 1]) > 2 * np.median(effect["audio"][region == 1])
+    assert np.median(effect["text"][region == 3]) > 2 * np.median(effect["video"][region == 3])
+    maps = nib.load(folder / "ablation_maps.nii.gz")
+    np.testing.assert_allclose(np.asarray(maps.dataobj)[stats["mask"]][:, 0], effect["video"], atol=1e-6)
+
+    # the region time courses are the regions' means of the predicted voxels
+    courses = pd.read_csv(folder / "region_timecourses.csv")
+    assert list(courses.columns) == ["tr", "time_s", "visual", "auditory", "language"]
+    np.testing.assert_allclose(courses["visual"], arrays["zscored"][:, region == 1].mean(1), atol=1e-5)
+    assert (folder / "prediction.png").read_bytes()[:4] == b"\x89PNG"
+
+    # sub-01's held-out run watched this movie: every TR is scored
+    scores = json.loads((folder / "heldout_scores.json").read_text())
+    assert not scores["training_movie"] and len(scores["rows"]) == 150
+    assert scores["runs"]["01"]["mean_r"] > 0.1
+    heldout = next(project.glob("data/05_model_input/fmri_heldout/*/fmri_heldout.safetensors"))
+    from safetensors.numpy import load_file
+
+    measured = load_file(heldout)["subject_01"]
+    assert scores["runs"]["01"]["mean_r"] == pytest.approx(float(_pearson(arrays["model_units"], measured).mean()),
+                                                           abs=1e-5)
+    timing = json.loads((folder / "modality_timing_tests.json").read_text())
+    p_maps = np.asarray(nib.load(folder / "modality_p_maps.nii.gz").dataobj)[stats["mask"]]
+    # 150 TRs allow 141 circular shifts of at least 5 TRs (evaluate.min_shift_trs)
+    assert timing["shifts"] == 141 and np.nanmin(p_maps) == pytest.approx(1 / 142)
+    # each planted region follows its own modality's timing far more often than unresponsive
+    # voxels do (when written: video 0.97 of visual voxels, text 1.0 of language voxels,
+    # audio 0.26 of auditory voxels; 0.03 to 0.10 of unresponsive voxels)
+    modalities = list(arrays["ablation_modalities"])
+    for code, modality, factor in ((1, "video", 5), (3, "text", 5), (2, "audio", 2)):
+        p = p_maps[:, modalities.index(modality)]
+        assert (p[region == code] < 0.05).mean() > factor * max((p[region == 4] < 0.05).mean(), 0.02), modality
+
+    # the training movie: the evaluation's prediction on its test TRs, and only those are scored
+    demo = next(project.glob("data/01_raw/demo/*/"))
+    result = kedro(project, "run", "--pipelines=predict", "--params",
+                   f"predict.stimulus={demo / 'movie.mp4'},predict.annotations={demo / 'annotations.xlsx'}")
+    assert "train_model" not in ran_nodes(result)
+    again = sorted(project.glob("data/07_model_output/predict/*/predicted_voxels.npz"), key=lambda f: f.stat().st_mtime)
+    training = dict(np.load(again[-1]))
+    saved = _npz(project, "data/07_model_output/evaluate/*/model_test_predictions.npz")
+    rows = saved["rows"]
+    covered = np.logical_and.reduce([saved[f"{m}_valid"] for m in ("video", "audio", "text")])
+    np.testing.assert_allclose(training["model_units"][rows][covered], saved["fmri"][covered], atol=2e-4)
+    scores = json.loads((again[-1].parent / "heldout_scores.json").read_text())
+    assert scores["training_movie"] and scores["rows"] == rows.tolist()
+
+    # bad input: one message each, nothing of the stage written
+    def stage_files() -> list:
+        found = [*project.glob("data/07_model_output/predict/*/*"), *project.glob("data/04_feature/predict_stimulus/*/*")]
+        return sorted(f for f in found if not f.name.startswith("."))  # the runner's lock files aside
+
+    written = stage_files()
+    from giblet_kedro.datasets.movie import Movie, MovieDataset
+
+    MovieDataset(str(project / "short.mp4")).save(Movie(frames=np.zeros((8, 36, 64, 3), np.uint8), fps=8,
+                                                        audio=np.zeros(24000, np.float32), sample_rate=24000))
+    refused = kedro(project, "run", "--pipelines=predict", "--params", f"predict.stimulus={project / 'short.mp4'}",
+                    expect=2)
+    assert "predict.stimulus: the movie lasts 1.000 s, less than one TR (1.5 s)" in refused.stdout + refused.stderr
+    refused = kedro(project, "run", "--pipelines=predict", "--params",
+                    f"predict.stimulus={demo / 'movie.mp4'},predict.annotations=null", expect=2)
+    message = refused.stdout + refused.stderr
+    assert "the model reads ['text'], which the new stimulus does not give" in message
+    assert "add ['text'] to predict.ablate" in message
+    assert stage_files() == written
 
 
 def test_a_demo_whose_stimulus_comes_from_another_seed_fails_verification(project):

@@ -66,7 +66,7 @@ def test_ddof_and_split_change_stats_and_everything_downstream(project):
 def test_model_fields_move_training_but_no_data_stage(project):
     base, other = compile_text(project, hidden=64), compile_text(project)
     assert {stage for stage in base if base[stage] != other[stage]} == {"train", "verify", "evaluate", "lesion",
-                                                                        "report"}
+                                                                        "report", "predict"}
 
 
 def test_evaluation_and_lesion_settings_move_only_their_stages(project, rng):
@@ -77,10 +77,15 @@ def test_evaluation_and_lesion_settings_move_only_their_stages(project, rng):
     def moved(other: dict[str, str]) -> set[str]:
         return {stage for stage in base if base[stage] != other[stage]}
 
-    assert moved(compile_text(project, extra=lesion + "evaluate: {null_draws: 50}\n")) == {"evaluate", "report"}
-    assert moved(compile_text(project, extra=lesion.replace("[1]", "[2]"))) == {"lesion", "report"}
+    # the prediction's held-out scores use the evaluation's null; its regions default to the lesion's
+    assert moved(compile_text(project, extra=lesion + "evaluate: {null_draws: 50}\n")) == {"evaluate", "report",
+                                                                                           "predict"}
+    assert moved(compile_text(project, extra=lesion.replace("[1]", "[2]"))) == {"lesion", "report", "predict"}
+    own_regions = "predict: {regions: {w: {atlas: atlas.nii.gz, labels: [2]}}}\n"
+    assert moved(compile_text(project, extra=lesion + own_regions)) == {"predict"}
+    assert moved(compile_text(project, extra=lesion + "predict: {ablate: [video]}\n")) == {"predict"}
     write_run(project / "data" / "01_raw" / "atlas.nii.gz", rng.integers(0, 3, (5, 4, 3, 1)).astype(np.float32))
-    assert moved(compile_text(project, extra=lesion)) == {"lesion", "report"}  # new atlas content
+    assert moved(compile_text(project, extra=lesion)) == {"lesion", "report", "predict"}  # new atlas content
 
 
 def test_replaced_raw_content_changes_fingerprint_touch_does_not(project, rng):
@@ -266,3 +271,26 @@ def test_module_code_hash_is_taken_once_per_version_of_the_file(tmp_path, monkey
     assert fingerprint.module_code_hash("giblet_kedro.probe") == first and len(hashed) == 1
     source.write_text("def f(x):\n    return x + 22\n")  # another size: a new stat even on a coarse clock
     assert fingerprint.module_code_hash("giblet_kedro.probe") != first and len(hashed) == 2
+
+
+def test_the_predicted_movie_moves_only_the_in_silico_stages(project):
+    """predict.stimulus defaults to the training movie (the same fingerprints as naming
+    it); another movie, or new bytes in it, moves the new features and the prediction
+    only: no data stage, no training."""
+    raw = project / "data" / "01_raw"
+    (raw / "movie.mp4").write_bytes(b"the training movie")
+    (raw / "new.mp4").write_bytes(b"a new movie")
+    stimulus = "stimulus: {video: {path: movie.mp4, size: [8, 6], frames_per_tr: 1}}\n"
+    base = compile_text(project, extra=stimulus)
+
+    def moved(other: dict[str, str]) -> set[str]:
+        return {stage for stage in base if base[stage] != other[stage]}
+
+    assert compile_text(project, extra=stimulus + "predict: {stimulus: movie.mp4}\n") == base
+    assert moved(compile_text(project, extra=stimulus + "predict: {stimulus: new.mp4}\n")) == {"predict_stimulus",
+                                                                                               "predict"}
+    assert moved(compile_text(project, extra=stimulus + "predict: {onset_s: 3}\n")) == {"predict_stimulus", "predict"}
+    newer = compile_text(project, extra=stimulus + "predict: {stimulus: new.mp4}\n")
+    (raw / "new.mp4").write_bytes(b"another new movie")
+    assert compile_text(project, extra=stimulus + "predict: {stimulus: new.mp4}\n")["predict_stimulus"] != \
+        newer["predict_stimulus"]

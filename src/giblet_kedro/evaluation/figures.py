@@ -170,3 +170,41 @@ def world_views(r_map, title: str, threshold: float = 0.1) -> dict:
                               title=f"{title}: test r, glass brain")
     viewer = plotting.view_img(r_map, bg_img=template, threshold=threshold, vmax=limit, title=f"{title}: test r")
     return {"stat_map": stat, "glass_brain": glass, "viewer": viewer.get_standalone()}
+
+
+def prediction_figure(table, arrays: dict[str, np.ndarray], mask: np.ndarray, title: str, count: int = 5):
+    """The predicted response to a movie: each region's mean time course (top; z units,
+    movie seconds), and axial slices of each voxel's predicted standard deviation over
+    the movie and of each modality's ablation effect (below)."""
+    mask = np.asarray(mask, dtype=bool)
+    regions = [c for c in table.columns if c not in ("tr", "time_s")]
+    maps = [("predicted std (z)", np.asarray(arrays["zscored"]).std(axis=0))]
+    maps += [(f"ablate {m}: share of variance", arrays[f"ablation_{m}"]) for m in arrays["ablation_modalities"]]
+    slices = _slices(mask, count)
+    figure = plt.figure(figsize=(1.8 * max(len(slices), 3), 2.2 + 1.7 * len(maps)))
+    grid = figure.add_gridspec(1 + len(maps), len(slices), height_ratios=[1.4] + [1] * len(maps))
+    course = figure.add_subplot(grid[0, :])
+    if regions:
+        for name in regions:
+            course.plot(table["time_s"], table[name], label=name, linewidth=1)
+        course.legend(fontsize=7, loc="upper right")
+    else:
+        course.plot(table["time_s"], np.asarray(arrays["zscored"]).mean(axis=1), label="mean over voxels")
+        course.legend(fontsize=7)
+    course.set_xlabel("movie time (s)", fontsize=8)
+    course.set_ylabel("predicted (z)", fontsize=8)
+    for i, (label, values) in enumerate(maps, start=1):
+        volume = _volume(values, mask)
+        limit = max(float(np.nanmax(values)) if np.size(values) else 0.0, 1e-3)
+        for j, z in enumerate(slices):
+            axis = figure.add_subplot(grid[i, j])
+            axis.imshow(volume[:, :, z].T, origin="lower", cmap="magma", vmin=0, vmax=limit)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if j == 0:
+                axis.set_ylabel(label, fontsize=7)
+            if i == 1:
+                axis.set_title(f"axial z = {z}", fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure

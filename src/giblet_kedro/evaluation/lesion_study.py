@@ -26,6 +26,7 @@ from giblet_kedro.evaluation.lesion import (
     random_regions,
 )
 from giblet_kedro.evaluation.model import TrainedModel, measured_fmri
+from giblet_kedro.evaluation.reconstruction import reconstruction_metrics
 from giblet_kedro.progress import progress
 from giblet_kedro.training.losses import per_sample_losses, torch_stats
 
@@ -130,8 +131,10 @@ def run_study(setup: LesionSetup, regions: dict[str, np.ndarray], coordinates: n
 
     regions : name -> (V,) bool; coordinates : (V, 3) voxel indices of the mask voxels.
 
-    Returns the per-region report (effects, 95% intervals, permutation p, FDR) and the
-    decoded outputs: ``intact`` and each region's lesion, modality -> array.
+    Returns the per-region report (effects, 95% intervals, permutation p, FDR, and
+    ``alone``: the reconstruction from the region by itself, every other voxel silenced
+    the same way) and the decoded outputs: ``intact``, each region's lesion (by its
+    name) and each region alone (``only_<name>``), modality -> array.
     """
     intact_inputs = setup.projection(setup.layer)
     intact = setup.decode(intact_inputs)
@@ -157,5 +160,12 @@ def run_study(setup: LesionSetup, regions: dict[str, np.ndarray], coordinates: n
         decoded[name] = outputs
         log.info("lesion %s (%d voxels): %s", name, voxels.size,
                  {m: f"{e['effect']:+.4f} (p {e['p']:.3f})" for m, e in effects.items()})
+        # what the region "sees": decoded with only the region kept (everything else silenced)
+        rest = np.flatnonzero(~mask)
+        alone = setup.decode(setup.projection.lesioned(intact_inputs, setup.layer, rest,
+                                                       fill_values(method, setup.layer, setup.training_mean, rest,
+                                                                   rng)))
+        report[name]["alone"] = reconstruction_metrics(setup.trained, alone, setup.targets)
+        decoded[f"only_{name}"] = alone
     add_fdr(report, fdr)
     return report, decoded

@@ -109,6 +109,14 @@ class TrainedModel:
         """The full autoencoder on stimulus inputs: ``decode(encode(inputs))``."""
         return self.decode(self.encode(inputs))
 
+    def predict_fmri(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, V) the predicted fMRI in model units: the voxel layer itself in the voxels
+        layout, the fMRI head's output on the latent otherwise (no stimulus decoder runs)."""
+        z = self.encode(inputs)
+        if self.voxel_layout:
+            return z
+        return self._batched({"z": z}, lambda b: {"fmri": self.model.fmri_head(b["z"])})["fmri"]
+
     def predict_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return self.predict(self.batch(rows))
 

@@ -49,6 +49,15 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _alone_rows(lesions: dict) -> list[list[str]]:
+    """Per region and modality: how well the region alone reconstructs the stimulus."""
+    def number(value) -> str:
+        return "" if value is None else f"{value:.3f}"
+
+    return [[name, m, number(e.get("normalized_loss")), number(e.get("sample_r_mean")), number(e.get("code_accuracy"))]
+            for name, entry in lesions["regions"].items() for m, e in entry.get("alone", {}).items()]
+
+
 def _grid(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -133,6 +142,13 @@ def html_report(verification_summary: str, evaluation: dict, lesions: dict, lesi
                        for name, entry in lesions["regions"].items() for m, e in entry["effects"].items()]
         header = ["region", "voxels", "modality", "effect", "95% CI", "p", "FDR", "random median / 95%"]
         parts += [_table(rows), _grid(header, effect_rows), _image(figures.lesion_bars, "lesion comparison"),
+                  "<h3>What each region sees: the stimulus decoded from the region alone</h3>",
+                  "<p>Every other voxel silenced the same way; normalized loss (1 = the training mean), "
+                  "frame or embedding r with the true stimulus, code accuracy. Frames, decoded text and "
+                  "audio below show each region alone (<code>&lt;region&gt; alone</code>) next to the "
+                  "intact layer, each lesion and the original.</p>",
+                  _grid(["region", "modality", "normalized loss", "r with the true stimulus", "code accuracy"],
+                        _alone_rows(lesions)),
                   _image(figures.lesion_frames, "lesion frames"), _markdown_table(lesion_text)]
         fingerprint = experiment.get("fingerprints", {}).get("lesion")
         if fingerprint:

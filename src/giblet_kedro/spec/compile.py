@@ -83,6 +83,9 @@ STAGES: dict[str, Stage] = {
         Stage("lesion", "07_model_output", _nodes("lesion.nodes", "run_lesions")),
         Stage("report", "08_reporting", _nodes("report.nodes", "draw_figures", "write_report")),
         Stage("fmri_heldout", "05_model_input", _nodes("fmri.nodes", "normalize_heldout")),
+        Stage("predict_stimulus", "04_feature", _nodes("predict.nodes", "extract_new_stimulus")),
+        Stage("predict", "07_model_output", _nodes("predict.nodes", "predict_response", "region_timecourses",
+                                                   "score_heldout_runs", "modality_timing_test")),
     )
 }
 
@@ -202,7 +205,26 @@ def _resolve_paths(spec: ExperimentSpec, demo_fp: str | None) -> ExperimentSpec:
         regions = {name: region.model_copy(update={"mask": resolve(region.mask), "atlas": resolve(region.atlas)})
                    for name, region in spec.lesion.regions.items()}
         update["lesion"] = spec.lesion.model_copy(update={"regions": regions})
+    predict = spec.predict
+    update["predict"] = predict.model_copy(update={
+        "stimulus": resolve(predict.stimulus), "annotations": resolve(predict.annotations),
+        "regions": {name: region.model_copy(update={"mask": resolve(region.mask), "atlas": resolve(region.atlas)})
+                    for name, region in predict.regions.items()}})
     return spec.model_copy(update=update)
+
+
+def with_predict_defaults(spec: ExperimentSpec) -> ExperimentSpec:
+    """``predict`` as the stage reads it: the training movie and annotations where the
+    section names none, the lesion section's regions where it names no regions."""
+    predict, stim = spec.predict, spec.stimulus
+    update: dict[str, Any] = {}
+    if predict.stimulus is None and stim is not None and (stim.video or stim.audio):
+        update["stimulus"] = (stim.video or stim.audio).path
+        if predict.annotations is None and stim.text is not None:
+            update["annotations"] = stim.text.annotations
+    if not predict.regions and spec.lesion is not None:
+        update["regions"] = dict(spec.lesion.regions)
+    return spec.model_copy(update={"predict": predict.model_copy(update=update)}) if update else spec
 
 
 def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True,
@@ -214,6 +236,7 @@ def compile_spec(spec: ExperimentSpec, spec_file: Path, check_files: bool = True
     """
     if spec.fmri.bids is not None:
         spec = expand_bids(spec, resolve_path(spec.fmri.bids.root, None))
+    spec = with_predict_defaults(spec)
     demo_fp = None
     reads: dict[str, dict[str, Any]] = {}
     fps: dict[str, str] = {}
@@ -400,6 +423,37 @@ def _evaluation_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_
     reads["report"] = {"verify": fps["verify"], "evaluate": fps["evaluate"], "lesion": fps["lesion"],
                        "code": STAGES["report"].code_version()}
     fps["report"] = hash_payload(reads["report"])
+    _predict_fingerprints(spec, reads, fps, file_fp, trained)
+
+
+def _predict_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp, trained: dict) -> None:
+    """The new movie's features read the movie, the annotations and every extraction
+    and HRF setting of the stimulus section (not its files); the prediction reads them,
+    the trained model, the held-out runs and the rest of the ``predict`` section."""
+    predict, stim = spec.predict, spec.stimulus or StimulusSpec()
+    settings = stim.model_dump(mode="json", exclude={"device", "features", "onset_s"})
+    for name, keys in STIMULUS_FILE_FIELDS.items():
+        if settings.get(name):
+            for key in keys:
+                value = getattr(getattr(stim, name), key)
+                settings[name][key] = (None if key != "weights" or value in (None, RANDOM)
+                                       else file_fp(value, f"stimulus.{name}.weights"))
+    reads["predict_stimulus"] = {
+        "movie": predict.stimulus and file_fp(predict.stimulus, "predict.stimulus"),
+        "annotations": predict.annotations and file_fp(predict.annotations, "predict.annotations"),
+        "onset_s": predict.onset_s, "tr": spec.fmri.tr, "stimulus": settings, "seed": spec.seed,
+        "code": STAGES["predict_stimulus"].code_version()}
+    fps["predict_stimulus"] = hash_payload(reads["predict_stimulus"])
+    reads["predict"] = {
+        **trained, "predict_stimulus": fps["predict_stimulus"], "fmri_heldout": fps["fmri_heldout"],
+        "training_movie": [stim.video and file_fp(stim.video.path, "stimulus.video.path"),
+                           stim.audio and file_fp(stim.audio.path, "stimulus.audio.path")],
+        "predict": {**predict.model_dump(mode="json", exclude={"stimulus", "annotations", "regions"}),
+                    "regions": {name: {"file": file_fp(region.file, f"predict.regions.{name}"),
+                                       "labels": region.labels} for name, region in predict.regions.items()}},
+        "evaluate": spec.evaluate.model_dump(mode="json", exclude={"ridge"}),
+        "code": STAGES["predict"].code_version()}
+    fps["predict"] = hash_payload(reads["predict"])
 
 
 def compile_experiment(reference: str, check_files: bool = True, env: str | None = None) -> CompiledExperiment:

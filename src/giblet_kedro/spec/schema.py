@@ -804,6 +804,63 @@ class LesionSpec(StrictModel):
         return {name: region.file for name, region in self.regions.items()}
 
 
+PredictModality = Literal["video", "audio", "text", "features"]
+
+
+class PredictSpec(StrictModel):
+    """In silico: the trained model's predicted response to a movie (``kedro run
+    --pipelines=predict``).
+
+    ``stimulus``: a movie file (its frames feed the video modality, its soundtrack the
+    audio); left out, the training movie (``stimulus.video.path``, else
+    ``stimulus.audio.path``). ``annotations``: a table with ``stimulus.text``'s start,
+    end and columns for the text modality (left out: the training annotations when the
+    movie is the training movie). ``onset_s``: movie seconds at the first predicted TR
+    (and at the first volume of every ``fmri.heldout`` run, which is scored against the
+    prediction: on the split's test TRs only when the movie is the training movie).
+    ``ablate``: modalities replaced by their training mean (a modality the new movie
+    cannot provide, such as ``features``, must be ablated). ``regions``: regions whose
+    mean predicted time course is written (left out: the lesion section's regions).
+    ``contrast``: two segments of the movie, ``[start_s, end_s]`` each, whose mean
+    predicted responses are subtracted (``a - b``) into a map. ``permutations``: circular
+    shifts of each modality (at least ``evaluate.min_shift_trs``) in the test of whether
+    a voxel's held-out response follows that modality's timing (0: no test; each shift
+    is one more pass of the model over the movie).
+    """
+
+    stimulus: str | None = None
+    annotations: str | None = None
+    onset_s: NonNegativeFloat = 0.0
+    ablate: list[PredictModality] = []
+    permutations: Annotated[int, Field(ge=0, le=100_000)] = 199
+    regions: dict[Annotated[str, Field(pattern=SUBJECT_ID)], RegionSpec] = {}
+    contrast: dict[Literal["a", "b"], tuple[NonNegativeFloat, PositiveFloat]] | None = None
+
+    @field_validator("ablate")
+    @classmethod
+    def _unique_ablations(cls, value: list[str]) -> list[str]:
+        return _unique_ids(value, "predict.ablate")
+
+    @field_validator("contrast")
+    @classmethod
+    def _two_segments(cls, value):
+        if value is None:
+            return value
+        if set(value) != {"a", "b"}:
+            raise ValueError("a contrast needs two segments, a and b, each [start_s, end_s], e.g. "
+                             "{a: [0, 30], b: [30, 60]}")
+        bad = [k for k, (start, end) in value.items() if end <= start]
+        if bad:
+            raise ValueError(f"contrast segment(s) {bad} end before they start; each is [start_s, end_s] with "
+                             "end_s > start_s")
+        return value
+
+    @property
+    def region_files(self) -> dict[str, str]:
+        """Region name -> its mask or atlas file."""
+        return {name: region.file for name, region in self.regions.items()}
+
+
 STIMULUS_FILE_FIELDS = {"video": ("path",), "audio": ("path", "weights"), "text": ("annotations", "weights")}
 
 
@@ -821,6 +878,7 @@ class ExperimentSpec(StrictModel):
     verify: VerifySpec = VerifySpec()
     evaluate: EvaluateSpec = EvaluateSpec()
     lesion: LesionSpec | None = None
+    predict: PredictSpec = PredictSpec()
 
     @model_validator(mode="after")
     def _demo_placeholder_needs_demo(self) -> ExperimentSpec:
@@ -896,6 +954,11 @@ class ExperimentSpec(StrictModel):
         if self.lesion is not None:
             files |= {f"lesion.regions.{name}.{'mask' if region.mask else 'atlas'}": region.file
                       for name, region in self.lesion.regions.items()}
+        for key in ("stimulus", "annotations"):
+            if getattr(self.predict, key):
+                files[f"predict.{key}"] = getattr(self.predict, key)
+        files |= {f"predict.regions.{name}.{'mask' if region.mask else 'atlas'}": region.file
+                  for name, region in self.predict.regions.items()}
         return files
 
 

@@ -72,6 +72,15 @@ class ModalityStats:
         return ((np.asarray(values, dtype=np.float32) - self.mean.astype(np.float32))
                 / self.scale.astype(np.float32)).astype(np.float32)
 
+    def restore(self, standardized: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`standardize`: (n, *sample) model units -> float32 raw units."""
+        return (np.asarray(standardized, dtype=np.float32) * self.scale.astype(np.float32)
+                + self.mean.astype(np.float32)).astype(np.float32)
+
+    def mode_codes(self) -> np.ndarray:
+        """(n_q,) int64: each codebook's most frequent training code (the codes' "mean")."""
+        return np.asarray(self.marginal).argmax(axis=1).astype(np.int64)
+
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         fields = ("entropy", "marginal") if self.is_codes else ("mean", "std")
         return {f"{prefix}_{name}": np.asarray(getattr(self, name)) for name in fields}

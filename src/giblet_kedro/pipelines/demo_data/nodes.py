@@ -41,14 +41,15 @@ log = logging.getLogger(__name__)
 def generate_demo(
     demo: DemoSpec | None, fmri: FmriSpec, experiment: dict[str, Any]
 ) -> tuple[dict[str, nib.Nifti1Image], dict[str, nib.Nifti1Image], Movie, pd.DataFrame, dict[str, np.ndarray],
-           nib.Nifti1Image]:
+           nib.Nifti1Image, Movie, pd.DataFrame]:
     """Generate the movie, annotations, subjects' runs (and held-out runs) and the truth.
 
-    Returns ``(runs, heldout_runs, movie, annotations, ground_truth, regions)``;
-    ``regions`` is the planted layout as a NIfTI atlas (1 visual, 2 auditory, 3
-    language, 4 unresponsive brain), for lesion specs. Annotations use
-    the Sherlock table's column names. Held-out runs are new runs of the same subjects
-    on a fresh stretch of stimulus (its features are in the ground truth).
+    Returns ``(runs, heldout_runs, movie, annotations, ground_truth, regions,
+    heldout_movie, heldout_annotations)``; ``regions`` is the planted layout as a NIfTI
+    atlas (1 visual, 2 auditory, 3 language, 4 unresponsive brain), for lesion specs.
+    Annotations use the Sherlock table's column names. Held-out runs are new runs of the
+    same subjects watching a fresh movie, written too (a movie the model never saw, for
+    ``predict``); its features and planted response are in the ground truth.
     """
     if demo is None:
         raise SpecError(
@@ -62,11 +63,7 @@ def generate_demo(
     stimulus = make_stimulus(rng, duration, demo.fps)
     movie = Movie(frames=render_frames(stimulus, demo.frame_size), fps=demo.fps,
                   audio=render_audio(stimulus, demo.audio_rate, rng), sample_rate=demo.audio_rate)
-    annotations = pd.DataFrame({
-        "Start Time (s)": stimulus.scenes["start_s"].round(2),
-        "End Time (s)": stimulus.scenes["end_s"].round(2),
-        "Scene Details - A Level": [SCENES[i] for i in stimulus.scenes["scene"]],
-    })
+    annotations = scene_table(stimulus.scenes)
 
     labels = brain_layout(demo.grid)
     weights, mixed = ground_truth_map(labels, rng)
@@ -122,7 +119,21 @@ def generate_demo(
     }
     regions = nib.Nifti1Image(labels.astype(np.int16), affine)
     regions.header.set_xyzt_units(xyz="mm")
-    return runs, heldout, movie, annotations, truth, regions
+    # Its own generator: the training data above do not change with it.
+    heldout_movie = Movie(frames=render_frames(heldout_stimulus, demo.frame_size), fps=demo.fps,
+                          audio=render_audio(heldout_stimulus, demo.audio_rate, np.random.default_rng([demo.seed, 4])),
+                          sample_rate=demo.audio_rate)
+    return (runs, heldout, movie, annotations, truth, regions, heldout_movie,
+            scene_table(heldout_stimulus.scenes))
+
+
+def scene_table(scenes) -> pd.DataFrame:
+    """A stimulus's scenes as the Sherlock annotation table's columns."""
+    return pd.DataFrame({
+        "Start Time (s)": scenes["start_s"].round(2),
+        "End Time (s)": scenes["end_s"].round(2),
+        "Scene Details - A Level": [SCENES[i] for i in scenes["scene"]],
+    })
 
 
 def demo_run_parts(fmri: FmriSpec, demo: DemoSpec) -> dict[str, slice]:

@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             generate_demo,
             ["params:demo", "params:fmri", "params:experiment_info"],
             ["fmri_raw", "fmri_heldout_raw", "demo_movie", "demo_annotations", "demo_ground_truth",
-             "demo_regions"],
+             "demo_regions", "demo_heldout_movie", "demo_heldout_annotations"],
             name="generate_demo_data",
         ),
     ])

@@ -71,17 +71,27 @@ def _pictures(job: TrainJob, trained: TrainedModel, targets: dict[str, np.ndarra
     """Frames, the nearest annotations and WAVs of the intact and lesioned decodings."""
     rows = np.asarray(job.test_rows)
     shown = np.linspace(0, len(rows) - 1, min(SHOWN_TRS, len(rows))).round().astype(int)
-    label = {"intact": "intact"} | {name: f"lesion {name}" for name in decoded if name != "intact"}
+    label = {key: _label(key) for key in decoded}
     frames: dict[str, np.ndarray] = {"rows": rows[shown]}
     if "video" in trained.modalities:
         frames["video_true"] = targets["video"][shown]
-        frames |= {f"video_{'intact' if k == 'intact' else 'lesion_' + k}": out["video"][shown]
-                   for k, out in decoded.items()}
+        frames |= {f"video_{_file_key(k)}": out["video"][shown] for k, out in decoded.items()}
     text = f"# Decoded text: {job.experiment}\n\nNo text modality in this experiment.\n"
     if "text" in trained.modalities and stimulus is not None and stimulus.text is not None:
         text = nearest_annotations({label[k]: out["text"][shown] for k, out in decoded.items()},
                                    targets["text"][shown], trained, rows[shown], stimulus, job.seed, job.experiment)
-    codes = {"true": targets.get("audio")} | {("intact" if k == "intact" else f"lesion_{k}"): argmax_codes(out)
-                                              for k, out in decoded.items()}
+    codes = {"true": targets.get("audio")} | {_file_key(k): argmax_codes(out) for k, out in decoded.items()}
     valid = targets.get("audio_valid", np.zeros(0, bool)).astype(bool)
     return frames, text, decoded_audio(codes, valid, trained, stimulus, job.seed)
+
+
+def _label(key: str) -> str:
+    """A decoding's caption: ``intact``, ``lesion <region>`` or ``<region> alone``."""
+    if key == "intact":
+        return key
+    return f"{key.removeprefix('only_')} alone" if key.startswith("only_") else f"lesion {key}"
+
+
+def _file_key(key: str) -> str:
+    """A decoding's name in the npz and WAV files: ``intact``, ``lesion_<region>``, ``only_<region>``."""
+    return key if key == "intact" or key.startswith("only_") else f"lesion_{key}"

@@ -12,9 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from giblet_kedro.errors import InputDataError
 from giblet_kedro.spec.schema import (
     ArrayFeatureSpec,
     FmriSpec,
@@ -23,8 +21,7 @@ from giblet_kedro.spec.schema import (
     TextGridFeatureSpec,
     run_onsets,
 )
-from giblet_kedro.stimulus import hrf
-from giblet_kedro.stimulus.aligned import TrAligned, TrGrid, run_segments
+from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
 from giblet_kedro.stimulus.audio import extract_audio
 from giblet_kedro.stimulus.features import (
     array_features,
@@ -33,8 +30,10 @@ from giblet_kedro.stimulus.features import (
     table_features,
     word_rate,
 )
+from giblet_kedro.stimulus.model_input import apply_hrf as hrf_step
+from giblet_kedro.stimulus.model_input import extraction_device
 from giblet_kedro.stimulus.text import extract_text
-from giblet_kedro.stimulus.video import extract_frames, to_unit_range
+from giblet_kedro.stimulus.video import extract_frames
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +43,7 @@ def _grid(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec) -> TrGrid
 
 
 def _device(stimulus: StimulusSpec) -> str:
-    if stimulus.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if stimulus.device == "cuda" and not torch.cuda.is_available():
-        raise InputDataError("stimulus.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return stimulus.device
+    return extraction_device(stimulus.device)
 
 
 def _absent(modality: str, grid: TrGrid) -> TrAligned:
@@ -138,42 +133,9 @@ def extract_features(split: pd.DataFrame, fmri: FmriSpec, stimulus: StimulusSpec
 
 
 def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
-    """Continuous features: causal convolution with the canonical HRF integrated over each
-    TR window (``glover``/``spm``) or a shift by ``delay_s`` (``none``). Integer codes:
-    never convolved; shifted by the kernel's peak lag (``glover``/``spm``) or by
-    ``delay_s`` (``none``). Each run on its own: nothing carries over from one run into
-    the next (the scanner was off in between)."""
-    settings = (stimulus or StimulusSpec()).hrf
-    tr = float(aligned.meta["grid"]["tr"])
-    values, valid = np.asarray(aligned.values), np.asarray(aligned.valid)
-    segments = run_segments(aligned.meta["grid"])
-    if aligned.meta.get("absent") or values.size == 0:
-        return TrAligned(values=values, valid=valid, meta={**aligned.meta, "hrf": "none (absent)"})
-    meta = dict(aligned.meta)
-    frames = meta.get("modality") == "video" and values.dtype == np.uint8  # stored compact; the model reads [0, 1]
-    if frames:
-        meta["units"] = "RGB in [0, 1]"
-    if frames and settings.kind == "none":
-        values = to_unit_range(values)
-    if settings.kind == "none" or (np.issubdtype(values.dtype, np.integer) and not frames):
-        lag = (int(round(settings.delay_s / tr)) if settings.kind == "none"
-               else hrf.peak_lag_trs(settings.kind, tr, settings.slice_time_ref))
-        parts = [hrf.shift(values[rows], valid[rows], lag) for rows in segments]
-        values = np.concatenate([p[0] for p in parts])
-        valid = np.concatenate([p[1] for p in parts])
-        applied = f"shift by {lag} TRs"
-        if settings.kind != "none":
-            applied += (f" (integer codes are not convolved: delayed by the {settings.kind} HRF's peak lag, "
-                        f"volumes at {settings.slice_time_ref:g} of their TR)")
-    else:
-        scale = 1.0 / 255.0 if frames else 1.0  # uint8 frames: [0, 1] block by block, never a whole float copy
-        parts = [hrf.convolve(values[rows], settings.kind, tr, settings.slice_time_ref, scale) for rows in segments]
-        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        applied = (f"causal convolution with nilearn's {settings.kind} HRF integrated over each TR window, "
-                   f"volumes at {settings.slice_time_ref:g} of their TR")
-    if len(segments) > 1:
-        applied += f", each of the {len(segments)} runs on its own"
-    return TrAligned(values=values, valid=valid, meta={**meta, "hrf": applied})
+    """The spec's ``stimulus.hrf`` applied to one modality (see
+    :func:`giblet_kedro.stimulus.model_input.apply_hrf`)."""
+    return hrf_step(aligned, (stimulus or StimulusSpec()).hrf)
 
 
 def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAligned, text: TrAligned,

@@ -1,0 +1,95 @@
+"""The in-silico nodes on a tiny trained-model stand-in and planted data, against numpy by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from giblet_kedro.errors import InputDataError
+from giblet_kedro.models.autoencoder import ModalityShapes, build_model
+from giblet_kedro.pipelines.predict.nodes import predict_response, score_heldout_runs
+from giblet_kedro.spec.schema import EvaluateSpec, FmriSpec, PredictSpec, StimulusSpec
+from giblet_kedro.training.job import ArrayPaths, TrainJob
+
+N_VOXELS, DIM, N_TRS = 12, 5, 30
+
+
+def tiny_model(tmp_path, rng) -> tuple[dict, dict, dict]:
+    """A voxel-layer model reading one 5-wide text modality, with nonzero weights, its
+    job (training statistics on disk) and the experiment's mask and affine."""
+    shapes = ModalityShapes(None, None, False, (DIM,), N_VOXELS)
+    model_spec = {"bottleneck": "voxels", "hidden": 8, "dropout": 0.0, "rank": 4}
+    torch.manual_seed(0)
+    model = build_model(shapes, model_spec)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    np.savez(tmp_path / "loss_stats.npz", modalities=np.array(["fmri", "text"]),
+             fmri_mean=rng.normal(size=N_VOXELS), fmri_std=rng.uniform(0.5, 2.0, size=N_VOXELS),
+             text_mean=rng.normal(size=DIM), text_std=rng.uniform(0.5, 2.0, size=DIM))
+    job = TrainJob(paths=ArrayPaths(fmri="", loss_stats=str(tmp_path / "loss_stats.npz")), train_rows=[], val_rows=[],
+                   mode="cross_subject", shapes=shapes, model=model_spec, loss={}, train={}, seed=0,
+                   run_dir=str(tmp_path), tr=1.5)
+    mask = np.zeros((3, 2, 3), bool)
+    mask.reshape(-1)[:N_VOXELS] = True
+    stats = {"mask": mask, "affine": np.diag([3.0, 3.0, 3.0, 1.0])}
+    return job.to_dict(), model.state_dict(), stats
+
+
+def test_the_prediction_is_the_voxel_layer_restored_to_z_units(tmp_path, rng):
+    job, weights, stats = tiny_model(tmp_path, rng)
+    text = rng.normal(size=(N_TRS, DIM)).astype(np.float32)
+    features = {"text": text, "text_valid": np.ones(N_TRS, bool), "window_starts_s": 1.5 * np.arange(N_TRS)}
+    image, arrays, maps = predict_response(job, weights, stats, features,
+                                           PredictSpec(contrast={"a": (0, 15), "b": (15, 45)}))
+    loss = np.load(tmp_path / "loss_stats.npz")
+    model = build_model(TrainJob.from_dict(job).shapes, job["model"], dropout=0.0)
+    model.load_state_dict(weights)
+    model.eval()
+    with torch.no_grad():  # by hand: standardize, encode, un-standardize
+        layer = model.encode({"text": torch.from_numpy((text - loss["text_mean"]) / loss["text_std"]).float()})
+    by_hand = layer.numpy() * loss["fmri_std"] + loss["fmri_mean"]
+    np.testing.assert_allclose(arrays["zscored"], by_hand, rtol=1e-4, atol=1e-4)
+    assert image.shape == (3, 2, 3, N_TRS) and image.header.get_zooms()[3] == pytest.approx(1.5)
+    np.testing.assert_allclose(np.asarray(image.dataobj)[stats["mask"]].T, by_hand, rtol=1e-4, atol=1e-4)
+    # the only modality ablated: the prediction is its training mean, all of it carried by text
+    np.testing.assert_allclose(arrays["ablation_text"], 1.0, rtol=1e-5)
+    assert maps.shape == (3, 2, 3, 1)
+    np.testing.assert_allclose(arrays["contrast_difference"], by_hand[:10].mean(0) - by_hand[10:30].mean(0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_of_another_voxel_set_or_a_missing_modality_is_refused(tmp_path, rng):
+    job, weights, stats = tiny_model(tmp_path, rng)
+    features = {"text": rng.normal(size=(N_TRS, DIM)), "text_valid": np.ones(N_TRS, bool),
+                "window_starts_s": 1.5 * np.arange(N_TRS)}
+    bigger = dict(stats, mask=np.ones((3, 2, 3), bool))
+    with pytest.raises(InputDataError, match="the trained model has 12 voxels but the experiment's mask has 18"):
+        predict_response(job, weights, bigger, features, PredictSpec())
+    without_text = {"window_starts_s": features["window_starts_s"]}
+    with pytest.raises(InputDataError, match=r"the model reads \['text'\].*add \['text'\] to predict.ablate"):
+        predict_response(job, weights, stats, without_text, PredictSpec())
+    with pytest.raises(InputDataError, match="ablates every modality the model reads"):
+        predict_response(job, weights, stats, without_text, PredictSpec(ablate=["text"]))
+
+
+def test_held_out_runs_of_the_training_movie_are_scored_on_test_windows_only(rng):
+    """One training run from movie second 0: rows 0-19 train, 20-24 val, 25-29 test. A
+    held-out repeat is scored on rows 25-29 only (r by hand); a new movie on every row."""
+    split = pd.DataFrame({"tr": np.arange(N_TRS), "run": "1", "file_tr": np.arange(N_TRS),
+                          "split": ["train"] * 20 + ["val"] * 5 + ["test"] * 5})
+    prediction = rng.normal(size=(N_TRS, N_VOXELS)).astype(np.float32)
+    measured = (prediction + rng.normal(size=prediction.shape)).astype(np.float32)
+    predicted = {"model_units": prediction, "window_starts_s": 1.5 * np.arange(N_TRS)}
+    fmri = FmriSpec(subjects={"01": "a.nii.gz"}, tr=1.5)
+    evaluate = EvaluateSpec(null_draws=99, min_shift_trs=1)
+    repeat = score_heldout_runs(predicted, {"movie": "m.mp4", "training_movie": True}, {"subject_01": measured},
+                                split, fmri, StimulusSpec(), evaluate)
+    assert repeat["rows"] == list(range(25, 30)) and repeat["runs"]["01"]["trs"] == 5
+    by_hand = np.mean([np.corrcoef(prediction[25:, v], measured[25:, v])[0, 1] for v in range(N_VOXELS)])
+    assert repeat["runs"]["01"]["mean_r"] == pytest.approx(by_hand, abs=1e-6)
+    new = score_heldout_runs(predicted, {"movie": "n.mp4", "training_movie": False}, {"subject_01": measured},
+                             split, fmri, StimulusSpec(), evaluate)
+    assert new["rows"] == list(range(N_TRS)) and new["runs"]["01"]["trs"] == N_TRS

@@ -384,6 +384,31 @@ def compare_runs(run_a: str | None, run_b: str | None, sweep_base: str | None) -
 
 
 @giblet.command()
+@click.argument("movie_a", type=click.Path(dir_okay=False))
+@click.argument("movie_b", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the contrast (NIfTI: volume 1 the difference a - b, volume 2 Welch's t).")
+def contrast(movie_a: str, movie_b: str, output: str) -> None:
+    """Contrast two movies' predicted responses: MOVIE_A and MOVIE_B are the
+    predicted_bold.nii.gz of two `kedro run --pipelines=predict` runs of one experiment."""
+    import numpy as np
+
+    from giblet_kedro.datasets.nifti import load_nifti, save_nifti
+    from giblet_kedro.evaluation.insilico import movie_contrast
+
+    try:
+        image = movie_contrast(load_nifti(movie_a, "MOVIE_A"), load_nifti(movie_b, "MOVIE_B"), ("MOVIE_A", "MOVIE_B"))
+    except GibletError as error:
+        _fail(error)
+    save_nifti(image, output)
+    difference = np.asarray(image.dataobj)[..., 0]
+    inside = np.asarray(image.dataobj).any(axis=3)
+    click.echo(f"{output}: mean predicted response of A minus B over {int(inside.sum())} voxels: median "
+               f"{float(np.median(difference[inside])):+.4f}, range {float(difference[inside].min()):+.4f} to "
+               f"{float(difference[inside].max()):+.4f} (z units); volume 2 is Welch's t, descriptive only")
+
+
+@giblet.command()
 @click.option("--output", "-o", default="docs/spec.schema.json", show_default=True,
               help="Where to write the JSON Schema (relative to the project root).")
 @click.option("--reference/--no-reference", default=False,

@@ -184,3 +184,34 @@ def test_shifting_the_whole_prediction_instead_of_the_modality_would_fail_the_er
         whole = lambda shift, predict=predict: np.roll(predict(0), shift, axis=0)  # noqa: E731
         p_values.append(insilico.modality_shift_test(whole, measured, rows, shifts)[2])
     assert float((np.concatenate(p_values) < 0.05).mean()) > 0.5
+
+
+def test_two_movies_are_contrasted_voxel_by_voxel_and_a_foreign_grid_is_refused(tmp_path, rng):
+    import nibabel as nib
+    from click.testing import CliRunner
+
+    from giblet_kedro.cli import giblet
+
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    inside = np.zeros((4, 3, 2), bool)
+    inside[1:3, :, 1] = True  # 6 predicted voxels
+    a, b = np.zeros((4, 3, 2, 20), np.float32), np.zeros((4, 3, 2, 30), np.float32)
+    a[inside] = rng.normal(size=(6, 20)) + np.arange(6)[:, None] * 0.5  # planted: A exceeds B by 0.5 k
+    b[inside] = rng.normal(size=(6, 30))
+    nib.save(nib.Nifti1Image(a, affine), tmp_path / "a.nii.gz")
+    nib.save(nib.Nifti1Image(b, affine), tmp_path / "b.nii.gz")
+    result = CliRunner().invoke(giblet, ["contrast", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"),
+                                         "-o", str(tmp_path / "c.nii.gz")])
+    assert result.exit_code == 0, result.output
+    assert "over 6 voxels" in result.output
+    out = np.asarray(nib.load(tmp_path / "c.nii.gz").dataobj)
+    by_hand = a[inside].mean(1) - b[inside].mean(1)
+    np.testing.assert_allclose(out[inside][:, 0], by_hand, rtol=1e-5, atol=1e-6)
+    welch = by_hand / np.sqrt(a[inside].var(1, ddof=1) / 20 + b[inside].var(1, ddof=1) / 30)
+    np.testing.assert_allclose(out[inside][:, 1], welch, rtol=1e-4)
+    assert not out[~inside].any()
+    nib.save(nib.Nifti1Image(b, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "other.nii.gz")
+    with pytest.raises(InputDataError, match="B: grid .* does not match A's"):
+        insilico.movie_contrast(nib.load(tmp_path / "a.nii.gz"), nib.load(tmp_path / "other.nii.gz"), ("A", "B"))
+    with pytest.raises(InputDataError, match="A: shape \\(4, 3, 2\\); accepted: a predicted response, 4D"):
+        insilico.movie_contrast(nib.Nifti1Image(a[..., 0], affine), nib.load(tmp_path / "b.nii.gz"), ("A", "B"))

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from giblet_kedro.errors import InputDataError
@@ -226,3 +227,26 @@ class MoviePredictor:
         inputs = model_inputs(values, valid, self.trained.stats, self.shapes, [*self.ablate, *ablate],
                               self.trained.job.shapes.audio_is_codes, self.n_trs)
         return self.trained.predict_fmri(inputs)
+
+
+def movie_contrast(a: nib.Nifti1Image, b: nib.Nifti1Image, labels: tuple[str, str]) -> nib.Nifti1Image:
+    """Two movies' predicted responses (4D NIfTI, as ``predicted_bold.nii.gz``): the mean
+    of ``a`` minus that of ``b`` and Welch's t over their TRs (descriptive), as a 4D
+    image of two volumes on their grid (0 outside the voxels either predicts)."""
+    for image, label in zip((a, b), labels, strict=True):
+        if image.ndim != 4 or image.shape[3] < 2:
+            raise InputDataError(f"{label}: shape {image.shape}; accepted: a predicted response, 4D with at least "
+                                 "two TRs (predicted_bold.nii.gz of kedro run --pipelines=predict)")
+    if a.shape[:3] != b.shape[:3] or not np.allclose(a.affine, b.affine, atol=1e-4):
+        raise InputDataError(f"{labels[1]}: grid {b.shape[:3]} does not match {labels[0]}'s {a.shape[:3]} (or their "
+                             "affines differ); accepted: two predictions of one experiment's model")
+    data_a, data_b = (np.asarray(image.dataobj, dtype=np.float32) for image in (a, b))
+    inside = (data_a != 0).any(axis=3) | (data_b != 0).any(axis=3)
+    stacked = np.concatenate([data_a[inside].T, data_b[inside].T])
+    n_a = data_a.shape[3]
+    maps = contrast_map(stacked, np.arange(n_a), np.arange(n_a, stacked.shape[0]))
+    volume = np.zeros((*inside.shape, 2), np.float32)
+    volume[inside] = np.stack([maps["difference"], maps["t"]], axis=1)
+    image = nib.Nifti1Image(volume, a.affine)
+    image.header["descrip"] = b"a - b mean; Welch t (descriptive)"
+    return image

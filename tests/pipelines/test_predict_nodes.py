@@ -16,16 +16,23 @@ from giblet_kedro.training.job import ArrayPaths, TrainJob
 N_VOXELS, DIM, N_TRS = 12, 5, 30
 
 
+def perturbed_model(shapes: ModalityShapes, spec: dict, seed: int) -> torch.nn.Module:
+    """The model of ``spec`` with seeded noise on every weight (its output layers start
+    at zero, which would make every prediction the training mean)."""
+    torch.manual_seed(seed)
+    model = build_model(shapes, spec)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
 def tiny_model(tmp_path, rng) -> tuple[dict, dict, dict]:
     """A voxel-layer model reading one 5-wide text modality, with nonzero weights, its
     job (training statistics on disk) and the experiment's mask and affine."""
     shapes = ModalityShapes(None, None, False, (DIM,), N_VOXELS)
     model_spec = {"bottleneck": "voxels", "hidden": 8, "dropout": 0.0, "rank": 4}
-    torch.manual_seed(0)
-    model = build_model(shapes, model_spec)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
+    model = perturbed_model(shapes, model_spec, seed=0)
     np.savez(tmp_path / "loss_stats.npz", modalities=np.array(["fmri", "text"]),
              fmri_mean=rng.normal(size=N_VOXELS), fmri_std=rng.uniform(0.5, 2.0, size=N_VOXELS),
              text_mean=rng.normal(size=DIM), text_std=rng.uniform(0.5, 2.0, size=DIM))
@@ -93,3 +100,32 @@ def test_held_out_runs_of_the_training_movie_are_scored_on_test_windows_only(rng
     new = score_heldout_runs(predicted, {"movie": "n.mp4", "training_movie": False}, {"subject_01": measured},
                              split, fmri, StimulusSpec(), evaluate)
     assert new["rows"] == list(range(N_TRS)) and new["runs"]["01"]["trs"] == N_TRS
+
+
+def test_a_shifted_modality_costs_an_add_and_equals_shifting_its_input(tmp_path, rng):
+    """Two modalities (text and the lab's features); shifting text's contribution equals
+    encoding the shifted text (and its validity) through the whole model."""
+    from giblet_kedro.evaluation.insilico import MoviePredictor, model_inputs
+    from giblet_kedro.evaluation.model import TrainedModel
+
+    shapes = ModalityShapes(None, None, False, (DIM,), N_VOXELS, features=(3,))
+    spec = {"bottleneck": "voxels", "hidden": 8, "dropout": 0.3, "rank": 4}
+    model = perturbed_model(shapes, spec, seed=1)
+    np.savez(tmp_path / "loss_stats.npz", modalities=np.array(["fmri", "text", "features"]),
+             fmri_mean=np.zeros(N_VOXELS), fmri_std=np.ones(N_VOXELS), text_mean=rng.normal(size=DIM),
+             text_std=np.ones(DIM), features_mean=np.zeros(3), features_std=np.full(3, 2.0))
+    job = TrainJob(paths=ArrayPaths(fmri="", loss_stats=str(tmp_path / "loss_stats.npz")), train_rows=[], val_rows=[],
+                   mode="cross_subject", shapes=shapes, model=spec, loss={}, train={}, seed=0, run_dir=str(tmp_path))
+    trained = TrainedModel.load(job, model.state_dict())
+    valid = np.ones(N_TRS, bool)
+    valid[3] = False  # a TR the movie does not cover travels with its features
+    arrays = {"text": rng.normal(size=(N_TRS, DIM)), "text_valid": valid, "features": rng.normal(size=(N_TRS, 3)),
+              "features_valid": np.ones(N_TRS, bool), "window_starts_s": 1.5 * np.arange(N_TRS)}
+    predictor = MoviePredictor(trained, arrays, [])
+    stats, sizes = trained.stats, {"text": (DIM,), "features": (3,)}
+    for shift in (0, 4, 17):
+        rolled = {"text": np.roll(arrays["text"], shift, axis=0), "features": arrays["features"]}
+        valids = {"text": np.roll(valid, shift), "features": arrays["features_valid"]}
+        by_hand = trained.predict_fmri(model_inputs(rolled, valids, stats, sizes, [], False, N_TRS))
+        np.testing.assert_allclose(predictor(shift=("text", shift)), by_hand, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(predictor(), predictor(shift=("features", 0)), rtol=1e-5, atol=1e-5)

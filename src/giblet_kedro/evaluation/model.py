@@ -109,6 +109,22 @@ class TrainedModel:
         """The full autoencoder on stimulus inputs: ``decode(encode(inputs))``."""
         return self.decode(self.encode(inputs))
 
+    def encoder_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each modality's encoder output, (n, hidden) float32, before the layers that
+        fuse them."""
+        return self._batched({name: inputs[name] for name in self.modalities},
+                             lambda b: {name: encoder(b[name]) for name, encoder in self.model.encoders.items()})
+
+    def fmri_from_encoded(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, V) the predicted fMRI from the encoders' outputs (:meth:`encoder_outputs`).
+        Affine in them: the fusing layers and the fMRI head are linear (dropout is off)."""
+        def step(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            fused = self.model.fuse(torch.cat([batch[name] for name in self.model.encoders], dim=1))
+            return {"fmri": self.model.fmri_head(fused)}
+
+        return self._batched({name: np.asarray(value, dtype=np.float32) for name, value in encoded.items()},
+                             step)["fmri"]
+
     def predict_fmri(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """(n, V) the predicted fMRI in model units: the voxel layer itself in the voxels
         layout, the fMRI head's output on the latent otherwise (no stimulus decoder runs)."""

@@ -824,8 +824,8 @@ class PredictSpec(StrictModel):
     ``contrast``: two segments of the movie, ``[start_s, end_s]`` each, whose mean
     predicted responses are subtracted (``a - b``) into a map. ``permutations``: circular
     shifts of each modality (at least ``evaluate.min_shift_trs``) in the test of whether
-    a voxel's held-out response follows that modality's timing (0: no test; each shift
-    is one more pass of the model over the movie).
+    a voxel's held-out response follows that modality's timing (0: no test; a shift
+    moves that modality's additive contribution to the prediction, no model pass).
     """
 
     stimulus: str | None = None

@@ -166,13 +166,6 @@ def test_the_modality_shift_test_finds_voxels_that_follow_the_modality(n_subject
     assert np.mean(found) >= 0.6
 
 
-def test_a_shift_moves_features_and_their_validity_together():
-    values, valid = np.arange(10.0)[:, None], np.arange(10) < 8
-    moved, moved_valid = insilico.shifted(values, valid, 3)
-    np.testing.assert_array_equal(moved[:, 0], [7, 8, 9, 0, 1, 2, 3, 4, 5, 6])
-    np.testing.assert_array_equal(moved_valid, [True, False, False] + [True] * 7)
-
-
 def test_shifting_the_whole_prediction_instead_of_the_modality_would_fail_the_error_rate():
     """The mistake the test guards against: a null that shifts every input (the whole
     prediction) attributes to the tested modality what the other one explains."""

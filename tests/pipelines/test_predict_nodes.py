@@ -127,5 +127,5 @@ def test_a_shifted_modality_costs_an_add_and_equals_shifting_its_input(tmp_path,
         rolled = {"text": np.roll(arrays["text"], shift, axis=0), "features": arrays["features"]}
         valids = {"text": np.roll(valid, shift), "features": arrays["features_valid"]}
         by_hand = trained.predict_fmri(model_inputs(rolled, valids, stats, sizes, [], False, N_TRS))
-        np.testing.assert_allclose(predictor(shift=("text", shift)), by_hand, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(predictor(), predictor(shift=("features", 0)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(predictor.shifted("text", shift), by_hand, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(predictor(), predictor.shifted("features", 0), rtol=1e-5, atol=1e-5)

@@ -154,12 +154,6 @@ def contrast_map(prediction: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray)
     return {"difference": difference.astype(np.float32), "t": t.astype(np.float32)}
 
 
-def shifted(values: np.ndarray, valid: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
-    """One modality's TR-aligned features circularly shifted by ``shift`` TRs (row ``i``
-    takes row ``i - shift``): its content and autocorrelation kept, its timing broken."""
-    return np.roll(values, shift, axis=0), np.roll(valid, shift, axis=0)
-
-
 def modality_shift_test(predict: Callable[[int], np.ndarray], measured: np.ndarray, rows: np.ndarray,
                         shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Does a voxel's measured response follow one modality's timing? A permutation test.
@@ -219,22 +213,20 @@ class MoviePredictor:
         """The modalities the model reads from the movie (not ablated)."""
         return [m for m in self.shapes if m not in self.ablate]
 
-    def __call__(self, ablate: tuple[str, ...] = (), shift: tuple[str, int] | None = None) -> np.ndarray:
-        """(n_trs, V) model units; ``shift``: (modality, TRs) circularly shifted.
+    def __call__(self, ablate: tuple[str, ...] = ()) -> np.ndarray:
+        """(n_trs, V) model units, with ``ablate`` (beyond ``predict.ablate``) at their
+        training mean."""
+        return self.trained.predict_fmri(self._inputs(self.values, self.valid, ablate))
 
-        Each encoder reads one TR at a time and the layers after them are affine, so a
-        modality's input shifted by ``k`` TRs shifts its contribution to the prediction
-        by ``k`` rows: a shift costs an add, not a pass of the model (tested against
-        shifting the input itself)."""
-        if shift is not None and not ablate:
-            full, contributions = self._decomposed()
-            name, trs = shift
-            return full + np.roll(contributions[name], trs, axis=0) - contributions[name]
-        values, valid = dict(self.values), dict(self.valid)
-        if shift is not None:
-            name, trs = shift
-            values[name], valid[name] = shifted(values[name], valid[name], trs)
-        return self.trained.predict_fmri(self._inputs(values, valid, ablate))
+    def shifted(self, name: str, trs: int) -> np.ndarray:
+        """(n_trs, V) model units with modality ``name``'s input circularly shifted by
+        ``trs`` TRs (row ``i`` takes row ``i - trs``; its validity travels with it).
+
+        Each encoder reads one TR at a time and the layers after them are affine, so the
+        shift moves that modality's additive contribution by ``trs`` rows: an add, not a
+        pass of the model (tested against encoding the shifted input)."""
+        full, contributions = self._decomposed()
+        return full + np.roll(contributions[name], trs, axis=0) - contributions[name]
 
     def _inputs(self, values: dict[str, np.ndarray], valid: dict[str, np.ndarray],
                 ablate: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -159,8 +159,7 @@ def predict_response(train_job: dict[str, Any], model_checkpoint: dict[str, torc
     image = unmask(zscored, mask, affine)
     image.header.set_xyzt_units(xyz="mm", t="sec")
     image.header["pixdim"][4] = trained.job.tr
-    maps = unmask(np.stack([arrays[f"ablation_{m}"] for m in tested]) if tested else np.zeros((0, mask.sum())),
-                  mask, affine)
+    maps = unmask(np.stack([arrays[f"ablation_{m}"] for m in tested]), mask, affine)
     maps.header["descrip"] = ("ablation effect: " + ",".join(tested)).encode()[:79]
     log.info("predict: %d TRs x %d voxels; ablation effect (median over voxels) %s", *zscored.shape,
              {m: round(float(np.median(arrays[f"ablation_{m}"])), 3) for m in tested})
@@ -259,7 +258,7 @@ def modality_timing_test(train_job: dict[str, Any], model_checkpoint: dict[str, 
         shifts = nulls.null_shifts(predictor.n_trs, predict.permutations, int(evaluate["min_shift_trs"]), rng)
         for index, name in enumerate(predictor.tested):
             observed, drop, p = insilico.modality_shift_test(
-                lambda trs, name=name: predictor(shift=(name, trs)), measured, rows, shifts)
+                lambda trs, name=name: predictor.shifted(name, trs), measured, rows, shifts)
             significant = metrics.fdr_significant(p, float(evaluate["fdr"]))
             p_maps[index] = p
             report["modalities"][name] = {"share_significant": float(significant.mean()),

@@ -201,6 +201,7 @@ def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: 
                                 cwd=project)["wall_s"]
     inflate = inflate_seconds(list(subjects.values()), env)
     partials = sum(p.stat().st_size for p in project.glob("data/05_model_input/fmri_runs/*/groups/*/*.npy"))
+    kept = sum(p.stat().st_size for p in project.glob("data/03_primary/fmri_stats/*/runs/*/voxels.npy"))
     base = next(iter(rows.values()))
     n_trs = fmri_bench.nib.load(next(iter(subjects.values()))).shape[3]
     print(f"\n{f'fMRI stage ({len(subjects)} x {n_trs} TRs)':<50}{'wall s':>9}{'peak RSS GB':>13}{'wall ratio':>12}")
@@ -225,7 +226,7 @@ def compare_runners(kedro: str, project: Path, spec: Path, env: dict, subjects: 
         today = next(t for name, t in tensors.items() if name.startswith("today"))
         as_array = [np.load(io.BytesIO(t)) for t in (today, first)]
         line += f"; today's within {np.abs(as_array[0] - as_array[1]).max():.1e}"
-    print(f"{line}; map partials on disk: {partials / 1e9:.2f} GB")
+    print(f"{line}; map partials on disk: {partials / 1e9:.2f} GB, kept voxels {kept / 1e9:.2f} GB")
 
 
 def main() -> None:

@@ -16,11 +16,13 @@ Each takes ``--env`` and ``--params`` as ``kedro run`` does.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import yaml
@@ -73,12 +75,32 @@ def _run(recompute: bool, **kwargs: Any) -> Any:
     if recompute:  # no cache reuse; training starts over instead of resuming
         kwargs["params"] = {**(kwargs.get("params") or {}), "recompute": True}
     try:
-        return kedro_run.callback(**kwargs)
+        result = kedro_run.callback(**kwargs)
     except Exception as exc:  # a user mistake: one message, no traceback
         error = user_error(exc)
         if error is None:
             raise
         _fail(error)
+    if _is_the_kedro_command():
+        _exit_without_teardown()
+    return result
+
+
+def _is_the_kedro_command() -> bool:
+    """This process is the ``kedro`` command itself (not a test's in-process call, nor a
+    notebook), and ``GIBLET_FULL_TEARDOWN`` is not set."""
+    return bool(sys.argv) and Path(sys.argv[0]).name == "kedro" and not os.environ.get("GIBLET_FULL_TEARDOWN")
+
+
+def _exit_without_teardown() -> NoReturn:
+    """End a finished ``kedro run`` now: every exit handler runs (logging's flush and
+    close, MLflow's, temporary folders'), then the process exits with status 0 without
+    the interpreter's teardown, which frees the objects of Kedro, MLflow, pandas and
+    pandera one by one: 1.6 s of a 9 s run with nothing to do, measured."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 @click.group(name="giblet-kedro")

@@ -101,7 +101,7 @@ class GibletHooks:
         if isinstance(context.config_loader, GibletConfigLoader):
             fmri = _fmri_section(context.config_loader.run_reference())
             # the fMRI stage's nodes: per subject and run, then per group of subjects and run
-            activate(fmri.run_keys, fmri.subjects_per_group)
+            activate(fmri.run_keys, fmri.subjects_per_group, fmri.keep_decompressed)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:

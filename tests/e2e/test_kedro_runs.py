@@ -290,7 +290,8 @@ def test_a_sweep_runs_its_points_on_shared_caches_and_compares_them(project):
 
 
 FMRI_CACHES = ("05_model_input/fmri_tensor/*/*.npy", "05_model_input/fmri_runs/*/groups/*/*.npy",
-               "03_primary/fmri_stats/*/norm_stats.npz", "03_primary/fmri_stats/*/runs/*/moments.npz")
+               "03_primary/fmri_stats/*/norm_stats.npz", "03_primary/fmri_stats/*/runs/*/moments.npz",
+               "03_primary/fmri_stats/*/runs/*/voxels.*")
 
 
 def _arrays(path: Path, content: bytes) -> dict[str, np.ndarray]:
@@ -313,7 +314,7 @@ def test_the_fmri_map_reduce_on_parallel_and_dask_runners_writes_the_sequential_
     sequential = {path: path.read_bytes() for pattern in FMRI_CACHES for path in project.glob(f"data/{pattern}")}
     partitions = [f"sub-{sid:02d}_run-1" for sid in range(1, 5)]
     groups = ["group-1_run-1", "group-2_run-1"]
-    assert sum("/runs/" in str(path) for path in sequential) == len(partitions)
+    assert sum("/runs/" in str(path) for path in sequential) == 3 * len(partitions)  # moments, kept voxels, index
     assert sum("/groups/" in str(path) for path in sequential) == 2 * len(groups)  # sums and val/test rows
     maps = {f"fmri_statistics_{name}" for name in partitions} | {f"fmri_normalize_{name}" for name in groups}
     for runner in ("ParallelRunner", "giblet_kedro.runner.DaskRunner"):

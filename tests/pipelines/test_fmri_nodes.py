@@ -314,3 +314,40 @@ def test_split_table_is_contiguous_and_validated():
     broken.loc[5, "split"] = "test"
     with pytest.raises(ValueError, match="contiguous"):
         validate_split_table(broken)
+
+
+@pytest.mark.parametrize("fields", [{}, {"mask": "lab"}, {"clean": {"detrend": True, "high_pass_hz": 0.02}},
+                                    {"mode": "per_subject"}])
+def test_the_second_pass_reads_the_voxels_the_first_kept_and_writes_the_same_bits(tmp_path, rng, monkeypatch,
+                                                                                  fields):
+    """fmri.keep_decompressed: the first pass's moments are unchanged by keeping, and the
+    second pass on the kept voxels, with every file read refused, writes what it writes
+    from the files."""
+    import giblet_kedro.fmri.reader as reader
+    from giblet_kedro.fmri.partials import Partitions, partition_name
+    from giblet_kedro.pipelines.fmri.nodes import normalized_group, run_statistics, run_statistics_and_voxels
+
+    runs = random_runs(rng, 3, grid=(6, 5, 4), n_trs=50)
+    paths = {f"{i:02d}": str(write_run(tmp_path / f"sub-{i:02d}.nii.gz", d)) for i, d in enumerate(runs, 1)}
+    _, split, stats, _, _ = run_stage(paths, subjects_per_group=2, **fields)
+    spec = fmri_spec(paths, subjects_per_group=2, **fields)
+    loaded = NiftiRunsDataset(spec.run_files).load()
+    voxels = {}
+    for sid, run in spec.run_keys:
+        arrays, voxels[partition_name(sid, run)] = run_statistics_and_voxels(loaded, {}, {}, split, spec, sid, run)
+        alone = run_statistics(loaded, {}, {}, split, spec, sid, run)
+        assert arrays.keys() == alone.keys() and all(np.array_equal(arrays[k], alone[k]) for k in arrays)
+    groups = Partitions(tuple(spec.run_keys), 2).groups()
+    from_files = {name: normalized_group(loaded, {}, stats, split, spec, subjects, run)
+                  for name, (subjects, run) in groups.items()}
+
+    def refuse(*args):
+        raise AssertionError("the file was read")
+
+    monkeypatch.setattr(reader, "_read_ahead", refuse)
+    with pytest.raises(AssertionError, match="file was read"):
+        normalized_group(loaded, {}, stats, split, spec, *next(iter(groups.values())))
+    for name, (subjects, run) in groups.items():
+        mine = {key: copy for key, copy in voxels.items() if key.startswith(tuple(f"sub-{s}_" for s in subjects))}
+        kept = normalized_group(loaded, {}, stats, split, spec, subjects, run, **mine)
+        assert [a.tobytes() for a in kept] == [a.tobytes() for a in from_files[name]], name

@@ -39,6 +39,21 @@ def test_map_nodes_per_subject_and_run_then_per_group_and_run(three_subjects_two
     assert fmri["fmri_statistics_sub-02_run-2"].func.keywords == {"subject": "02", "run": "2"}
     assert fmri["fmri_normalize_group-1_run-2"].func.keywords == {"subjects": ["01", "02"], "run": "2"}
     assert fmri["fmri_normalize_group-2_run-1"].func.keywords == {"subjects": ["03"], "run": "1"}
+    # fmri.keep_decompressed (default): the first pass keeps each run's voxels for its group's node
+    assert fmri["fmri_statistics_sub-02_run-2"].outputs == ["fmri_run_moments_sub-02_run-2",
+                                                           "fmri_run_voxels_sub-02_run-2"]
+    assert {"fmri_run_voxels_sub-01_run-2", "fmri_run_voxels_sub-02_run-2"} <= set(
+        fmri["fmri_normalize_group-1_run-2"].inputs)
+
+
+def test_without_keeping_the_decompressed_voxels_the_second_pass_reads_the_runs(monkeypatch):
+    monkeypatch.setattr(partitions, "_active", None)
+    partitions.activate(KEYS, group_size=2, keep_decompressed=False)
+    fmri = {node.name: node for node in register_pipelines(["fmri"])["fmri"].nodes}
+    monkeypatch.setattr(partitions, "_active", None)
+    assert fmri["fmri_statistics_sub-02_run-2"].outputs == ["fmri_run_moments_sub-02_run-2"]
+    assert not any("voxels" in name for node in fmri.values() for name in node.inputs + node.outputs)
+    assert "fmri_raw" in fmri["fmri_normalize_group-1_run-2"].inputs
 
 
 def test_without_a_session_the_default_experiments_runs_are_used(monkeypatch):

@@ -294,3 +294,36 @@ def test_the_predicted_movie_moves_only_the_in_silico_stages(project):
     (raw / "new.mp4").write_bytes(b"another new movie")
     assert compile_text(project, extra=stimulus + "predict: {stimulus: new.mp4}\n")["predict_stimulus"] != \
         newer["predict_stimulus"]
+
+
+def test_stage_code_versions_are_kept_on_disk_until_a_file_of_the_package_changes(tmp_path, monkeypatch):
+    """A new process reads a stage's code hash from ``data/.giblet`` instead of parsing
+    the import graph again; an edit anywhere in the package (here: a module the stage
+    reaches through an import) makes it parse again, and the version moves."""
+    import giblet_kedro.paths
+
+    package = tmp_path / "src" / "giblet_kedro"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from giblet_kedro.b import helper\n\n\ndef f(x):\n    return helper(x)\n")
+    (package / "b.py").write_text("def helper(x):\n    return x + 1\n")
+    monkeypatch.setattr(fingerprint, "_package_root", lambda: package)
+    monkeypatch.setattr(giblet_kedro.paths, "data_dir", lambda: tmp_path / "data")
+    stage = (("giblet_kedro.a", "f"),)
+
+    def new_process() -> None:
+        monkeypatch.setattr(fingerprint.CodeVersionStore, "_loaded", {})
+        for cached in (fingerprint.stage_code, fingerprint.module_imports, fingerprint._tree):
+            cached.cache_clear()
+
+    new_process()
+    first = fingerprint.stage_code_version(stage)
+    assert (tmp_path / "data" / ".giblet" / "code_versions.json").is_file()
+    new_process()
+    real = fingerprint.stage_code
+    monkeypatch.setattr(fingerprint, "stage_code", lambda functions: pytest.fail("parsed again"))
+    assert fingerprint.stage_code_version(stage) == first
+    monkeypatch.setattr(fingerprint, "stage_code", real)
+    (package / "b.py").write_text("def helper(x):\n    return x + 22\n")
+    new_process()
+    assert fingerprint.stage_code_version(stage) != first

@@ -16,6 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 from giblet_kedro.datasets.atomic import atomic_path, intact
 from giblet_kedro.datasets.preview import array_summary, arrays_summary, to_json
+from giblet_kedro.fmri.kept import KeptVoxels
 
 NOT_YET = '{"status": "not computed yet: run the pipeline that writes it"}'
 
@@ -45,6 +46,41 @@ class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
 
     def preview(self) -> JSONPreview:
         """kedro-viz: shape, dtype and value range."""
+        if not self._filepath.is_file():
+            return JSONPreview(NOT_YET)
+        return JSONPreview(to_json(array_summary(np.load(self._filepath, mmap_mode="r", allow_pickle=False))))
+
+
+class KeptVoxelsDataset(AbstractDataset[KeptVoxels, KeptVoxels]):
+    """The first pass's copy of a run's voxels (:class:`~giblet_kedro.fmri.kept.KeptVoxels`):
+    the values as a ``.npy`` (memory-mapped on load), and beside it ``<stem>.index.npz``
+    with their columns and first TR, written last (a pair without its index does not
+    exist)."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._index = self._filepath.with_name(self._filepath.stem + ".index.npz")
+        self.metadata = metadata
+
+    def load(self) -> KeptVoxels:
+        with np.load(self._index, allow_pickle=False) as index:
+            columns, first_tr = index["columns"], int(index["first_tr"])
+        return KeptVoxels(np.load(self._filepath, mmap_mode="r", allow_pickle=False), columns, first_tr)
+
+    def save(self, data: KeptVoxels) -> None:
+        with atomic_path(self._filepath) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(data.values), allow_pickle=False)
+        with atomic_path(self._index) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, columns=np.asarray(data.columns, dtype=np.int64), first_tr=np.array(data.first_tr))
+
+    def _exists(self) -> bool:
+        return intact(self._filepath) and intact(self._index)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: shape, dtype and value range of the kept values."""
         if not self._filepath.is_file():
             return JSONPreview(NOT_YET)
         return JSONPreview(to_json(array_summary(np.load(self._filepath, mmap_mode="r", allow_pickle=False))))

@@ -236,17 +236,19 @@ def blockwise_operator(blocks: list[slice], tr: float, clean: CleanSpec, confoun
 
 
 def clean_run(header: RunHeader, crop: tuple[int, int], columns: np.ndarray | None, operator: np.ndarray,
-              block_trs: int, on_block: Callable[[slice, np.ndarray], None] | None = None) -> np.ndarray:
+              block_trs: int, on_block: Callable[[slice, np.ndarray], None] | None = None,
+              on_raw: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
     """The cleaned crop of one run, ``(crop[1] - crop[0], n_columns)`` float32.
 
     Reads the run once, block by block, accumulating ``operator[:, block] @ block``;
-    ``on_block(rows, raw_block)`` sees each raw block first (crop-relative ``rows``).
+    ``on_block(rows, raw_block)`` sees each raw block first (crop-relative ``rows``);
+    ``on_raw`` as in :func:`~giblet_kedro.fmri.reader.iter_blocks`.
     """
     start, stop = crop
     n_columns = header.n_grid_voxels if columns is None else len(columns)
     cleaned = np.zeros((stop - start, n_columns), dtype=np.float32)
     op32 = operator.astype(np.float32)
-    for t0, block in iter_blocks(header, start, stop, block_trs, columns):
+    for t0, block in iter_blocks(header, start, stop, block_trs, columns, on_raw):
         rows = slice(t0 - start, t0 - start + block.shape[0])
         if on_block is not None:
             on_block(rows, block)

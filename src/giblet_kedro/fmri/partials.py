@@ -7,8 +7,9 @@ or a Dask cluster spreads the reading over cores or machines:
 - map 1, per (subject, run): the run's statistics
   (:class:`~giblet_kedro.fmri.stats.SubjectMoments`, a few vectors) -> reduce 1: the
   mask and ``fmri_norm_stats``;
-- map 2, per (group of subjects, run): the group's runs cleaned and z-scored with the
-  saved statistics and summed (``cross_subject``; stacked for ``per_subject``), plus
+- map 2, per (group of subjects, run): the group's runs (read from the voxels map 1
+  kept, :mod:`giblet_kedro.fmri.kept`) cleaned and z-scored with the saved statistics
+  and summed (``cross_subject``; stacked for ``per_subject``), plus
   each subject's val and test rows -> reduce 2: the training tensor (the group sums
   added, then averaged). The evaluation's inter-subject pass reads the val and test
   rows instead of reading every run again.
@@ -32,6 +33,7 @@ from giblet_kedro.fmri.sources import RunKey, saved_crops
 from giblet_kedro.fmri.stats import SubjectMoments
 
 MOMENTS_DATASET = "fmri_run_moments_{partition}"
+VOXELS_DATASET = "fmri_run_voxels_{partition}"
 GROUP_SUM_DATASET = "fmri_group_sum_{partition}"
 GROUP_ROWS_DATASET = "fmri_group_rows_{partition}"
 # The splits whose rows the inter-subject pass reads, per subject.
@@ -90,10 +92,12 @@ def moments_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[RunKey, SubjectM
 @dataclass(frozen=True)
 class Partitions:
     """An experiment's map-reduce partitions: its (subject, run) pairs, subjects then runs
-    (``fmri.run_keys``), and ``fmri.subjects_per_group``."""
+    (``fmri.run_keys``), ``fmri.subjects_per_group``, and whether the first pass keeps
+    each run's voxels for the second (``fmri.keep_decompressed``)."""
 
     run_keys: tuple[RunKey, ...]
     group_size: int
+    keep_decompressed: bool = True
 
     @property
     def subject_ids(self) -> list[str]:

@@ -16,8 +16,8 @@ import contextlib
 import io
 import queue
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -25,6 +25,7 @@ import numpy as np
 from isal import igzip
 
 from giblet_kedro.errors import InputDataError
+from giblet_kedro.fmri.kept import KeptVoxels
 
 TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}
 
@@ -44,6 +45,9 @@ class RunHeader:
     offset: int  # bytes before the first voxel
     slope: float
     inter: float
+    # The first pass's copy of this run's voxels (see :mod:`giblet_kedro.fmri.kept`):
+    # read instead of the file when it holds what is asked.
+    kept: KeptVoxels | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_grid_voxels(self) -> int:
@@ -179,13 +183,15 @@ def iter_blocks(
     stop: int,
     block_trs: int,
     columns: np.ndarray | None = None,
+    on_raw: Callable[[int, np.ndarray], None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(t0, block)`` for TRs ``[start, stop)`` of one run.
 
     Parameters
     ----------
     header : RunHeader
-        From :func:`read_header`.
+        From :func:`read_header`. When it carries the first pass's copy
+        (``header.kept``) holding these TRs and columns, that is read instead of the file.
     start, stop : int
         TR range in file indices (``0 <= start < stop <= header.n_trs``).
     block_trs : int
@@ -193,6 +199,10 @@ def iter_blocks(
         bytes (three raw buffers in rotation, and the block).
     columns : ndarray of int, optional
         Flat file-order voxel indices (see :func:`mask_columns`); all voxels if None.
+    on_raw : callable, optional
+        Called with ``(t0, raw)`` for each block before conversion: ``raw`` is
+        ``(n, n_columns)`` in the file's dtype, valid only during the call (see
+        :class:`giblet_kedro.fmri.kept.VoxelKeeper`).
 
     Yields
     ------
@@ -205,12 +215,30 @@ def iter_blocks(
     if not 0 <= start < stop <= header.n_trs:
         raise ValueError(f"TR range [{start}, {stop}) outside run of {header.n_trs} TRs")
     scaled = header.slope != 1.0 or header.inter != 0.0
-    for t0, n, buffer in _read_ahead(header, start, stop, block_trs):
-        raw = np.frombuffer(buffer, dtype=header.dtype, count=n * header.n_grid_voxels).reshape(n, header.n_grid_voxels)
-        # np.take: about twice as fast as raw[:, columns] for these scattered columns.
-        block = np.take(raw, columns, axis=1) if columns is not None else raw
-        block = block.astype(np.float32, copy=columns is None)
+    for t0, raw in _raw_blocks(header, start, stop, block_trs, columns):
+        if on_raw is not None:
+            on_raw(t0, raw)
+        block = raw.astype(np.float32)  # always a fresh array (raw may be a reused buffer)
         if scaled:
             block *= np.float32(header.slope)
             block += np.float32(header.inter)
         yield t0, block
+
+
+def _raw_blocks(header: RunHeader, start: int, stop: int, block_trs: int,
+                columns: np.ndarray | None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(t0, raw)`` blocks of the chosen columns in the file's dtype: from the first
+    pass's copy when it holds them, else decompressed from the file."""
+    kept = header.kept
+    positions = kept.positions(columns, header.n_grid_voxels) if kept is not None and kept.covers(start, stop) \
+        else None
+    if positions is not None:
+        whole = len(positions) == kept.values.shape[1] and bool((positions == np.arange(len(positions))).all())
+        for t0 in range(start, stop, block_trs):
+            rows = kept.values[t0 - kept.first_tr: min(t0 + block_trs, stop) - kept.first_tr]
+            yield t0, rows if whole else np.take(rows, positions, axis=1)
+        return
+    for t0, n, buffer in _read_ahead(header, start, stop, block_trs):
+        raw = np.frombuffer(buffer, dtype=header.dtype, count=n * header.n_grid_voxels).reshape(n, header.n_grid_voxels)
+        # np.take: about twice as fast as raw[:, columns] for these scattered columns.
+        yield t0, (np.take(raw, columns, axis=1) if columns is not None else raw)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,7 @@ def subject_moments(
     block_trs: int,
     columns: np.ndarray | None = None,
     early_rows: np.ndarray | None = None,
+    on_raw: Callable[[int, np.ndarray], None] | None = None,
 ) -> SubjectMoments:
     """Stream one run once and return its per-voxel statistics.
 
@@ -76,6 +78,7 @@ def subject_moments(
     block_trs : TRs read at a time.
     columns : voxels to read (file-order flat indices); all if None.
     early_rows : crop-relative TRs to also compute a std over (the lab mask rule).
+    on_raw : sees each raw block (see :func:`~giblet_kedro.fmri.reader.iter_blocks`).
     """
     start, stop = crop
     n_columns = header.n_grid_voxels if columns is None else len(columns)
@@ -84,7 +87,7 @@ def subject_moments(
     nonfinite = np.zeros(n_columns, dtype=bool)
     is_train, is_early = _flags(stop - start, train), _flags(stop - start, early_rows)
     check_finite = header.dtype.kind == "f"
-    for t0, block in iter_blocks(header, start, stop, block_trs, columns):
+    for t0, block in iter_blocks(header, start, stop, block_trs, columns, on_raw):
         rows = slice(t0 - start, t0 - start + block.shape[0])
         if check_finite:
             nonfinite |= ~np.isfinite(block).all(axis=0)
@@ -117,6 +120,7 @@ def cleaned_moments(
     operator: np.ndarray,
     columns: np.ndarray | None = None,
     early_rows: np.ndarray | None = None,
+    on_raw: Callable[[int, np.ndarray], None] | None = None,
 ) -> SubjectMoments:
     """Like :func:`subject_moments`, on the run cleaned by ``operator`` (see
     :mod:`giblet_kedro.fmri.clean`); the raw moments come from the same single read.
@@ -137,7 +141,7 @@ def cleaned_moments(
         if early is not None and is_early[rows].any():
             early.update(block[is_early[rows]])
 
-    cleaned = clean_run(header, crop, columns, operator, block_trs, on_block=observe)
+    cleaned = clean_run(header, crop, columns, operator, block_trs, on_block=observe, on_raw=on_raw)
     nonfinite = ~np.isfinite(cleaned).all(axis=0)
     moments = RunningMoments(n_columns)
     contiguous = train.size and train[-1] - train[0] + 1 == train.size

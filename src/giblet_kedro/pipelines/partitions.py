@@ -20,14 +20,16 @@ from giblet_kedro.spec.schema import FmriSpec
 
 _active: Partitions | None = None
 DEFAULT_GROUP_SIZE: int = FmriSpec.model_fields["subjects_per_group"].default
+DEFAULT_KEEP: bool = FmriSpec.model_fields["keep_decompressed"].default
 
 
-def activate(run_keys: list[RunKey], group_size: int = DEFAULT_GROUP_SIZE) -> None:
-    """Generate the pipelines for these partitions (the experiment's ``fmri.run_keys`` and
-    ``fmri.subjects_per_group``) from now on (Kedro re-registers them on its next read
-    when they changed)."""
+def activate(run_keys: list[RunKey], group_size: int = DEFAULT_GROUP_SIZE,
+             keep_decompressed: bool = DEFAULT_KEEP) -> None:
+    """Generate the pipelines for these partitions (the experiment's ``fmri.run_keys``,
+    ``fmri.subjects_per_group`` and ``fmri.keep_decompressed``) from now on (Kedro
+    re-registers them on its next read when they changed)."""
     global _active
-    partitions = Partitions(tuple(run_keys), group_size)
+    partitions = Partitions(tuple(run_keys), group_size, keep_decompressed)
     if partitions == _active:
         return
     _active = partitions
@@ -57,4 +59,4 @@ def active_partitions() -> Partitions:
     globals_file = project_root() / "conf" / "base" / "globals.yml"
     default = (yaml.safe_load(globals_file.read_text()) or {}).get("default_experiment", "demo")
     spec, _ = load_spec(default)
-    return Partitions(tuple(spec.fmri.run_keys), spec.fmri.subjects_per_group)
+    return Partitions(tuple(spec.fmri.run_keys), spec.fmri.subjects_per_group, spec.fmri.keep_decompressed)

@@ -212,8 +212,84 @@ def _library_version(name: str) -> str:
 
 
 def stage_code_version(functions: tuple[tuple[str, str], ...]) -> str:
-    modules, libraries = stage_code(functions)
-    return hash_payload({"modules": code_version(modules), "libraries": libraries})
+    """The hash of a stage's code (:func:`stage_code`) and of its tracked libraries'
+    installed versions. The code part is kept on disk while no file of the package
+    changed (:class:`CodeVersionStore`): parsing the import graph costs every ``kedro``
+    command over a second otherwise."""
+    store = CodeVersionStore.for_project()
+    entry = store.get(functions)
+    if entry is None:
+        modules, libraries = stage_code(functions)
+        entry = {"modules": code_version(modules), "libraries": sorted(libraries)}
+        store.put(functions, entry)
+    libraries = {name: _library_version(name) for name in entry["libraries"]}
+    return hash_payload({"modules": entry["modules"], "libraries": libraries})
+
+
+def package_signature() -> str:
+    """Hash of the path, size and modification time of every source file of the package:
+    any edit, checkout or reinstall changes it."""
+    root = _package_root()
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        stat = path.stat()
+        files.append([str(path.relative_to(root)), stat.st_mtime_ns, stat.st_size])
+    return hash_payload({"root": str(root), "files": files})
+
+
+class CodeVersionStore:
+    """Stage code hashes (:func:`code_version` of a stage's modules, and which tracked
+    libraries they import) in ``<data>/.giblet/code_versions.json``, valid for one
+    :func:`package_signature`: a file of the package that changes drops them all.
+    Unwritable or absent storage only costs the parse."""
+
+    _loaded: dict[str, CodeVersionStore] = {}
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.signature = package_signature()
+        self.entries: dict[str, dict] = {}
+        if path is not None:
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, ValueError):
+                stored = {}
+            if isinstance(stored, dict) and stored.get("signature") == self.signature:
+                self.entries = dict(stored.get("stages") or {})
+
+    @classmethod
+    def for_project(cls) -> CodeVersionStore:
+        try:
+            from giblet_kedro.paths import data_dir
+
+            path: Path | None = data_dir() / ".giblet" / "code_versions.json"
+        except Exception:  # outside a project: nothing kept
+            path = None
+        key = str(path)
+        store = cls._loaded.get(key)
+        if store is None or store.signature != package_signature():
+            store = cls._loaded[key] = cls(path)
+        return store
+
+    @staticmethod
+    def _key(functions: tuple[tuple[str, str], ...]) -> str:
+        return json.dumps(functions)
+
+    def get(self, functions: tuple[tuple[str, str], ...]) -> dict | None:
+        return self.entries.get(self._key(functions))
+
+    def put(self, functions: tuple[tuple[str, str], ...], entry: dict) -> None:
+        self.entries[self._key(functions)] = entry
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".code_versions.", suffix=".tmp")
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"signature": self.signature, "stages": self.entries}, handle, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------- file digests

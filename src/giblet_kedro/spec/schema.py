@@ -308,6 +308,11 @@ class FmriSpec(StrictModel):
     # Subjects z-scored and summed by one map node of the second pass (the partial it
     # writes is one run per group, not per subject); fewer per group, more parallel nodes.
     subjects_per_group: Annotated[int, Field(ge=1)] = 4
+    # The first pass keeps each run's voxels as it decompressed them, and the second pass
+    # reads them instead of decompressing the run again (giblet_kedro.fmri.kept): the same
+    # values, a decompression less per run, the disk of the kept voxels (n_trs x voxels x
+    # the file's bytes per value, per run). Not in the fingerprint: it changes no output.
+    keep_decompressed: bool = True
     space: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] | None = None
 
     @field_validator("subjects")

@@ -10,6 +10,7 @@ z-scored with its own statistics; runs are concatenated in time, then subjects a
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import nibabel as nib
@@ -19,12 +20,14 @@ import pandas as pd
 from giblet_kedro.errors import InputDataError
 from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.checks import check_runs, check_space, check_tr, resolve_crop
+from giblet_kedro.fmri.kept import KeptVoxels, VoxelKeeper
 from giblet_kedro.fmri.normalize import RunSource, combine_groups, combine_subjects, normalize_source
 from giblet_kedro.fmri.partials import (
     RunKey,
     by_group,
     moments_from_arrays,
     moments_to_arrays,
+    partition_name,
     partition_names,
     val_test_rows,
 )
@@ -143,9 +146,9 @@ def _given_mask(mask_file: dict[str, nib.Nifti1Image], reference: RunHeader) -> 
 
 
 def _run_moments(fmri: FmriSpec, sid: str, run: str, header: RunHeader, crop, rows: np.ndarray, lab_run: str,
-                 operator, columns, ddof: int, censored: np.ndarray) -> SubjectMoments:
+                 operator, columns, ddof: int, censored: np.ndarray, keeper: VoxelKeeper | None) -> SubjectMoments:
     """One run's streaming pass over its uncensored training TRs (cleaned when
-    ``operator`` is given)."""
+    ``operator`` is given); ``keeper`` keeps what it decompressed."""
     label = run_label(fmri, sid, run)
     if censored.size:
         log.info("fmri stats: %s: %d volumes censored by the confound strategy (%d of them training TRs)", label,
@@ -157,12 +160,13 @@ def _run_moments(fmri: FmriSpec, sid: str, run: str, header: RunHeader, crop, ro
                                  "(fmri.clean.confounds.strategy_options) or leave the subject out")
     early = rows[: fmri.lab_mask.first_trs] if fmri.mask == "lab" and run == lab_run else None
     cleaned = operator is not None and rows.size
+    on_raw = keeper.add if keeper is not None else None
     log.info("fmri stats: %s (%d TRs, %d training, %s%s)", label, crop[1] - crop[0], rows.size,
              header.path.name, ", cleaned" if cleaned else "")
     if cleaned:
-        m = cleaned_moments(header, crop, rows, ddof, fmri.chunk_trs, operator, columns, early)
+        m = cleaned_moments(header, crop, rows, ddof, fmri.chunk_trs, operator, columns, early, on_raw)
     else:  # no cleaning, or a run held out whole: only its non-finite voxels are looked at
-        m = subject_moments(header, crop, rows, ddof, fmri.chunk_trs, columns, early)
+        m = subject_moments(header, crop, rows, ddof, fmri.chunk_trs, columns, early, on_raw)
     check_not_flat(label, m, header.path)
     return m
 
@@ -182,6 +186,19 @@ def run_statistics(runs: dict[str, nib.Nifti1Image], mask_file: dict[str, nib.Ni
     early std (lab mask), raw variance (cleaning report) and censored TRs. Voxels: the
     whole grid, or the given mask's.
     """
+    return _statistics(runs, mask_file, confounds, split, fmri, subject, run, keep=False)[0]
+
+
+def run_statistics_and_voxels(runs: dict[str, nib.Nifti1Image], mask_file: dict[str, nib.Nifti1Image],
+                              confounds: dict[str, pd.DataFrame], split: pd.DataFrame, fmri: FmriSpec,
+                              subject: str, run: str) -> tuple[dict[str, np.ndarray], KeptVoxels]:
+    """Map: :func:`run_statistics`, and the run's voxels as the pass decompressed them
+    (``fmri.keep_decompressed``; see :mod:`giblet_kedro.fmri.kept`), for the second pass."""
+    return _statistics(runs, mask_file, confounds, split, fmri, subject, run, keep=True)
+
+
+def _statistics(runs, mask_file, confounds, split, fmri: FmriSpec, subject: str, run: str,
+                keep: bool) -> tuple[dict[str, np.ndarray], KeptVoxels | None]:
     label = run_label(fmri, subject, run)
     key = run_key(subject, run)
     header = read_header(runs[key], label)
@@ -191,9 +208,11 @@ def run_statistics(runs: dict[str, nib.Nifti1Image], mask_file: dict[str, nib.Ni
     operator = run_operator(fmri, header.n_trs, crop, table, f"{label}: fmri.clean.confounds", blocks(split, run),
                             censored)
     columns = mask_columns(_given_mask(mask_file, header)) if fmri.mask not in ("auto", "lab") else None
+    keeper = VoxelKeeper(*crop, columns) if keep else None
     moments = _run_moments(fmri, subject, run, header, crop, stats_rows(split, run), _lab_run(split, fmri),
-                           operator, columns, fmri.zscore.ddof, censored)
-    return moments_to_arrays(moments, subject, run, censored)
+                           operator, columns, fmri.zscore.ddof, censored, keeper)
+    arrays = moments_to_arrays(moments, subject, run, censored)
+    return arrays, (keeper.result() if keeper is not None else None)
 
 
 def combine_statistics(runs: dict[str, nib.Nifti1Image], mask_file: dict[str, nib.Nifti1Image],
@@ -359,9 +378,12 @@ def build_fmri_tensor(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.
 
 def normalized_group(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.DataFrame],
                      stats: dict[str, np.ndarray], split: pd.DataFrame, fmri: FmriSpec, subjects: list[str],
-                     run: str) -> tuple[np.ndarray, np.ndarray]:
+                     run: str, **voxels: KeptVoxels) -> tuple[np.ndarray, np.ndarray]:
     """Map: one run of a group of subjects, each cleaned (if the spec cleans) and z-scored
     with its saved stats, over the run's crop, 0 at its censored TRs.
+
+    ``voxels``: partition name (``sub-<id>_run-<run>``) -> the first pass's copy of that
+    run's voxels, read instead of the file (``fmri.keep_decompressed``; the same values).
 
     Returns
     -------
@@ -382,6 +404,9 @@ def normalized_group(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.D
     normalized = np.empty(shape, dtype=np.float32) if summed else None
     for index, sid in enumerate(subjects):  # one subject's cleaning operator at a time
         source = run_source(runs, confounds, stats, split, fmri, sid, run)
+        copy = voxels.get(partition_name(sid, run))
+        if copy is not None:
+            source = replace(source, header=replace(source.header, kept=copy))
         target = normalized if summed else combined[index]
         normalize_source(source, columns, fmri.chunk_trs, target)
         rows[index] = target[kept]

@@ -9,7 +9,14 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node
 
-from giblet_kedro.fmri.partials import GROUP_ROWS_DATASET, GROUP_SUM_DATASET, MOMENTS_DATASET, Partitions
+from giblet_kedro.fmri.partials import (
+    GROUP_ROWS_DATASET,
+    GROUP_SUM_DATASET,
+    MOMENTS_DATASET,
+    VOXELS_DATASET,
+    Partitions,
+    partition_name,
+)
 from giblet_kedro.pipelines.fmri.nodes import (
     combine_normalized,
     combine_statistics,
@@ -18,6 +25,7 @@ from giblet_kedro.pipelines.fmri.nodes import (
     normalize_heldout,
     normalized_group,
     run_statistics,
+    run_statistics_and_voxels,
 )
 
 
@@ -39,19 +47,24 @@ def create_pipeline(partitions: Partitions, **kwargs) -> Pipeline:
     per (group of subjects, run)."""
     moments = {name: MOMENTS_DATASET.format(partition=name) for name in partitions.statistics()}
     sums = {name: GROUP_SUM_DATASET.format(partition=name) for name in partitions.groups()}
+    keep = partitions.keep_decompressed
+    voxels = {name: VOXELS_DATASET.format(partition=name) for name in partitions.statistics()}
     statistics = [
-        node(for_partition(run_statistics, subject=sid, run=run),
-             ["fmri_raw", "fmri_mask_input", "fmri_confounds", "fmri_split", "params:fmri"], moments[name],
+        node(for_partition(run_statistics_and_voxels if keep else run_statistics, subject=sid, run=run),
+             ["fmri_raw", "fmri_mask_input", "fmri_confounds", "fmri_split", "params:fmri"],
+             [moments[name], voxels[name]] if keep else moments[name],
              name=f"fmri_statistics_{name}", tags=["fmri_map"])
         for name, (sid, run) in partitions.statistics().items()
     ]
-    normalize = [
-        node(for_partition(normalized_group, subjects=subjects, run=run),
-             ["fmri_raw", "fmri_confounds", "fmri_norm_stats", "fmri_split", "params:fmri"],
-             [sums[name], GROUP_ROWS_DATASET.format(partition=name)],
-             name=f"fmri_normalize_{name}", tags=["fmri_map"])
-        for name, (subjects, run) in partitions.groups().items()
-    ]
+    normalize = []
+    for name, (subjects, run) in partitions.groups().items():
+        kept = {partition_name(sid, run): voxels[partition_name(sid, run)] for sid in subjects} if keep else {}
+        normalize.append(node(
+            for_partition(normalized_group, subjects=subjects, run=run),
+            {"runs": "fmri_raw", "confounds": "fmri_confounds", "stats": "fmri_norm_stats", "split": "fmri_split",
+             "fmri": "params:fmri"} | kept,
+            [sums[name], GROUP_ROWS_DATASET.format(partition=name)],
+            name=f"fmri_normalize_{name}", tags=["fmri_map"]))
     return Pipeline([
         node(inspect_runs, ["fmri_raw", "params:fmri"], "fmri_subjects", name="inspect_fmri_runs"),
         node(make_split, ["fmri_subjects", "params:fmri"], "fmri_split", name="split_fmri_trs"),

@@ -176,10 +176,11 @@ def _average(summed: np.ndarray, covered: np.ndarray) -> None:
         summed /= np.maximum(counts, 1).astype(np.float32)[:, None]
 
 
-def _release(array: np.ndarray) -> None:
-    """Let the kernel drop the pages of a memory-mapped partial once it is added: the
-    reduce would otherwise hold every subject's pages (n_subjects x the tensor) in its
-    resident memory until it returns."""
+def release_pages(array: np.ndarray) -> None:
+    """Let the kernel drop the pages of a memory-mapped array once it is read (a partial
+    added by the reduce, a run's kept voxels normalized by a map node): the process
+    would otherwise hold every one's pages in its resident memory until it returns
+    (n_subjects x the tensor, for the reduce). Anything else is left alone."""
     mapped = getattr(array, "_mmap", None) if isinstance(array, np.memmap) else None
     if mapped is not None and hasattr(mapped, "madvise"):
         mapped.madvise(mmap.MADV_DONTNEED)
@@ -228,7 +229,7 @@ def combine_groups(
                     out[rows] += run[t0: t0 + block_trs]
                 else:
                     out[first: first + len(subjects), rows] = run[:, t0: t0 + block_trs]
-            _release(run)
+            release_pages(run)
         first += len(subjects)
     if covered.shape != (n_subjects, n_trs):
         raise ValueError(f"coverage of shape {covered.shape} for {n_subjects} subjects and {n_trs} TRs")

@@ -21,7 +21,13 @@ from giblet_kedro.errors import InputDataError
 from giblet_kedro.fmri import censor
 from giblet_kedro.fmri.checks import check_runs, check_space, check_tr, resolve_crop
 from giblet_kedro.fmri.kept import KeptVoxels, VoxelKeeper
-from giblet_kedro.fmri.normalize import RunSource, combine_groups, combine_subjects, normalize_source
+from giblet_kedro.fmri.normalize import (
+    RunSource,
+    combine_groups,
+    combine_subjects,
+    normalize_source,
+    release_pages,
+)
 from giblet_kedro.fmri.partials import (
     RunKey,
     by_group,
@@ -409,6 +415,8 @@ def normalized_group(runs: dict[str, nib.Nifti1Image], confounds: dict[str, pd.D
             source = replace(source, header=replace(source.header, kept=copy))
         target = normalized if summed else combined[index]
         normalize_source(source, columns, fmri.chunk_trs, target)
+        if copy is not None:
+            release_pages(copy.values)
         rows[index] = target[kept]
         if summed:
             combined += target

@@ -49,6 +49,11 @@ def test_the_kept_whole_grid_serves_the_mask_bitwise_without_reading_the_file(tm
     assert kept.values.dtype == header.dtype and kept.values.shape == (27, inside.sum())
     columns = mask_columns(inside)
     expected = read(header, 2, 29, second_block, columns)
+    # the file path itself, against nibabel (scale factors applied in float64 there)
+    full = nib.load(tmp_path / "run.nii.gz").get_fdata()
+    np.testing.assert_allclose(expected, full[inside].T[2:29], rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(kept.values * header.slope + header.inter,
+                               full.reshape(-1, 31, order="F")[kept.columns].T[2:29], rtol=1e-6, atol=1e-4)
     within = read(header, 10, 20, second_block, columns[::3])
     refuse_file_reads(monkeypatch)
     copy = dataclasses.replace(header, kept=kept)

@@ -53,37 +53,33 @@ class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
 
 class KeptVoxelsDataset(AbstractDataset[KeptVoxels, KeptVoxels]):
     """The first pass's copy of a run's voxels (:class:`~giblet_kedro.fmri.kept.KeptVoxels`):
-    the values as a ``.npy`` (memory-mapped on load), and beside it ``<stem>.index.npz``
-    with their columns and first TR, written last (a pair without its index does not
-    exist)."""
+    the values as an :class:`NpyDataset` (memory-mapped on load), and beside it
+    ``<stem>.index.npz`` with their columns and first TR, written last (a pair without
+    its index does not exist)."""
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
-        self._index = self._filepath.with_name(self._filepath.stem + ".index.npz")
+        self._values = NpyDataset(filepath)
+        path = Path(filepath)
+        self._index = NpzDataset(str(path.with_name(path.stem + ".index.npz")))
         self.metadata = metadata
 
     def load(self) -> KeptVoxels:
-        with np.load(self._index, allow_pickle=False) as index:
-            columns, first_tr = index["columns"], int(index["first_tr"])
-        return KeptVoxels(np.load(self._filepath, mmap_mode="r", allow_pickle=False), columns, first_tr)
+        index = self._index.load()
+        return KeptVoxels(self._values.load(), index["columns"], int(index["first_tr"]))
 
     def save(self, data: KeptVoxels) -> None:
-        with atomic_path(self._filepath) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, np.asarray(data.values), allow_pickle=False)
-        with atomic_path(self._index) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, columns=np.asarray(data.columns, dtype=np.int64), first_tr=np.array(data.first_tr))
+        self._values.save(data.values)
+        self._index.save({"columns": np.asarray(data.columns, dtype=np.int64), "first_tr": np.array(data.first_tr)})
 
     def _exists(self) -> bool:
-        return intact(self._filepath) and intact(self._index)
+        return self._values.exists() and self._index.exists()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+        return self._values._describe()
 
     def preview(self) -> JSONPreview:
         """kedro-viz: shape, dtype and value range of the kept values."""
-        if not self._filepath.is_file():
-            return JSONPreview(NOT_YET)
-        return JSONPreview(to_json(array_summary(np.load(self._filepath, mmap_mode="r", allow_pickle=False))))
+        return self._values.preview()
 
 
 class NpzArrays(dict):

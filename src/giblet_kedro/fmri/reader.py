@@ -218,7 +218,9 @@ def iter_blocks(
     for t0, raw in _raw_blocks(header, start, stop, block_trs, columns):
         if on_raw is not None:
             on_raw(t0, raw)
-        block = raw.astype(np.float32)  # always a fresh array (raw may be a reused buffer)
+        # A fresh array the caller may keep: raw is copied when it is a view (of a reused
+        # read buffer or the kept copy), not when a gather already made it (float32 files).
+        block = raw.astype(np.float32, copy=not raw.flags.owndata)
         if scaled:
             block *= np.float32(header.slope)
             block += np.float32(header.inter)

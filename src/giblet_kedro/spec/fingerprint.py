@@ -245,9 +245,9 @@ class CodeVersionStore:
 
     _loaded: dict[str, CodeVersionStore] = {}
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, signature: str):
         self.path = path
-        self.signature = package_signature()
+        self.signature = signature
         self.entries: dict[str, dict] = {}
         if path is not None:
             try:
@@ -265,10 +265,10 @@ class CodeVersionStore:
             path: Path | None = data_dir() / ".giblet" / "code_versions.json"
         except Exception:  # outside a project: nothing kept
             path = None
-        key = str(path)
+        key, signature = str(path), package_signature()
         store = cls._loaded.get(key)
-        if store is None or store.signature != package_signature():
-            store = cls._loaded[key] = cls(path)
+        if store is None or store.signature != signature:
+            store = cls._loaded[key] = cls(path, signature)
         return store
 
     @staticmethod
@@ -283,13 +283,20 @@ class CodeVersionStore:
         if self.path is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".code_versions.", suffix=".tmp")
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"signature": self.signature, "stages": self.entries}, handle, sort_keys=True)
-            os.replace(tmp, self.path)
+            _replace_json(self.path, {"signature": self.signature, "stages": self.entries})
         except OSError:
             pass
+
+
+def _replace_json(path: Path, data: Any, indent: int | None = None) -> None:
+    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over
+    ``path``: a reader sees the old file or the new one (for the small stores here; the
+    project's outputs use :mod:`giblet_kedro.datasets.atomic`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=indent, sort_keys=True)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- file digests
@@ -314,11 +321,7 @@ class DigestCache:
         return self._entries
 
     def _save(self) -> None:
-        self.store.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.store.parent, prefix=".digests.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self._load(), handle, indent=0, sort_keys=True)
-        os.replace(tmp, self.store)
+        _replace_json(self.store, self._load(), indent=0)
 
     def digest(self, path: Path, label: str) -> str:
         """Content digest of ``path``; ``label`` names the spec key in error messages."""

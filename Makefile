@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench lab-bench viz docs clean-caches chromium
+.PHONY: install train test test-fast bench lab-bench viz docs clean-caches chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,19 @@ chromium:
 	  || { $(APT) update -q >/dev/null && $(APT) install -y -q chromium >/dev/null; } \
 	  || echo "warning: could not install chromium (the lineage-review test needs it)"
 
-## The whole test suite (what .ci/run calls).
+## The whole test suite (what .ci/run calls): everything but the `serial` tier on two
+## pytest-xdist workers (the shared demo runs each on one worker), then `serial` alone.
+## Both passes share the demo runs built once (GIBLET_TEST_SHARED).
+XDIST := -n 2 --dist loadgroup
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@shared=$$(mktemp -d -t giblet-tests.XXXXXX); trap 'rm -rf "$$shared"' EXIT; \
+	export GIBLET_TEST_SHARED="$$shared"; \
+	$(BIN)/python -m pytest $(XDIST) -m "not serial" $(PYTEST_ARGS) && \
+	$(BIN)/python -m pytest -p no:xdist -m serial $(PYTEST_ARGS)
+
+## The inner loop: unit and in-memory pipeline tests (no e2e, training or serial tier).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest $(XDIST) -m "not e2e and not trains and not serial" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fmri_bench.py

@@ -57,7 +57,7 @@ def _drop_nodes_with_outputs(pipeline, catalog) -> int:
     """Leave out, in place, the nodes Kedro's ``only_missing_outputs`` would leave out.
 
     The session hands this very pipeline object to the runner after this hook, so the
-    filtered pipeline's state replaces the original's (``tests/e2e/test_hooks.py`` fails if a
+    filtered pipeline's state replaces the original's (``tests/e2e/test_kedro_runs.py`` fails if a
     Kedro release changes that). Returns how many nodes were left out."""
     from kedro.runner import SequentialRunner
 

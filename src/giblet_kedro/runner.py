@@ -26,6 +26,8 @@ from pathlib import Path
 from kedro.runner import AbstractRunner, SequentialRunner
 from kedro.runner.task import Task
 
+from giblet_kedro.compute import available_cores
+
 log = logging.getLogger(__name__)
 
 
@@ -153,7 +155,7 @@ class DaskRunner(AbstractRunner):
     def __init__(self, is_async: bool = False, address: str | None = None, n_workers: int | None = None):
         super().__init__(is_async=is_async)
         self._address = address or os.environ.get(SCHEDULER_ENV)
-        self._n_workers = n_workers or int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1
+        self._n_workers = n_workers or int(os.environ.get(WORKERS_ENV, 0)) or available_cores()
 
     def _get_executor(self, max_workers: int) -> None:
         return None  # Dask schedules the tasks

@@ -3,9 +3,9 @@ valid, the run resumes, and the final outputs equal those of an uninterrupted ru
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -15,14 +15,18 @@ import numpy as np
 import pytest
 
 from giblet_kedro.datasets import atomic
-from tests.e2e.conftest import KEDRO, kedro
+from tests.e2e.harness import KEDRO, RUN_ENVIRONMENT, inside, session_run
 
-pytestmark = pytest.mark.slow
+# Kills and concurrent runs: timing-sensitive, so never beside another test process.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
+FMRI_OUTPUTS = ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy",
+                "data/05_model_input/fmri_runs/*/groups/group-1_run-1/combined.npy")
 
 
 def start(project: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
-    env.pop("GIBLET_PROJECT_ROOT", None)
+    for name in RUN_ENVIRONMENT:
+        env.pop(name, None)
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     return subprocess.Popen([KEDRO, "run", *args], cwd=project, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -77,15 +81,19 @@ def kill_inside(project: Path, log: Path, node: str | None, rng: np.random.Gener
     return flight[-1]
 
 
-def test_fmri_stage_killed_inside_nodes_resumes_to_the_same_result(project, tmp_path):
+def assert_same_outputs(project: Path, reference: Path) -> None:
+    for pattern in FMRI_OUTPUTS:
+        ours, theirs = arrays(project, pattern), arrays(reference, pattern)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{pattern}: {key}")
+
+
+def test_fmri_stage_killed_inside_nodes_resumes_to_the_same_result(project, tmp_path, demo_features):
     """kill -9 inside the slow nodes in turn (each kill asserted to land inside a node:
     its start is logged and its completion is not): the demo data, a run's statistics and
     a run's normalization (map-reduce partitions); after each, whatever is on disk is
-    whole, and the final run equals an uninterrupted one bit for bit."""
-    reference = tmp_path / "reference"
-    shutil.copytree(project, reference)
-    kedro(reference, "run", "--pipelines=fmri")
-
+    whole, and the final run equals an uninterrupted one (the shared build) bit for bit."""
     rng = np.random.default_rng(2026)
     killed = []
     targets = ("generate_demo_data", "fmri_statistics_", "fmri_normalize_", None)
@@ -93,37 +101,16 @@ def test_fmri_stage_killed_inside_nodes_resumes_to_the_same_result(project, tmp_
         killed.append(kill_inside(project, tmp_path / f"kill{index}.log", node, rng))
         assert damaged_outputs(project) == []
     assert all(name.startswith(target) for name, target in zip(killed[:3], targets, strict=False)), killed
-    kedro(project, "run", "--pipelines=fmri")
-    for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy",
-                    "data/05_model_input/fmri_runs/*/groups/group-1_run-1/combined.npy"):
-        ours, theirs = arrays(project, pattern), arrays(reference, pattern)
-        assert ours.keys() == theirs.keys()
-        for key in ours:
-            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{pattern}: {key}")
-
-
-def test_a_damaged_cache_is_recomputed_not_used(project):
-    kedro(project, "run", "--pipelines=fmri")
-    tensor = next(project.glob("data/05_model_input/fmri_tensor/*/fmri_train.npy"))
-    good = np.load(tensor)
-    with open(tensor, "r+b") as handle:  # flip a byte in the middle of the data
-        handle.seek(tensor.stat().st_size // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-    result = kedro(project, "run", "--pipelines=fmri")
-    output = result.stdout + result.stderr
-    assert "damaged cache, recomputing it: content does not match its recorded digest" in output
-    assert "Running node: build_fmri_tensor" in output and "Running node: compute_fmri_norm_stats" not in output
-    np.testing.assert_array_equal(np.load(tensor), good)
+    session_run(project, "fmri")
+    assert_same_outputs(project, demo_features.root)
 
 
 def short_training(project: Path) -> str:
-    """The demo with 6 epochs and a checkpoint after every one."""
+    """The demo with 6 epochs and a checkpoint after every one; the spec's path."""
     spec = (project / "conf/base/experiments/demo.yml").read_text()
     spec = spec.replace("epochs: 40", "epochs: 6").replace("checkpoint_every: 5", "checkpoint_every: 1")
     (project / "short.yml").write_text(spec.replace("name: demo", "name: short"))
-    return "experiment=short.yml"
+    return str(project / "short.yml")
 
 
 def _runs_in(pid: int, project: Path) -> bool:
@@ -135,16 +122,13 @@ def _runs_in(pid: int, project: Path) -> bool:
         return False
 
 
-def test_training_killed_mid_run_resumes_to_the_same_weights(project, tmp_path):
+@pytest.mark.trains
+def test_training_killed_mid_run_resumes_to_the_same_weights(demo_features, copy_of):
     import torch
 
-    params = short_training(project)
-    kedro(project, "run", "--pipelines=stimulus", "--params", params)
-    kedro(project, "run", "--pipelines=fmri", "--params", params)
-    reference = tmp_path / "reference"
-    shutil.copytree(project, reference)
-    kedro(reference, "run", "--pipelines=train", "--params", params)
-
+    project, reference = copy_of(demo_features), copy_of(demo_features, "reference")
+    session_run(reference, "train", experiment=short_training(reference))
+    params = f"experiment={short_training(project)}"
     process = start(project, "--pipelines=train", "--params", params)
     deadline = time.monotonic() + 300
     last = None
@@ -163,31 +147,44 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(project, tmp_path):
     assert [pid for pid in orphans if int(pid) != os.getpid() and _runs_in(int(pid), project)] == [], \
         "training ranks outlived kedro run"
 
-    resumed = kedro(project, "run", "--pipelines=train", "--params", params)
-    assert "resuming from" in resumed.stdout + resumed.stderr
+    resumed = session_run(project, "train", experiment=str(project / "short.yml"))
+    assert "resuming from" in resumed.log
     ours = torch.load(next(project.glob("data/06_models/train/*/model_final.pt")), weights_only=True)
     theirs = torch.load(next(reference.glob("data/06_models/train/*/model_final.pt")), weights_only=True)
     for key in theirs:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
 
 
-def test_two_runs_at_once_on_one_data_folder_agree(project, tmp_path):
+def test_two_runs_at_once_on_one_data_folder_agree(project, tmp_path, demo_features):
     """Two `kedro run`s of the same spec at the same time: both finish, every node is
-    computed once (the other run waits for it, saying so), every output is whole, and
-    the result equals a lone run's."""
-    reference = tmp_path / "reference"
-    shutil.copytree(project, reference)
-    kedro(reference, "run", "--pipelines=fmri")
-    logs = [tmp_path / f"run{i}.log" for i in range(2)]
-    runs = [start(project, "--pipelines=fmri", log=log) for log in logs]
+    computed once, every output is whole, and the result equals a lone run's (the shared
+    build). The tensor's folder is held locked until both runs wait for it, so they
+    overlap for sure: one then builds the tensor and the other skips it, saying so."""
+    with inside(project):
+        from giblet_kedro.spec.compile import compile_experiment
+
+        folder = compile_experiment(str(project / "conf/base/experiments/demo.yml"), check_files=False) \
+            .cache_dir("fmri_tensor")
+    folder.mkdir(parents=True)
+    waiting = re.compile(r"waiting for another run, which is writing \S+ \(build_fmri_tensor\)")
+    with open(folder / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        runs = [start(project, "--pipelines=fmri", log=tmp_path / f"run{i}.log") for i in range(2)]
+
+        def run_logs() -> list[str]:  # each run's own log file (plain lines, not the console's)
+            return ["".join(path.read_text() for path in project.glob("data/09_logs/*.log")
+                            if re.fullmatch(rf"\d+-\d+-{run.pid}(-\d+)?", path.stem)) for run in runs]
+
+        deadline = time.monotonic() + 300
+        while not all(waiting.search(text) for text in run_logs()):
+            assert time.monotonic() < deadline and all(run.poll() is None for run in runs), run_logs()
+            time.sleep(0.2)
+        fcntl.flock(held, fcntl.LOCK_UN)
     assert [run.wait(timeout=600) for run in runs] == [0, 0]
-    text = [log.read_text() for log in logs]
+    text = run_logs()
     for node in ("generate_demo_data", "compute_fmri_norm_stats", "build_fmri_tensor"):
         assert sum(t.count(f"Running node: {node}") for t in text) == 1, node
-    assert any("waiting for pid" in t for t in text) or any("Skipping all" in t for t in text)
+    skipped = "Skipping node build_fmri_tensor: another run wrote its outputs while this one waited"
+    assert sum(skipped in t for t in text) == 1
     assert damaged_outputs(project) == []
-    for pattern in ("data/03_primary/fmri_stats/*/norm_stats.npz", "data/05_model_input/fmri_tensor/*/fmri_train.npy",
-                    "data/05_model_input/fmri_runs/*/groups/group-1_run-1/combined.npy"):
-        ours, theirs = arrays(project, pattern), arrays(reference, pattern)
-        for key in theirs:
-            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{pattern}: {key}")
+    assert_same_outputs(project, demo_features.root)

@@ -1,4 +1,7 @@
-"""End to end through the real `kedro` command, in a throwaway copy of the project."""
+"""Runs of the project's pipelines on throwaway projects, most of them copies of the shared
+``demo_features`` build (the demo's fMRI and stimulus stages, computed once). Runs go
+through ``KedroSession`` and ``kedro giblet`` through click; the real ``kedro`` command is
+started only where its exit code, its message or a runner is what is tested."""
 
 from __future__ import annotations
 
@@ -6,33 +9,52 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import random_runs, write_run
-from tests.e2e.conftest import kedro, outputs, ran_nodes
+from tests.e2e.harness import giblet, kedro, mlflow_runs, outputs, planted_square, process_ran, session_run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+MISMATCH_EPOCHS = 10  # enough for every other check to pass (the demo trains 40)
 
 
-def test_demo_fmri_run_then_cache_reuse_then_mode_change(project):
-    first = kedro(project, "run", "--pipeline=fmri")
-    assert {"generate_demo_data", "compute_fmri_norm_stats", "build_fmri_tensor"} <= ran_nodes(first)
+def new_outputs(project: Path, source, pattern: str) -> list[Path]:
+    """Outputs under ``project`` matching ``pattern`` that its source build did not have."""
+    return [path for path in outputs(project, pattern) if not (source.root / path.relative_to(project)).exists()]
+
+
+def _history(project: Path) -> list[dict]:
+    return [json.loads(line) for line in (project / "data/.giblet/runs.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------- runs and caches
+def test_the_features_build_generated_the_demo_data_through_the_hook(demo_features):
+    """The shared build ran the fmri and stimulus pipelines from Python on an empty project:
+    the hook generated the demo data first, then every node ran once."""
+    assert {"generate_demo_data", "inspect_fmri_runs", "compute_fmri_norm_stats", "build_fmri_tensor",
+            "extract_video_frames", "extract_audio_codes", "extract_text_embeddings",
+            "check_stimulus_alignment"} <= demo_features.ran
+    assert len(list(demo_features.root.glob("data/01_raw/demo/*/movie.mp4"))) == 1
+
+
+def test_caches_are_reused_and_an_override_recomputes_only_what_reads_it(demo_features, copy_of):
+    """From Python, as a notebook runs: nothing recomputes on a second run; ``fmri.mode``
+    overridden recomputes the averaging only (the group's second pass stacks instead of
+    summing); each session is its own finished MLflow run with the spec as params; the run
+    history, the compiled view and ``compare`` agree on the fingerprints."""
+    project = copy_of(demo_features)
     stats_file, = outputs(project, "fmri_stats/*/norm_stats.npz")
     tensor_file, = outputs(project, "fmri_tensor/*/fmri_train.npy")
     stamp = stats_file.stat().st_mtime_ns
 
-    again = kedro(project, "run", "--pipelines=fmri")
-    assert ran_nodes(again) == set()  # nothing recomputed
-    assert stats_file.stat().st_mtime_ns == stamp
-
-    spec = (project / "conf/base/experiments/demo.yml").read_text()
-    (project / "per_subject.yml").write_text(spec.replace("mode: cross_subject", "mode: per_subject"))
-    changed = kedro(project, "run", "--pipelines=fmri", "--params", "experiment=per_subject.yml")
-    # stats, split, demo data reused; the group's second pass stacks instead of summing
-    assert ran_nodes(changed) == {"fmri_normalize_group-1_run-1", "build_fmri_tensor"}
+    again = session_run(project, "fmri", experiment="demo")
+    assert again.ran == set() and "reusing the caches of" in again.log
+    changed = session_run(project, "fmri", experiment="demo", fmri={"mode": "per_subject"})
+    assert changed.ran == {"fmri_normalize_group-1_run-1", "build_fmri_tensor"}
     assert stats_file.stat().st_mtime_ns == stamp
     per_subject, = [p for p in outputs(project, "fmri_tensor/*/fmri_train.npy") if p != tensor_file]
     cross, per = np.load(tensor_file), np.load(per_subject)
@@ -51,6 +73,36 @@ def test_demo_fmri_run_then_cache_reuse_then_mode_change(project):
     r_silent = [np.corrcoef(cross[:, v], visual_signal)[0, 1] for v in np.flatnonzero(region == 4)]
     assert np.median(np.abs(r_silent)) < 0.2  # unresponsive voxels carry no planted signal
 
+    history = _history(project)
+    assert [r["pipelines"] for r in history] == [["fmri"]] * 2
+    assert [r["spec"]["fmri"]["mode"] for r in history] == ["cross_subject", "per_subject"]
+    registry = json.loads((project / "data/.giblet/experiments.json").read_text())
+    assert any("#overrides=" in reference for reference in registry)  # prune keeps the override's caches
+    shown = giblet(project, "spec", "--params", "fmri.mode=per_subject").output
+    compared = giblet(project, "compare", "demo~1", "demo~0").output
+    assert "fmri.mode" in compared and "fmri_tensor" in compared
+
+    if importlib_find("kedro_mlflow"):
+        import mlflow
+
+        assert mlflow.active_run() is None  # each session ended its own run
+        _, runs = mlflow_runs(project)
+        assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+        first, second = (r.data for r in runs)
+        assert first.params["spec.fmri.mode"] == "cross_subject" and second.params["spec.fmri.mode"] == "per_subject"
+        assert first.params["spec.fmri.zscore.ddof"] == "1" and first.params["spec.name"] == "demo"
+        assert second.tags["giblet.overrides"] == '{"fmri.mode": "per_subject"}'
+        tensor_fp = second.tags["fingerprint.fmri_tensor"]
+        assert tensor_fp != first.tags["fingerprint.fmri_tensor"] and tensor_fp in shown  # the compiled view agrees
+        assert second.tags["fingerprint.fmri_stats"] == first.tags["fingerprint.fmri_stats"]
+        assert per_subject.parent.name == tensor_fp
+
+
+def importlib_find(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
 
 def test_user_data_spec_and_replaced_raw_file(project, rng):
     raw = project / "data" / "01_raw"
@@ -58,18 +110,19 @@ def test_user_data_spec_and_replaced_raw_file(project, rng):
         write_run(raw / f"sub-{sid}.nii.gz", data)
     spec = project / "mine.yml"
     spec.write_text('name: mine\nfmri:\n  subjects: {pattern: "sub-{id}.nii.gz", ids: ["01", "02"]}\n  tr: 1.5\n')
-    first = kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}")
-    assert "generate_demo_data" not in ran_nodes(first) and "compute_fmri_norm_stats" in ran_nodes(first)
-    assert ran_nodes(kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}")) == set()
+    first = session_run(project, "fmri", experiment=str(spec))
+    assert "generate_demo_data" not in first.ran and "compute_fmri_norm_stats" in first.ran
+    assert session_run(project, "fmri", experiment=str(spec)).ran == set()
     write_run(raw / "sub-02.nii.gz", random_runs(rng, 1, n_trs=30)[0])  # new content, same name
-    third = kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}")
-    assert {"compute_fmri_norm_stats", "build_fmri_tensor"} <= ran_nodes(third)
+    third = session_run(project, "fmri", experiment=str(spec))
+    assert {"compute_fmri_norm_stats", "build_fmri_tensor"} <= third.ran
     assert len(outputs(project, "fmri_stats/*/norm_stats.npz")) == 2
 
 
 def test_bids_folder_with_confounds_through_kedro_run(project):
     """A BIDS derivatives folder under data/01_raw: runs, TR and confound tables found by
-    name, cleaned; a confound table that does not fit is named before any node runs."""
+    name, cleaned; a confound table that does not fit is named by ``kedro run`` before any
+    node runs."""
     from tests.spec.test_bids import bids_tree
 
     root = bids_tree(project / "data" / "01_raw" / "fmriprep")
@@ -77,7 +130,7 @@ def test_bids_folder_with_confounds_through_kedro_run(project):
     spec.write_text("name: bids\nfmri:\n  bids: {root: fmriprep, task: movie, space: MNI152NLin2009cAsym}\n"
                     "  split: {by: run, val: 0.2, test: ['2']}\n"
                     "  clean: {detrend: true, confounds: {columns: [trans_x, trans_y, rot_z, trans_x_derivative1]}}\n")
-    kedro(project, "run", "--pipelines=fmri", "--params", f"experiment={spec}")
+    session_run(project, "fmri", experiment=str(spec))
     cleaning = json.loads(next(project.glob("data/03_primary/fmri_stats/*/cleaning.json")).read_text())
     # the variance cleaning removed is measured on training TRs: run 2 is the test run
     assert {(r["subject"], r["run"]) for r in cleaning["runs"]} == {("01", "1"), ("02", "1")}
@@ -91,6 +144,7 @@ def test_bids_folder_with_confounds_through_kedro_run(project):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+# --------------------------------------------------------- what a user reads (processes)
 def test_bad_spec_is_one_clean_message(project):
     spec = project / "bad.yml"
     spec.write_text("name: bad\nfmri:\n  subjects: {'01': a.nii.gz}\n  tr: 1.5\n  mode: per_subjects\n")
@@ -123,129 +177,90 @@ def test_error_found_by_a_node_is_one_clean_message(project, rng):
     assert not outputs(project, "fmri_stats/*/norm_stats.npz")
 
 
-def test_spec_command_and_cache_pruning(project):
-    kedro(project, "run", "--pipelines=fmri")
-    shown = kedro(project, "giblet", "spec").stdout
-    assert "fmri_stats:" in shown and "fingerprint:" in shown and "/data/03_primary/fmri_stats/" in shown
-    stale = project / "data" / "05_model_input" / "fmri_tensor" / "0123456789abcdef"
-    stale.mkdir(parents=True)
-    (stale / "fmri_train.npy").write_bytes(b"old")
-    listing = kedro(project, "giblet", "caches").stdout
-    assert re.search(r"UNREFERENCED .*0123456789abcdef", listing) and "used by demo" in listing
-    kedro(project, "giblet", "caches", "--prune", "--yes")
-    assert not stale.exists()
-    tensor, = outputs(project, "fmri_tensor/*/fmri_train.npy")  # the used cache is kept
+def test_the_lesion_pipeline_needs_a_lesion_section(project):
+    """Refused before any node runs, not even the demo data's."""
+    refused = kedro(project, "run", "--pipelines=lesion", "--params", "experiment=demo_runs", expect=2)
+    assert "needs a 'lesion' section" in refused.stderr and process_ran(refused) == set()
+    assert not list(project.glob("data/01_raw/*"))
 
-    assert "every file of" in kedro(project, "giblet", "caches", "--verify").stdout
-    stat = tensor.stat()  # disk rot: one bit, same size, time and inode
-    with open(tensor, "r+b") as handle:
+
+# ----------------------------------------------------------------------- caches
+def _flip_a_bit(path: Path, keep_stat: bool) -> None:
+    """Damage one byte near the end of ``path``; ``keep_stat``: same size, time and inode
+    (disk rot), else a write that changes the modification time."""
+    stat = path.stat()
+    with open(path, "r+b") as handle:
         handle.seek(stat.st_size - 5)
         byte = handle.read(1)
         handle.seek(stat.st_size - 5)
         handle.write(bytes([byte[0] ^ 1]))
-    os.utime(tensor, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert not ran_nodes(kedro(project, "run", "--pipelines=fmri"))  # the stat memo trusts it
-    checked = kedro(project, "giblet", "caches", "--verify", expect=1)
-    assert re.search(r"DAMAGED .*fmri_tensor", checked.stdout) and "fmri_train.npy: content does not match" in \
-        checked.stdout
-    assert ran_nodes(kedro(project, "run", "--pipelines=fmri")) == {"build_fmri_tensor"}
-    assert "every file of" in kedro(project, "giblet", "caches", "--verify").stdout
+    if keep_stat:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    else:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
 
 
-def test_stimulus_stage_caches_per_modality(project):
-    first = kedro(project, "run", "--pipelines=stimulus")
-    assert {"extract_video_frames", "extract_audio_codes", "extract_text_embeddings",
-            "check_stimulus_alignment"} <= ran_nodes(first)
-    report, = project.glob("data/08_reporting/stimulus_alignment/*/stimulus_alignment.json")
+def test_spec_command_cache_pruning_and_damaged_caches(demo_features, copy_of):
+    project = copy_of(demo_features)
+    shown = giblet(project, "spec").output
+    assert "fmri_stats:" in shown and "fingerprint:" in shown and "/data/03_primary/fmri_stats/" in shown
+    stale = project / "data" / "05_model_input" / "fmri_tensor" / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    (stale / "fmri_train.npy").write_bytes(b"old")
+    listing = giblet(project, "caches").output
+    assert re.search(r"UNREFERENCED .*0123456789abcdef", listing) and "used by demo" in listing
+    giblet(project, "caches", "--prune", "--yes")
+    assert not stale.exists()
+    tensor, = outputs(project, "fmri_tensor/*/fmri_train.npy")  # the used cache is kept
+    good = np.load(tensor)
+
+    assert "every file of" in giblet(project, "caches", "--verify").output
+    _flip_a_bit(tensor, keep_stat=True)  # disk rot: one bit, same size, time and inode
+    assert session_run(project, "fmri").ran == set()  # the stat memo trusts it
+    checked = giblet(project, "caches", "--verify", expect=1).output
+    assert re.search(r"DAMAGED .*fmri_tensor", checked) and "fmri_train.npy: content does not match" in checked
+    assert session_run(project, "fmri").ran == {"build_fmri_tensor"}
+    assert "every file of" in giblet(project, "caches", "--verify").output
+    np.testing.assert_array_equal(np.load(tensor), good)
+
+    _flip_a_bit(tensor, keep_stat=False)  # a changed stat is hashed by the run itself
+    rerun = session_run(project, "fmri")
+    assert "damaged cache, recomputing it: content does not match its recorded digest" in rerun.log
+    assert rerun.ran == {"build_fmri_tensor"}
+    np.testing.assert_array_equal(np.load(tensor), good)
+
+
+def test_stimulus_stage_caches_per_modality(demo_features, copy_of):
+    root = demo_features.root
+    report, = root.glob("data/08_reporting/stimulus_alignment/*/stimulus_alignment.json")
     modalities = json.loads(report.read_text())["modalities"]
     assert modalities["video"]["shape"] == [300, 3, 3, 36, 64]
     assert modalities["audio"]["shape"] == [300, 2, 112] and modalities["audio"]["dtype"] == "int16"
     assert modalities["text"]["shape"] == [300, 512] and modalities["text"]["valid_trs"] == 300
 
     # ground truth: the demo's square brightness is visible on the TR it was planted on
-    truth = np.load(next(project.glob("data/01_raw/demo/*/ground_truth.npz")))
-    frames = np.load(next(project.glob("data/04_feature/video_frames_tr/*/video_frames_tr/values.npy")))
-    height, width = frames.shape[-2:]
-    green_square = frames[:, :, 1, height // 2 + 1:, : width // 4 - 1].mean(axis=(1, 2, 3))
-    planted = truth["features_tr"][:, 1]
-    calm = truth["features_tr"][:, list(truth["feature_names"]).index("flash")] == 0  # flashes wash the square out
+    green_square, planted, calm = planted_square(root)
     assert np.corrcoef(green_square[calm], planted[calm])[0, 1] > 0.95
     late = calm[1:] & calm[:-1]
     assert np.corrcoef(green_square[1:][late], planted[:-1][late])[0, 1] < \
         np.corrcoef(green_square[calm], planted[calm])[0, 1] - 0.02
 
-    assert ran_nodes(kedro(project, "run", "--pipelines=stimulus")) == set()
-
-    spec = (project / "conf/base/experiments/demo.yml").read_text()
-    (project / "per_subject.yml").write_text(spec.replace("mode: cross_subject", "mode: per_subject"))
-    assert ran_nodes(kedro(project, "run", "--pipelines=stimulus", "--params", "experiment=per_subject.yml")) == set()
-
-    (project / "bw6.yml").write_text(spec.replace("bandwidth: 1.5", "bandwidth: 6.0"))
-    changed = kedro(project, "run", "--pipelines=stimulus", "--params", "experiment=bw6.yml")
-    assert ran_nodes(changed) == {"extract_audio_codes", "audio_hrf", "check_stimulus_alignment"}
-    codes = [np.load(p, mmap_mode="r") for p in project.glob("data/05_model_input/audio_codes/*/audio_codes/values.npy")]
-    assert sorted(c.shape[1] for c in codes) == [2, 8]  # 1.5 kbps -> 2 codebooks, 6 kbps -> 8
+    project = copy_of(demo_features)
+    assert session_run(project, "stimulus").ran == set()
+    assert session_run(project, "stimulus", fmri={"mode": "per_subject"}).ran == set()
+    changed = session_run(project, "stimulus", stimulus={"video": {"frames_per_tr": 2}})
+    assert changed.ran == {"extract_video_frames", "video_hrf", "check_stimulus_alignment"}  # audio, text kept
+    frames = [np.load(p, mmap_mode="r") for p in project.glob("data/05_model_input/video_features/*/*/values.npy")]
+    assert sorted(f.shape[1] for f in frames) == [2, 3]  # frames per TR
 
 
-def test_train_pipeline_passes_verification_and_resumes(project):
-    first = kedro(project, "run", "--pipelines=train")
-    assert {"train_model", "verify_training"} <= ran_nodes(first)
-    assert re.search(r"epoch 40/40 train [0-9.]+", first.stdout + first.stderr)  # per-epoch lines from rank 0
-    run_logs = "".join(p.read_text() for p in project.glob("data/09_logs/*.log"))  # one file per run
-    assert re.search(r"SpawnProcess-\d+ giblet_kedro.training.ddp: epoch 40/40 train", run_logs)  # rank 0 too
-    assert "Running node: train_model" in run_logs and "\r" not in run_logs
-    report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
-    failed = [c for c in report["checks"] if not c["pass"]]
-    assert report["passed"], failed
-    names = {c["check"] for c in report["checks"]}
-    assert {"samples and batches drawn in epoch 1", "loss components balanced", "the stimulus drives the brain"} <= names
-    assert report["layout"].startswith("voxels")
-    assert next(project.glob("data/08_reporting/verify/*/loss_curve.png")).read_bytes()[:4] == b"\x89PNG"
-    import torch
-
-    weights = torch.load(next(project.glob("data/06_models/train/*/model_final.pt")), weights_only=True)
-    assert weights["readouts.video.weight"].shape == (64, 1184)  # the video decoder reads the voxel layer
-    assert ran_nodes(kedro(project, "run", "--pipelines=train")) == set()
-
-
-def test_two_run_demo_trains_on_run_1_and_aligns_each_run(project):
-    """The demo scanned as two runs: per-run cleaning and z-scores, split by run, each run
-    on its own part of the movie, and a verification report that follows the split."""
-    result = kedro(project, "run", "--pipelines=train", "--params", "experiment=demo_runs")
-    assert {"compute_fmri_norm_stats", "train_model", "verify_training"} <= ran_nodes(result)
-    split = np.genfromtxt(next(project.glob("data/03_primary/fmri_stats/*/split.csv")), delimiter=",",
-                          names=True, dtype=None, encoding="utf-8")
-    assert split.size == 360 and list(split["run"][[0, 179, 180, 359]]) == [1, 1, 2, 2]
-    # run 1: training TRs, the 10-TR gap, the last 20% for validation; run 2 is the test run
-    assert (split["split"][:134] == "train").all() and (split["split"][134:144] == "gap").all()
-    assert (split["split"][144:180] == "val").all()
-    assert (split["split"][180:] == "test").all()
-
-    report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
-    assert report["passed"], [c for c in report["checks"] if not c["pass"]]
-    samples = next(c for c in report["checks"] if c["check"] == "samples and batches drawn in epoch 1")
-    assert samples["observed"]["distinct_samples"] == 134  # run 1's training TRs only
-    assert report["layout"].startswith("latent")  # this demo keeps the lab's shipped layout
-
-    cleaning = json.loads(next(project.glob("data/03_primary/fmri_stats/*/cleaning.json")).read_text())
-    assert len(cleaning["runs"]) == 4 and all(0 < r["variance_removed"] < 0.5 for r in cleaning["runs"])  # run 1s
-
-    # each run's frames come from its own part of the movie: the planted brightness matches in both
-    truth = np.load(next(project.glob("data/01_raw/demo/*/ground_truth.npz")))
-    frames = np.load(next(project.glob("data/04_feature/video_frames_tr/*/video_frames_tr/values.npy")))
-    height, width = frames.shape[-2:]
-    green_square = frames[:, :, 1, height // 2 + 1:, : width // 4 - 1].mean(axis=(1, 2, 3))
-    planted = truth["features_tr"][:, 1]
-    calm = truth["features_tr"][:, list(truth["feature_names"]).index("flash")] == 0  # flashes wash the square out
-    for rows in (slice(0, 180), slice(180, 360)):
-        assert np.corrcoef(green_square[rows][calm[rows]], planted[rows][calm[rows]])[0, 1] > 0.95
-
-
-def test_a_spec_with_only_the_labs_own_features_trains_and_is_evaluated(project):
+@pytest.mark.trains
+def test_a_spec_with_only_the_labs_own_features_trains_and_is_evaluated(demo_features, copy_of):
     """No video, audio or text: the demo's planted per-TR features (an npz array at one
     sample per TR) and its annotation column (categorical) as `stimulus.features`. The
     features go through the HRF, the model, the ridge and the evaluation; the model,
     fed the true drivers of the planted response, predicts the held-out fMRI."""
+    project = copy_of(demo_features)
     base = (project / "conf/base/experiments/demo.yml").read_text()
     start, end = base.index("stimulus:"), base.index("  hrf:")
     spec = base[:start] + (
@@ -257,9 +272,10 @@ def test_a_spec_with_only_the_labs_own_features_trains_and_is_evaluated(project)
     spec = spec.replace("name: demo", "name: own_features").replace("epochs: 40", "epochs: 20")
     spec = spec[:spec.index("lesion:")]  # no lesions here
     (project / "conf/base/experiments/own_features.yml").write_text(spec)
-    result = kedro(project, "run", "--pipelines=evaluate", "--params", "experiment=own_features")
-    assert {"extract_stimulus_features", "features_hrf", "train_model", "fit_ridge_reference"} <= ran_nodes(result)
-    features = next(project.glob("data/04_feature/stimulus_features_tr/*/stimulus_features_tr/meta.json"))
+    result = session_run(project, "evaluate", experiment="own_features")
+    assert {"extract_stimulus_features", "features_hrf", "train_model", "fit_ridge_reference"} <= result.ran
+    assert "compute_fmri_norm_stats" not in result.ran  # the demo's fMRI stage is shared
+    features, = new_outputs(project, demo_features, "stimulus_features_tr/*/stimulus_features_tr/meta.json")
     columns = json.loads(features.read_text())["columns"]
     assert columns[:2] == ["planted:0", "planted:1"] and any(c.startswith("scene:Scene Details - A Level=") for c in columns)
     report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
@@ -270,25 +286,52 @@ def test_a_spec_with_only_the_labs_own_features_trains_and_is_evaluated(project)
     assert "features" in json.dumps(metrics["ridge"])
 
 
-def test_a_sweep_runs_its_points_on_shared_caches_and_compares_them(project):
-    """Two points that differ only in a training key: the first computes the fMRI stage,
-    the second reuses it (no node runs); compare --sweep lists both runs."""
-    result = kedro(project, "giblet", "sweep", "-e", "demo", "--grid", "train.lr=1e-3,3e-4", "--run",
-                   "--pipelines=fmri")
-    output = result.stdout + result.stderr
-    first, second = output.split("--- demo-00")[1].split("--- demo-01")
-    assert "Running node: compute_fmri_norm_stats" in first
+@pytest.mark.trains
+def test_a_demo_whose_stimulus_comes_from_another_seed_fails_verification(demo_features, copy_of):
+    """The demo's fMRI with another demo's movie and annotations: every training check
+    passes except the one that exists for this mistake, which says why. (Video and text
+    only: the check is the same with or without the audio, which costs most to extract.)"""
+    project = copy_of(demo_features)
+    base = (project / "conf/base/experiments/demo.yml").read_text()
+    (project / "other.yml").write_text(base.replace("name: demo", "name: other").replace("  seed: 0\n", "  seed: 1\n"))
+    before = set(project.glob("data/01_raw/demo/*"))
+    session_run(project, "demo_data", experiment=str(project / "other.yml"))
+    other, = set(project.glob("data/01_raw/demo/*")) - before
+    mismatched = base.replace("name: demo", "name: mismatch").replace("epochs: 40", f"epochs: {MISMATCH_EPOCHS}")
+    mismatched = "\n".join(line for line in mismatched.splitlines() if not line.startswith("  audio:"))
+    for file in ("movie.mp4", "annotations.xlsx"):
+        mismatched = mismatched.replace(f'"{{demo}}/{file}"', f'"{other / file}"')
+    (project / "mismatch.yml").write_text(mismatched)
+    result = session_run(project, "train", experiment=str(project / "mismatch.yml"))
+    assert "compute_fmri_norm_stats" not in result.ran and "extract_video_frames" in result.ran
+    report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
+    failed = [c for c in report["checks"] if not c["pass"]]
+    assert not report["passed"] and [c["check"] for c in failed] == ["the stimulus drives the brain"], failed
+    assert "circularly shifted" in failed[0]["reason"] and failed[0]["observed"]["p"] > 0.05
+
+
+# ----------------------------------------------------------------------- sweeps
+def test_a_sweep_runs_its_points_on_shared_caches_and_compares_them(demo_features, copy_of):
+    """Two points that differ only in a training key: the first computes the fMRI tensor
+    (removed from the copy), the second reuses it (no node runs); compare --sweep lists
+    both runs."""
+    project = copy_of(demo_features)
+    shutil.rmtree(project / "data/05_model_input/fmri_tensor")
+    logs = project / "data/09_logs"
+    giblet(project, "sweep", "-e", "demo", "--grid", "train.lr=1e-3,3e-4", "--run", "--pipelines=fmri")
+    first, second = (path.read_text() for path in sorted(logs.glob("*.log"), key=lambda p: p.stat().st_mtime))
+    assert "Running node: build_fmri_tensor" in first and "Running node: compute_fmri_norm_stats" not in first
     assert "Running node" not in second
-    lines = kedro(project, "giblet", "compare", "--sweep", "demo").stdout.splitlines()
+    lines = giblet(project, "compare", "--sweep", "demo").output.splitlines()
     table = lines[next(i for i, line in enumerate(lines) if line.startswith("point")):]
     assert table[0].split()[:3] == ["point", "train.lr", "run"]
     assert [row.split()[:2] for row in table[1:]] == [["demo-00", "0.001"], ["demo-01", "0.0003"]]
     assert all(row.split()[2] != "not" for row in table[1:])
-    script = kedro(project, "giblet", "sweep", "-e", "demo", "--grid", "train.lr=1e-3,3e-4", "--slurm").stdout
+    script = giblet(project, "sweep", "-e", "demo", "--grid", "train.lr=1e-3,3e-4", "--slurm").output
     assert "#SBATCH --array=0-1" in script
 
 
-
+# ----------------------------------------------------------------------- runners
 FMRI_CACHES = ("05_model_input/fmri_tensor/*/*.npy", "05_model_input/fmri_runs/*/groups/*/*.npy",
                "03_primary/fmri_stats/*/norm_stats.npz", "03_primary/fmri_stats/*/runs/*/moments.npz",
                "03_primary/fmri_stats/*/runs/*/voxels.*")
@@ -301,16 +344,19 @@ def _arrays(path: Path, content: bytes) -> dict[str, np.ndarray]:
     return {"": np.load(io.BytesIO(content))}
 
 
-def test_the_fmri_map_reduce_on_parallel_and_dask_runners_writes_the_sequential_caches(project):
+def test_the_fmri_map_reduce_on_parallel_and_dask_runners_writes_the_sequential_caches(demo_features, copy_of):
     """A node per subject and run, then per group of subjects (2 here) and run:
     ParallelRunner (processes) and the Dask runner (a LocalCluster of 2 workers) write
     every fMRI cache, partitions included, bitwise as the sequential run; a partition lost
     (a run killed before writing it) is the only map node that runs again."""
+    project = copy_of(demo_features)
+    for stage in ("03_primary/fmri_stats", "05_model_input/fmri_runs", "05_model_input/fmri_tensor"):
+        shutil.rmtree(project / "data" / stage)  # the demo data stay
     spec = (project / "conf/base/experiments/demo.yml").read_text()
     (project / "groups.yml").write_text(spec.replace("mode: cross_subject",
                                                      "mode: cross_subject\n  subjects_per_group: 2"))
-    params = ("--params", "experiment=groups.yml")
-    kedro(project, "run", "--pipelines=fmri", *params)
+    groups_spec = str(project / "groups.yml")
+    session_run(project, "fmri", experiment=groups_spec)
     sequential = {path: path.read_bytes() for pattern in FMRI_CACHES for path in project.glob(f"data/{pattern}")}
     partitions = [f"sub-{sid:02d}_run-1" for sid in range(1, 5)]
     groups = ["group-1_run-1", "group-2_run-1"]
@@ -318,9 +364,10 @@ def test_the_fmri_map_reduce_on_parallel_and_dask_runners_writes_the_sequential_
     assert sum("/groups/" in str(path) for path in sequential) == 2 * len(groups)  # sums and val/test rows
     maps = {f"fmri_statistics_{name}" for name in partitions} | {f"fmri_normalize_{name}" for name in groups}
     for runner in ("ParallelRunner", "giblet_kedro.runner.DaskRunner"):
-        result = kedro(project, "run", f"--runner={runner}", "--pipelines=fmri", "--recompute", *params)
+        result = kedro(project, "run", f"--runner={runner}", "--pipelines=fmri", "--recompute", "--params",
+                       f"experiment={groups_spec}")
         completed = set(re.findall(r"Completed node: ([\w.-]+)", result.stdout + result.stderr))
-        assert maps | {"compute_fmri_norm_stats", "build_fmri_tensor"} <= completed | ran_nodes(result), runner
+        assert maps | {"compute_fmri_norm_stats", "build_fmri_tensor"} <= completed | process_ran(result), runner
         for path, content in sequential.items():
             now, before = _arrays(path, path.read_bytes()), _arrays(path, content)
             assert now.keys() == before.keys(), path
@@ -330,6 +377,6 @@ def test_the_fmri_map_reduce_on_parallel_and_dask_runners_writes_the_sequential_
     lost = next(path for path in sequential if f"groups/{groups[1]}/combined.npy" in str(path))
     lost.unlink()
     next(path for path in sequential if path.name == "fmri_train.npy").unlink()
-    again = ran_nodes(kedro(project, "run", "--pipelines=fmri", *params))
+    again = session_run(project, "fmri", experiment=groups_spec).ran
     assert again == {f"fmri_normalize_{groups[1]}", "build_fmri_tensor"}, again
     assert lost.read_bytes() == sequential[lost]

@@ -16,9 +16,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.conftest import kedro
+from tests.e2e.harness import kedro
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags for a machine without internet: no background connections, and every host but
 # the local server unresolvable, so the page can only work offline.
@@ -33,15 +33,12 @@ class QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def served(project):
+def serve(project):
     """The built site on a local HTTP server (port 0: the OS picks a free one)."""
-    kedro(project, "viz", "build", "--include-previews")
     handler = functools.partial(QuietHandler, directory=str(project / "build"))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield project, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
@@ -54,54 +51,59 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
                               text=True, timeout=120)
 
 
-def test_site_previews_dataset_contents(served):
-    project, _ = served
+def _graph(project) -> tuple[dict, dict[str, str]]:
     graph = json.loads((project / "build" / "api" / "main").read_text())
-    ids = {node["name"]: node["id"] for node in graph["nodes"]}
+    return graph, {node["name"]: node["id"] for node in graph["nodes"]}
+
+
+def _preview(project, ids: dict[str, str], name: str) -> tuple[str, object]:
+    node = json.loads((project / "build" / "api" / "nodes" / ids[name]).read_text())
+    return node["preview_type"], node["preview"]
+
+
+def test_site_previews_dataset_contents_before_anything_ran(project):
+    kedro(project, "viz", "build", "--include-previews")
+    graph, ids = _graph(project)
     assert {"train", "evaluate", "lesion", "report"} <= {p["id"] for p in graph["pipelines"]}
-
-    def preview(name: str) -> tuple[str, object]:
-        node = json.loads((project / "build" / "api" / "nodes" / ids[name]).read_text())
-        return node["preview_type"], node["preview"]
-
-    kind, value = preview("fmri_raw")  # the demo is not generated yet: paths, and no crash
+    kind, value = _preview(project, ids, "fmri_raw")  # the demo is not generated yet: paths, and no crash
     assert kind == "JSONPreview" and "01/1" in json.loads(value)
-    kind, value = preview("fmri_split")
+    kind, value = _preview(project, ids, "fmri_split")
     assert kind == "TablePreview"
-    kind, value = preview("experiment_report")
+    kind, value = _preview(project, ids, "experiment_report")
     assert kind == "HTMLPreview"
 
 
-def test_built_site_renders_the_train_pipeline_offline(served):
+def test_built_site_renders_the_train_pipeline_offline(demo_features, copy_of):
     """After a run, previews carry the data (stats: subjects; NIfTI: shape, affine, TR),
     and Chromium, with every outside host unreachable, draws the train pipeline's nodes."""
-    project, url = served
-    kedro(project, "run", "--pipelines=fmri")
+    project = copy_of(demo_features)
     kedro(project, "viz", "build", "--include-previews")
-    graph = json.loads((project / "build" / "api" / "main").read_text())
-    ids = {node["name"]: node["id"] for node in graph["nodes"]}
-    stats = json.loads(json.loads((project / "build/api/nodes" / ids["fmri_norm_stats"]).read_text())["preview"])
+    _, ids = _graph(project)
+    stats = json.loads(_preview(project, ids, "fmri_norm_stats")[1])
     assert stats["normalization_stats"]["subjects"] == ["01", "02", "03", "04"]
     assert stats["normalization_stats"]["voxels"] > 1000
-    runs = json.loads(json.loads((project / "build/api/nodes" / ids["fmri_raw"]).read_text())["preview"])
+    runs = json.loads(_preview(project, ids, "fmri_raw")[1])
     assert runs["01/1"]["shape"] == [14, 16, 12, 300] and runs["01/1"]["tr_s"] == 1.5
     assert len(runs["01/1"]["affine"]) == 4
 
-    dom = chromium("--dump-dom", f"{url}/?pid=train").stdout
-    drawn = set(re.findall(r'class="pipeline-node pipeline-node--task"[^>]*data-node-fullname="([^"]+)"', dom))
-    from giblet_kedro.pipeline_registry import register_pipelines
+    server, url = serve(project)
+    try:
+        dom = chromium("--dump-dom", f"{url}/?pid=train").stdout
+        drawn = set(re.findall(r'class="pipeline-node pipeline-node--task"[^>]*data-node-fullname="([^"]+)"', dom))
+        from giblet_kedro.pipeline_registry import register_pipelines
 
-    expected = {node.name for node in register_pipelines(["train"])["train"].nodes}
-    assert drawn == expected, (sorted(drawn), sorted(expected))
-    assert {"train_model", "verify_training", "build_fmri_tensor"} <= drawn
+        expected = {node.name for node in register_pipelines(["train"])["train"].nodes}
+        assert drawn == expected, (sorted(drawn), sorted(expected))
+        assert {"train_model", "verify_training", "build_fmri_tensor"} <= drawn
 
-    # The screenshot for docs/: the same page with kedro-viz's first-visit feature tour off.
-    index = (project / "build" / "index.html").read_text()
-    hints_off = '<script>localStorage.setItem("KedroViz", JSON.stringify({showFeatureHints: false}))</script>'
-    (project / "build" / "screenshot.html").write_text(index.replace("<head>", "<head>" + hints_off, 1))
-    shot = project / "lineage_train.png"
-    result = chromium(f"--screenshot={shot}", f"{url}/screenshot.html?pid=train")
-    assert shot.read_bytes()[:4] == b"\x89PNG", result.stderr[-2000:]
+        # The screenshot for docs/: the same page with kedro-viz's first-visit feature tour off.
+        index = (project / "build" / "index.html").read_text()
+        hints_off = '<script>localStorage.setItem("KedroViz", JSON.stringify({showFeatureHints: false}))</script>'
+        (project / "build" / "screenshot.html").write_text(index.replace("<head>", "<head>" + hints_off, 1))
+        shot = project / "lineage_train.png"
+        result = chromium(f"--screenshot={shot}", f"{url}/screenshot.html?pid=train")
+    finally:
+        server.shutdown()
+    assert shot.read_bytes()[:4] == b"\x89PNG" and len(shot.read_bytes()) > 20_000, result.stderr[-2000:]
     if os.environ.get("GIBLET_UPDATE_DOCS"):  # refresh the screenshot kept in docs/
         shutil.copy(shot, REPO / "docs" / "lineage_train.png")
-    assert (REPO / "docs" / "lineage_train.png").is_file()

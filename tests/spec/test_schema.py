@@ -39,7 +39,10 @@ def test_minimal_spec_gets_documented_defaults():
     assert spec.fmri.split.val == 0.1 and spec.fmri.split.test == 0.1
     assert spec.loss.normalize == "variance" and spec.model.bottleneck == "voxels" and spec.model.rank is None
     assert spec.fmri.split.gap_trs == "auto"
-    assert spec.stimulus is None or spec.stimulus.hrf.slice_time_ref == 0.5
+    assert spec.stimulus is None
+    with_movie = parse_spec(MINIMAL + "stimulus:\n  video: {path: raw/movie.mp4}\n")
+    hrf = with_movie.stimulus.hrf  # the stimulus section without an hrf key
+    assert (hrf.kind, hrf.delay_s, hrf.slice_time_ref) == ("glover", 0.0, 0.5)
     assert spec.lesion is None and spec.evaluate.null == "phase" and spec.evaluate.null_draws == 1000
 
 

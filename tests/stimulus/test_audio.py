@@ -94,7 +94,10 @@ def test_local_weights_load_safely_and_give_the_same_codes(tmp_path, tone_movie)
         audio.build_encodec(6.0, str(tmp_path / "missing.th"), seed=0)
 
 
-def test_chunked_encoding_matches_whole_file_encoding(tone_movie):
+def test_chunked_encoding_matches_whole_file_encoding(tone_movie, monkeypatch):
+    """1 s of context warms the encoder up: the chunked codes agree with the whole file's
+    (0.89 to 0.91 of frames measured, over seeds and 1 or 2 threads; float rounding moves
+    some codes) far more than without it (0.79 to 0.82)."""
     samples, rate, _ = audio.decode_soundtrack(tone_movie)
     wav = audio.to_model_rate(samples, rate)
     model = audio.build_encodec(3.0, None, seed=0, init_audio=wav)
@@ -102,7 +105,9 @@ def test_chunked_encoding_matches_whole_file_encoding(tone_movie):
         whole = model.encode(wav[None])[0][0][0].numpy()
     chunked = audio.encode_chunked(model, wav, chunk_s=2, device="cpu")
     assert chunked.shape == whole.shape
-    assert (chunked == whole).mean() > 0.9  # 1 s of context warms the encoder up
+    monkeypatch.setattr(audio, "CONTEXT_S", 0)
+    cold = audio.encode_chunked(model, wav, chunk_s=2, device="cpu")
+    assert (chunked == whole).mean() > 0.85 and (chunked == whole).mean() > (cold == whole).mean() + 0.04
 
 
 def test_resampling_uses_encodecs_helper_in_chunks(rng):

@@ -34,8 +34,11 @@ def test_the_voxel_layer_is_the_fmri_prediction_and_all_the_decoders_read():
     silenced = layer.clone()
     silenced[:, :10] = 0.0
     assert not torch.allclose(model.decode(silenced)["text"], model.decode(layer)["text"])
-    # decoding goes through the voxel layer only: the same layer, the same outputs
-    assert torch.equal(model.decode(layer)["text"], model.decode_readouts(model.readout(layer))["text"])
+    # the text decoder reads the voxel layer through its rank-8 projection: by hand
+    readout, decoder = model.readouts["text"], model.decoders["text"]
+    hidden = torch.nn.functional.gelu((layer @ readout.weight.T + readout.bias) @ decoder[0].weight.T
+                                      + decoder[0].bias)
+    torch.testing.assert_close(model.decode(layer)["text"], hidden @ decoder[2].weight.T + decoder[2].bias)
 
 
 def test_the_latent_layout_keeps_an_fmri_head_factorized_when_asked():

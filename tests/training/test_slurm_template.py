@@ -39,6 +39,7 @@ def _stand_ins(folder: Path) -> dict[str, str]:
             "SCONTROL_LOG": str(folder / "scontrol.log")}
 
 
+@pytest.mark.serial  # the signal must land while the run is under way: a timing
 @pytest.mark.parametrize("template", ["train.sbatch", "train-multinode.sbatch"])
 def test_usr1_stops_the_run_and_requeues_the_job(tmp_path, template):
     env = _stand_ins(tmp_path / "bin")

@@ -175,7 +175,7 @@ def params(path) -> dict[str, np.ndarray]:
     return {k: v.numpy().copy() for k, v in load_checkpoint(path).items()}
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 @pytest.mark.parametrize("bottleneck", ["voxels", 16])
 def test_two_ranks_average_the_gradients_of_one_process_on_the_global_batch(tmp_path, bottleneck):
     """The first step's gradients of a 2-rank run (each rank 6 samples, DDP averaging)
@@ -195,7 +195,7 @@ def test_two_ranks_average_the_gradients_of_one_process_on_the_global_batch(tmp_
         np.testing.assert_allclose(two[key], one[key], rtol=2e-4, atol=1e-7, err_msg=key)
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     settings = {"epochs": 4, "batch_size": 4, "dropout": 0.2}
     full = tiny_job(tmp_path / "full", np.random.default_rng(1))
@@ -213,7 +213,8 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     assert [e["train"]["total"] for e in history_full["epochs"]] == [e["train"]["total"] for e in history_cut["epochs"]]
 
 
-@pytest.mark.slow
+@pytest.mark.trains
+@pytest.mark.serial
 def test_a_crashing_rank_ends_the_job_promptly(tmp_path, rng):
     job = tiny_job(tmp_path / "c", rng)
     job = dataclasses.replace(job, world_size=2, crash_at=[1, 0], train={**job.train, "batch_size": 2, "epochs": 3})
@@ -223,7 +224,8 @@ def test_a_crashing_rank_ends_the_job_promptly(tmp_path, rng):
     assert time.perf_counter() - started < 60
 
 
-@pytest.mark.slow
+@pytest.mark.trains
+@pytest.mark.serial
 @pytest.mark.parametrize(("kind", "message"), [
     ("kill", r"a training rank exited abnormally: process 1 terminated with signal SIGKILL"),
     ("hang", r"rank 0: no answer from the other ranks within train.collective_timeout_s = 5 s"),
@@ -240,6 +242,7 @@ def test_a_killed_or_hanging_rank_ends_the_job_within_the_timeout_then_resumes(t
     assert history["resumed_from_epoch"] == 1 and len(history["epochs"]) == 3
 
 
+@pytest.mark.trains
 def test_what_a_killed_launcher_left_for_the_rendezvous_is_cleared_by_the_next_launch(tmp_path, rng):
     """A launcher killed with -9 leaves its file store behind (in the run folder, so that
     it is not left in /tmp for good); the next launch starts from an empty one."""
@@ -252,6 +255,7 @@ def test_what_a_killed_launcher_left_for_the_rendezvous_is_cleared_by_the_next_l
     assert not stale.exists()
 
 
+@pytest.mark.trains
 def test_best_checkpoint_is_never_the_final_one_by_accident(tmp_path, rng):
     job = tiny_job(tmp_path / "d", rng)
     history = launch(dataclasses.replace(job, train={**job.train, "epochs": 3, "batch_size": 4}))
@@ -289,7 +293,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.trains
+@pytest.mark.serial
 def test_torchrun_on_two_local_nodes_matches_the_spawned_run(tmp_path):
     import os
     import subprocess
@@ -321,7 +326,7 @@ def test_torchrun_on_two_local_nodes_matches_the_spawned_run(tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_early_stopping_is_decided_together_by_all_ranks(tmp_path):
     job = tiny_job(tmp_path / "e", np.random.default_rng(0))
     # a learning rate too small to change the validation loss: it stops improving after epoch 1
@@ -333,7 +338,7 @@ def test_early_stopping_is_decided_together_by_all_ranks(tmp_path):
     assert time.perf_counter() - started < 120
 
 
-@pytest.mark.slow
+@pytest.mark.serial
 def test_a_rendezvous_that_never_completes_times_out(tmp_path, rng):
     """One of two torchrun nodes never starts: with --rdzv-conf join_timeout the other
     gives up with RendezvousTimeoutError and a non-zero exit, instead of waiting forever."""
@@ -354,6 +359,8 @@ def test_a_rendezvous_that_never_completes_times_out(tmp_path, rng):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.trains
+@pytest.mark.serial
 def test_a_second_run_of_the_same_training_waits_for_the_first(tmp_path, rng, caplog):
     """The run folder is locked while a run trains: another run of the same experiment
     says for whom it waits, and only starts once the lock is released."""
@@ -374,7 +381,7 @@ def test_a_second_run_of_the_same_training_waits_for_the_first(tmp_path, rng, ca
     assert finished.is_set() and (Path(job.run_dir) / "final.pt").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 @pytest.mark.parametrize("world", [1, 2])
 def test_a_stop_requested_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, world):
     """A stop requested after step 2 of epoch 2 (what the sbatch template's USR1 trap
@@ -401,7 +408,7 @@ def test_a_stop_requested_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_r
     assert history_full["epoch1_drawn"] == history_cut["epoch1_drawn"]
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_sigusr1_to_a_rank_requests_the_stop(tmp_path):
     """The signal itself (SLURM's --signal=USR1@T to the job's processes): the rank's
     handler creates the request file, and training stops inside the epoch."""

@@ -29,7 +29,6 @@ from giblet_kedro.training.verification import (
     verify,
 )
 
-pytestmark = pytest.mark.slow
 N_TRS, VOXELS, SUBJECTS = 160, 24, 3
 SPLIT = ["train"] * 100 + ["val"] * 40 + ["test"] * 20
 CHECKS = ["samples and batches drawn in epoch 1", "initial loss components", "loss components balanced",
@@ -115,11 +114,13 @@ def baseline(tmp_path_factory):
     return folder, verified(*experiment(folder / "right"))
 
 
+@pytest.mark.trains
 def test_a_right_experiment_passes_every_check(baseline):
     _, checks = baseline
     assert failing(checks) == [], {name: checks[name] for name in failing(checks)}
 
 
+@pytest.mark.trains
 def test_the_wrong_dataset_mode_fails_the_sample_count(baseline):
     """Trained on every subject's samples (per_subject) when the spec says cross_subject:
     the lab's 4,730-instead-of-946 mistake, at this size 300 instead of 100."""
@@ -131,6 +132,7 @@ def test_the_wrong_dataset_mode_fails_the_sample_count(baseline):
     assert check["expected"]["distinct_samples"] == 100 and check["observed"]["distinct_samples"] == 300
 
 
+@pytest.mark.trains
 def test_raw_pixels_without_normalization_fail_the_balance(baseline):
     folder, _ = baseline
     job, norm_stats, split, spec = experiment(folder / "none", normalize="none", video_scale=255.0, epochs=40)
@@ -139,6 +141,7 @@ def test_raw_pixels_without_normalization_fail_the_balance(baseline):
     assert checks["loss components balanced"]["observed"] > 100  # pixel variance against z-scored fMRI
 
 
+@pytest.mark.trains
 def test_a_subjects_missing_stats_fail_the_stats_check(baseline):
     folder, _ = baseline
     job, norm_stats, split, spec = experiment(folder / "stats")
@@ -150,6 +153,7 @@ def test_a_subjects_missing_stats_fail_the_stats_check(baseline):
     assert "02: subject_02_run_1_std missing" in reason and "03: subject_03_mean has 1 NaN/inf" in reason
 
 
+@pytest.mark.trains
 def test_a_stimulus_from_another_movie_fails_the_stimulus_check(baseline):
     folder, _ = baseline
     job, norm_stats, split, spec = experiment(folder / "movie", fmri_from=1, stimulus_seed=0)

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from giblet_kedro.compute import available_cores
 from giblet_kedro.datasets.atomic import atomic_path, check_file
 from giblet_kedro.logs import configure_rank_logging
 from giblet_kedro.models.autoencoder import build_model
@@ -239,7 +240,7 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, available_cores() // world))
     use_bf16 = settings["precision"] == "bf16" and device.type == "cuda"
 
     def autocast():

@@ -43,3 +43,9 @@ def test_the_two_run_demo_trains_on_run_1_and_aligns_each_run(demo_runs):
     green_square, planted, calm = planted_square(root)
     for rows in (slice(0, 180), slice(180, 360)):
         assert np.corrcoef(green_square[rows][calm[rows]], planted[rows][calm[rows]])[0, 1] > 0.95
+
+
+def test_the_held_out_run_is_evaluated_whole(demo_runs):
+    metrics = _json(demo_runs.root, "data/07_model_output/evaluate/*/evaluation_metrics.json")
+    assert list(metrics["by_run"]) == ["2"] and metrics["by_run"]["2"]["test_trs"] == 180
+    assert metrics["autoencoder"]["mean_r"] > 0.05

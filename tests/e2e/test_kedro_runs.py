@@ -269,7 +269,7 @@ def test_a_spec_with_only_the_labs_own_features_trains_and_is_evaluated(demo_fea
         "    planted: {path: \"{demo}/ground_truth.npz\", key: features_tr, rate_hz: 0.6666666666666666}\n"
         "    scene: {table: \"{demo}/annotations.xlsx\", columns: {\"Scene Details - A Level \": categorical}}\n"
     ) + base[end:]
-    spec = spec.replace("name: demo", "name: own_features").replace("epochs: 40", "epochs: 20")
+    spec = spec.replace("name: demo", "name: own_features").replace("epochs: 40", "epochs: 10")
     spec = spec[:spec.index("lesion:")]  # no lesions here
     (project / "conf/base/experiments/own_features.yml").write_text(spec)
     result = session_run(project, "evaluate", experiment="own_features")
@@ -281,7 +281,7 @@ def test_a_spec_with_only_the_labs_own_features_trains_and_is_evaluated(demo_fea
     report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
     assert report["passed"], [c for c in report["checks"] if not c["pass"]]
     metrics = json.loads(next(project.glob("data/07_model_output/evaluate/*/evaluation_metrics.json")).read_text())
-    assert metrics["autoencoder"]["r_over_ceiling"] > 0.6, metrics["autoencoder"]  # 0.83 here
+    assert metrics["autoencoder"]["r_over_ceiling"] > 0.6, metrics["autoencoder"]
     assert "features" in metrics["reconstruction"] and "planted:0" in metrics["reconstruction"]["features"]["column_r"]
     assert "features" in json.dumps(metrics["ridge"])
 

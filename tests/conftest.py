@@ -41,8 +41,11 @@ def _share_the_cores() -> None:
         share = len(cores) // count
         os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
     import torch
+    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)  # BLAS sized its pool at import, from every core
 
 
 _share_the_cores()

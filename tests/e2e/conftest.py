@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from filelock import FileLock
 
 from tests.e2e.harness import copy_project, new_project, session_run
@@ -88,8 +89,9 @@ def build_once(folder: Path, name: str, build: Callable[[Path], dict]) -> Built:
                 shutil.rmtree(target)
             try:
                 info = {"ok": True, **build(target)}
-            except Exception:
-                info = {"ok": False, "error": traceback.format_exc()}
+            except BaseException:  # a timeout too: recorded, so that no other test builds it again
+                record.write_text(json.dumps({"ok": False, "error": traceback.format_exc()}))
+                raise
             record.write_text(json.dumps(info))
     info = json.loads(record.read_text())
     if not info["ok"]:
@@ -104,8 +106,11 @@ def ci_spec(text: str) -> str:
     The lesion test asserts that the three regions' own-modality effects are significant
     after Benjamini-Hochberg over 9 region x modality p-values: three p-values of 1/(n + 1)
     pass at rank 3 when 1/(n + 1) <= 3 x 0.05 / 9, that is n >= 59 controls."""
-    text = text.replace("  method: zero\n", f"  method: zero\n  random_regions: {CI_RANDOM_REGIONS}\n")
-    return text + f"evaluate:\n  ridge: {{delay_sets: {json.dumps(CI_DELAYS)}}}\n"
+    spec = yaml.safe_load(text)
+    assert "random_regions" not in spec["lesion"] and "evaluate" not in spec, "the demo spec changed: recalibrate"
+    spec["lesion"]["random_regions"] = CI_RANDOM_REGIONS
+    spec["evaluate"] = {"ridge": {"delay_sets": CI_DELAYS}}
+    return yaml.safe_dump(spec, sort_keys=False)
 
 
 def _ran(run) -> list[str]:

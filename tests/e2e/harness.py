@@ -69,8 +69,14 @@ def outputs(project: Path, pattern: str) -> list[Path]:
 # ----------------------------------------------------------------------- in process
 @contextlib.contextmanager
 def inside(project: Path) -> Iterator[None]:
-    """Work in ``project`` (cwd) with no run's environment left over; restore both after."""
-    saved = {name: os.environ.pop(name, None) for name in RUN_ENVIRONMENT}
+    """Work in ``project`` (cwd) with no run's environment left over; restore after it the
+    working directory, the run's variables, and ``sys.path`` and ``PYTHONPATH``, to which
+    ``bootstrap_project`` prepends the project's ``src``. (What the project sets once per
+    process at import, such as MLflow's file-store switch, stays.)"""
+    names = (*RUN_ENVIRONMENT, "PYTHONPATH")
+    saved, path = {name: os.environ.get(name) for name in names}, list(sys.path)
+    for name in RUN_ENVIRONMENT:
+        os.environ.pop(name, None)
     try:
         with contextlib.chdir(project):
             yield
@@ -79,6 +85,28 @@ def inside(project: Path) -> Iterator[None]:
             os.environ.pop(name, None)
             if value is not None:
                 os.environ[name] = value
+        sys.path[:] = path
+
+
+def _end_the_session() -> None:
+    """What a session leaves in this process, undone: the run's log file (later logging
+    of this process must not append to it), an MLflow run a failed run left open, and the
+    experiment's partitions (the next session or a bare ``register_pipelines()`` starts
+    from the default experiment's, as in a fresh process)."""
+    from giblet_kedro.logs import RUN_FILE_HANDLER
+    from giblet_kedro.pipelines import partitions
+
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+        if handler.get_name() == RUN_FILE_HANDLER and isinstance(handler, logging.FileHandler):
+            handler.close()
+            handler.baseFilename = os.devnull
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run("FAILED")
+    partitions._active = None
 
 
 @dataclass
@@ -103,11 +131,12 @@ def session_run(project: Path, pipelines: list[str] | str, **runtime_params) -> 
     folder = project / LOG_FOLDER
     before = set(folder.glob("*.log"))
     with inside(project):
-        bootstrap_project(project)
-        with KedroSession.create(project_path=project, runtime_params=runtime_params or None) as session:
-            session.run(pipeline_names=names)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
+        try:
+            bootstrap_project(project)
+            with KedroSession.create(project_path=project, runtime_params=runtime_params or None) as session:
+                session.run(pipeline_names=names)
+        finally:
+            _end_the_session()
     return Run("".join(path.read_text() for path in sorted(set(folder.glob("*.log")) - before)))
 
 
@@ -132,9 +161,10 @@ def giblet(project: Path, *args: str, expect: int = 0) -> Command:
 
 
 # ------------------------------------------------------------------------ processes
-def kedro(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    """The real ``kedro ARGS`` in ``project``; asserts its exit code."""
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
+def kedro(project: Path, *args: str, expect: int = 0, **environment: str) -> subprocess.CompletedProcess:
+    """The real ``kedro ARGS`` in ``project`` (``environment``: extra variables); asserts its
+    exit code."""
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200", **environment}
     for name in RUN_ENVIRONMENT:
         env.pop(name, None)
     result = subprocess.run([KEDRO, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600)

@@ -20,9 +20,10 @@ import pytest
 
 from tests.conftest import REPO
 from tests.e2e.conftest import CI_DELAYS, CI_RANDOM_REGIONS
-from tests.e2e.harness import copy_project, giblet, mlflow_runs, session_run
+from tests.e2e.harness import copy_project, giblet, kedro, mlflow_runs, session_run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.trains, pytest.mark.xdist_group("demo_report")]
+# The first test builds the shared runs: longer than the suite's 10-minute default.
+pytestmark = [pytest.mark.e2e, pytest.mark.trains, pytest.mark.xdist_group("demo_report"), pytest.mark.timeout(1800)]
 REGIONS = (("visual", "video", 1), ("auditory", "audio", 2), ("language", "text", 3))
 
 
@@ -233,6 +234,7 @@ def test_the_report_holds_every_picture_and_mlflow_every_figure(demo_report):
     metrics = _json(root, "data/07_model_output/evaluate/*/evaluation_metrics.json")
     client, runs = mlflow_runs(root)
     run, = runs
+    assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "train.total")) == 40
     assert run.data.metrics["verify.the stimulus drives the brain"] == 1.0
     assert run.data.metrics["eval.r_over_ceiling"] == pytest.approx(metrics["autoencoder"]["r_over_ceiling"])
@@ -352,3 +354,29 @@ def test_the_training_movie_is_predicted_as_the_evaluation_did_and_scored_on_tes
     np.testing.assert_allclose(written[rows][covered], restored[covered], atol=2e-4)
     scores = json.loads((folder / "heldout_scores.json").read_text())
     assert scores["training_movie"] and scores["rows"] == rows.tolist()
+
+
+def test_predict_refuses_a_movie_it_cannot_use_with_one_message_and_writes_nothing(demo_report, tmp_path):
+    """Through the real command: a movie shorter than a TR, and a training movie without the
+    annotations the model's text encoder reads: exit 2, one message each, and nothing of
+    the predict stage written."""
+    from giblet_kedro.datasets.movie import Movie, MovieDataset
+
+    project = copy_project(demo_report.root, tmp_path / "project")
+    demo = next(project.glob("data/01_raw/demo/*/"))
+
+    def stage_files() -> list:
+        found = [*project.glob("data/07_model_output/predict/*/*"), *project.glob("data/04_feature/predict_stimulus/*/*")]
+        return sorted(f for f in found if not f.name.startswith("."))  # the runner's lock files aside
+
+    MovieDataset(str(project / "short.mp4")).save(Movie(frames=np.zeros((8, 36, 64, 3), np.uint8), fps=8,
+                                                        audio=np.zeros(24000, np.float32), sample_rate=24000))
+    refused = kedro(project, "run", "--pipelines=predict", "--params", f"predict.stimulus={project / 'short.mp4'}",
+                    expect=2)
+    assert "predict.stimulus: the movie lasts 1.000 s, less than one TR (1.5 s)" in refused.stdout + refused.stderr
+    refused = kedro(project, "run", "--pipelines=predict", "--params",
+                    f"predict.stimulus={demo / 'movie.mp4'},predict.annotations=null", expect=2)
+    message = refused.stdout + refused.stderr
+    assert "the model reads ['text'], which the new stimulus does not give" in message
+    assert "add ['text'] to predict.ablate" in message and "Traceback" not in message
+    assert stage_files() == []

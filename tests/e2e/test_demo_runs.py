@@ -12,7 +12,8 @@ import pytest
 
 from tests.e2e.harness import planted_square
 
-pytestmark = [pytest.mark.e2e, pytest.mark.trains, pytest.mark.xdist_group("demo_runs")]
+# The first test builds the shared runs: longer than the suite's 10-minute default.
+pytestmark = [pytest.mark.e2e, pytest.mark.trains, pytest.mark.xdist_group("demo_runs"), pytest.mark.timeout(1800)]
 
 
 def _json(root, pattern):

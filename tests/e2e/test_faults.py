@@ -123,13 +123,13 @@ def _runs_in(pid: int, project: Path) -> bool:
 
 
 @pytest.mark.trains
-def test_training_killed_mid_run_resumes_to_the_same_weights(demo_features, copy_of):
+def test_training_killed_mid_run_resumes_to_the_same_weights(demo_features, copy_of, tmp_path):
     import torch
 
     project, reference = copy_of(demo_features), copy_of(demo_features, "reference")
     session_run(reference, "train", experiment=short_training(reference))
     params = f"experiment={short_training(project)}"
-    process = start(project, "--pipelines=train", "--params", params)
+    process = start(project, "--pipelines=train", "--params", params, log=tmp_path / "killed.log")
     deadline = time.monotonic() + 300
     last = None
     while time.monotonic() < deadline and last is None:  # wait for the 2nd checkpoint
@@ -146,6 +146,7 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(demo_features, copy
                              text=True).stdout.split()
     assert [pid for pid in orphans if int(pid) != os.getpid() and _runs_in(int(pid), project)] == [], \
         "training ranks outlived kedro run"
+    assert re.search(r"epoch \d/6 train [0-9.]+", (tmp_path / "killed.log").read_text())  # rank 0's lines, on the console
 
     resumed = session_run(project, "train", experiment=str(project / "short.yml"))
     assert "resuming from" in resumed.log

@@ -48,7 +48,8 @@ def test_feature_band_standardizes_on_train_rows_and_zeroes_invalid():
 
 def test_banded_ridge_recovers_a_planted_map_and_the_informative_band(rng):
     """fMRI driven by band 'a' lagged 1 TR; band 'b' is noise. The fit must choose the
-    delay set containing 1, weight 'a' over 'b', and predict held-out rows well."""
+    delay set containing 1 (neither the first nor the last offered), weight 'a' over 'b',
+    and predict held-out rows well."""
     n, d_a, d_b, v = 240, 30, 300, 20
     a, b = rng.standard_normal((n, d_a)), rng.standard_normal((n, d_b))
     weights = rng.standard_normal((d_a, v))
@@ -57,7 +58,7 @@ def test_banded_ridge_recovers_a_planted_map_and_the_informative_band(rng):
     fmri = lagged @ weights / np.sqrt(d_a) + 0.5 * rng.standard_normal((n, v))
     train, val, test = np.arange(0, 160), np.arange(160, 200), np.arange(200, 240)
     fit = fit_banded_ridge({"a": a.astype(np.float32), "b": b.astype(np.float32)}, fmri, train, val, np.array([0]),
-                           [[0], [0, 1]], [0.1, 1.0, 10.0, 100.0, 1000.0], n_iter=10, seed=0)
+                           [[0], [0, 1], [0, 2]], [0.1, 1.0, 10.0, 100.0, 1000.0], n_iter=10, seed=0)
     assert fit.delays == [0, 1]
     assert fit.band_weights["a"] > 10 * fit.band_weights["b"]
     r = pearson_columns(fit.prediction[test], fmri[test])

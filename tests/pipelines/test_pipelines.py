@@ -167,17 +167,19 @@ def test_the_demo_pipeline_plants_its_response_in_every_subject(tmp_path):
 @pytest.mark.trains
 def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
     """Demo data -> fMRI -> stimulus -> training -> verification -> evaluation -> lesions ->
-    report, every stage's ``create_pipeline()`` summed and run by ``SequentialRunner``.
+    report, and in silico on the held-out movie, every stage's ``create_pipeline()`` summed
+    and run by ``SequentialRunner``.
     Files only where a node hands a path on by design (the raw runs and movie it streams,
     the memory-mapped caches the training ranks open); the rest stays in memory. The
     evaluation's r map holds each voxel's r of the saved prediction against the measured
     test rows (numpy here)."""
-    from giblet_kedro.pipelines import demo_data, evaluate, fmri, lesion, report, stimulus, train
+    from giblet_kedro.pipelines import demo_data, evaluate, fmri, lesion, predict, report, stimulus, train
     from giblet_kedro.spec.schema import (
         EvaluateSpec,
         LesionSpec,
         LossSpec,
         ModelSpec,
+        PredictSpec,
         TrainingSettings,
         TrainSpec,
         VerifySpec,
@@ -202,6 +204,8 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
         "lesion": LesionSpec(regions={name: {"atlas": regions, "labels": [code]} for name, code in
                                       (("visual", 1), ("auditory", 2), ("language", 3))},
                              random_regions=19, bootstrap=100),
+        "predict": PredictSpec(stimulus=str(raw / "heldout_movie.mp4"), ablate=["features"], permutations=19,
+                               regions={"visual": {"atlas": regions, "labels": [1]}}),
         "experiment_info": {"name": "tiny", "seed": 0, "spec_file": str(tmp_path / "tiny.yml")},
         "train_fresh": False,
     }
@@ -210,6 +214,8 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
         "demo_movie": {"filepath": str(raw / "movie.mp4")}, "demo_ground_truth": {"filepath": str(raw / "truth.npz")},
         "demo_regions": {"filepath": regions},
         "lesion_regions": {"paths": {"visual": regions, "auditory": regions, "language": regions}},
+        "predict_regions": {"paths": {"visual": regions}},
+        "demo_heldout_movie": {"filepath": str(raw / "heldout_movie.mp4")},
         "fmri_train": {"filepath": str(tmp_path / "fmri_train.npy")},
         "fmri_train_valid": {"filepath": str(tmp_path / "fmri_train_valid.npy")},
         "video_features": {"filepath": str(tmp_path / "video_features")},
@@ -219,8 +225,10 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
         "report_figures": {"folder": str(tmp_path / "report")},
     }.items()}
     partitions = Partitions(tuple(fmri_spec.run_keys), fmri_spec.subjects_per_group, True)
-    pipeline = sum((module.pipeline.create_pipeline(partitions=partitions)
-                    for module in (demo_data, fmri, stimulus, train, evaluate, lesion, report)), Pipeline([]))
+    demo = demo_data.pipeline.create_pipeline()  # first, as the project's hook does (predict reads no node's output)
+    workflow = sum((module.pipeline.create_pipeline(partitions=partitions)
+                    for module in (fmri, stimulus, train, evaluate, lesion, report, predict)), Pipeline([]))
+    pipeline = demo + workflow
     catalog = DataCatalog({**{name: Kept() for name in pipeline.datasets()}, **files})
     for section, value in specs.items():
         catalog[f"params:{section}"] = Kept(value)
@@ -228,7 +236,8 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
         "fmri_mask_input", "fmri_confounds", "fmri_heldout_confounds"}
     for name in ("fmri_mask_input", "fmri_confounds", "fmri_heldout_confounds"):
         catalog[name] = Kept({})
-    SequentialRunner().run(pipeline, catalog)
+    SequentialRunner().run(demo, catalog)
+    SequentialRunner().run(workflow, catalog)
 
     checks = {c["check"] for c in catalog.load("verification_report")["checks"]}
     assert {"samples and batches drawn in epoch 1", "the stimulus drives the brain"} <= checks
@@ -241,3 +250,11 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
     assert set(catalog.load("lesion_metrics")["regions"]) == {"visual", "auditory", "language"}
     html = catalog.load("experiment_report")
     assert "Training verification" in html and html.count("data:image/png;base64,") >= 3
+    # in silico: the held-out movie's predicted 4D response holds the voxel arrays; the
+    # region's time course is their mean over the atlas's voxels (numpy here)
+    arrays, image = catalog.load("predicted_voxels"), catalog.load("predicted_response")
+    np.testing.assert_allclose(np.asarray(image.dataobj)[mask].T, arrays["zscored"], atol=1e-6)
+    atlas = np.asarray(catalog.load("demo_regions").dataobj)[mask]
+    np.testing.assert_allclose(catalog.load("predicted_timecourses")["visual"],
+                               arrays["zscored"][:, atlas == 1].mean(1), atol=1e-5)
+    assert catalog.load("heldout_prediction_scores")["runs"]["01"]["trs"] == arrays["zscored"].shape[0]

@@ -86,6 +86,10 @@ def extract_new_stimulus(predict: PredictSpec, stimulus: StimulusSpec | None, fm
     arrays: dict[str, np.ndarray] = {"window_starts_s": grid.window_starts()}
     meta: dict[str, Any] = {"movie": str(movie), "annotations": None if annotations is None else str(annotations),
                             "grid": grid.describe(), "modalities": {}, "ablated": list(predict.ablate)}
+    # What the movie cannot give, known before any extraction (text without annotations, the
+    # lab's features): refused now rather than after minutes of decoding; a soundtrack found
+    # missing while decoding is refused below.
+    _refuse_missing(stimulus, ["video", "audio", *(["text"] if annotations is not None else [])], predict.ablate)
     for name in ("video", "audio", "text"):
         if name in predict.ablate:
             continue

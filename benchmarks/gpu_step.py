@@ -1,16 +1,17 @@
 """One training step of the default model at the lab's sizes, with torch and numpy alone.
 
 For a GPU machine that has torch but not Kedro (``PYTHONPATH=src python
-benchmarks/gpu_step.py``): the project's model (``models.autoencoder``) and losses
-(``training.losses``) on synthetic standardized batches of the lab's shapes (83,138
-voxels; video 3 frames of 3x90x160; EnCodec 3 kbps codes, 4 codebooks x 112 frames; CLIP
-512), AdamW, bf16 autocast on CUDA (fp32 master weights), DDP over NCCL when started
-under ``torchrun`` (gloo on CPU). Prints the median step time after warm-up and the peak
-GPU memory of rank 0 (targets at the lab's sizes: <= 0.5 s and <= 40 GB per step of
-``--batch`` samples per GPU; the lab measured 5 s and 44-46 GB).
+benchmarks/gpu_step.py``): the project's model (``models.autoencoder``: per-TR encoders,
+the temporal module over windows of TRs, decoders) and losses (``training.losses``) on
+synthetic standardized windows of the lab's shapes (83,138 voxels; TR 1.5 s, 21 s of
+context; video 3 frames of 3x90x160; EnCodec 3 kbps codes, 4 codebooks x 112 frames;
+CLIP 512), AdamW, bf16 autocast on CUDA (fp32 master weights), DDP over NCCL when
+started under ``torchrun`` (gloo on CPU). Prints the median step time after warm-up and
+the peak GPU memory of rank 0, per step of ``--batch`` windows of ``--window`` TRs per
+GPU (the first ``context - 1`` TRs of a window are context only).
 
-    PYTHONPATH=src python benchmarks/gpu_step.py [--batch 2] [--steps 20] [--device cuda]
-    PYTHONPATH=src torchrun --nproc-per-node 8 benchmarks/gpu_step.py --batch 2
+    PYTHONPATH=src python benchmarks/gpu_step.py [--batch 1] [--window 64] [--steps 20] [--device cuda]
+    PYTHONPATH=src torchrun --nproc-per-node 8 benchmarks/gpu_step.py --batch 1
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import torch.distributed as dist
 from giblet_kedro.models.autoencoder import ModalityShapes, build_model
 from giblet_kedro.training.losses import CODEBOOK_SIZE, ModalityStats, modality_losses, torch_stats, weighted_total
 
-LAB = {"voxels": 83_138, "video": (3, 3, 90, 160), "codes": (4, 112), "text": (512,)}
-DEFAULT_MODEL = {"bottleneck": "voxels", "rank": None, "hidden": 1024, "dropout": 0.3}
+LAB = {"voxels": 83_138, "video": (3, 3, 90, 160), "codes": (4, 112), "text": (512,), "tr": 1.5}
+DEFAULT_MODEL = {"bottleneck": "voxels", "rank": None, "hidden": 1024, "dropout": 0.3, "temporal": "lags",
+                 "context_s": 21.0, "lag_basis": 6}
 
 
 def lab_shapes(voxels: int) -> ModalityShapes:
@@ -46,20 +48,33 @@ def unit_stats(shapes: ModalityShapes) -> dict[str, ModalityStats]:
             "text": ModalityStats(mean=np.zeros(shapes.text), std=np.ones(shapes.text))}
 
 
-def batch(shapes: ModalityShapes, size: int, device: torch.device, generator: torch.Generator) -> dict:
+def batch(shapes: ModalityShapes, size: int, window: int, context: int, device: torch.device,
+          generator: torch.Generator) -> dict:
+    """``size`` windows of ``window`` TRs: inputs at every TR, targets counted after the context."""
     def normal(*shape):
         return torch.randn(*shape, generator=generator).to(device)
 
-    flags = torch.ones(size, dtype=torch.bool, device=device)
-    return {"fmri": normal(size, shapes.n_voxels), "video": normal(size, *shapes.video),
-            "audio": torch.randint(0, CODEBOOK_SIZE, (size, *shapes.audio), generator=generator).to(device),
-            "text": normal(size, *shapes.text),
-            **{f"{name}_valid": flags for name in ("fmri", "video", "audio", "text")}}
+    counted = torch.zeros(size, window, dtype=torch.bool)
+    counted[:, context - 1:] = True
+    counted = counted.to(device)
+    codes = torch.randint(0, CODEBOOK_SIZE, (size, window, *shapes.audio), generator=generator).to(device)
+    inputs = {"video": normal(size, window, *shapes.video), "audio": codes, "text": normal(size, window, *shapes.text)}
+    return {"inputs": inputs, "fmri": normal(size, window, shapes.n_voxels), **inputs,
+            **{f"{name}_valid": counted for name in ("fmri", "video", "audio", "text")}}
+
+
+def flat(data: dict, outputs: dict) -> tuple[dict, dict]:
+    """(B, T, ...) -> (B * T, ...) for the per-TR losses."""
+    names = ("fmri", "video", "audio", "text")
+    targets = {name: data[name].reshape(-1, *data[name].shape[2:]) for name in names}
+    targets |= {f"{name}_valid": data[f"{name}_valid"].reshape(-1) for name in names}
+    return {name: outputs[name].reshape(-1, *outputs[name].shape[2:]) for name in names}, targets
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=2, help="samples per GPU (the spec's train.batch_size)")
+    parser.add_argument("--batch", type=int, default=1, help="windows per GPU (the spec's train.batch_size)")
+    parser.add_argument("--window", type=int, default=64, help="TRs per window (the spec's train.window_trs)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--voxels", type=int, default=LAB["voxels"])
@@ -79,21 +94,22 @@ def main() -> None:
 
     shapes = lab_shapes(args.voxels)
     torch.manual_seed(0)
-    module = build_model(shapes, DEFAULT_MODEL).to(device)
+    module = build_model(shapes, DEFAULT_MODEL, LAB["tr"]).to(device)
+    context = module.n_lags
     model = module if not distributed else torch.nn.parallel.DistributedDataParallel(
         module, device_ids=[device.index] if cuda else None)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=1e-5)
     stats = torch_stats(unit_stats(shapes), device)
     generator = torch.Generator().manual_seed(rank)
-    data = batch(shapes, args.batch, device, generator)
+    data = batch(shapes, args.batch, args.window, context, device, generator)
     times = []
     for step in range(args.warmup + args.steps):
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            outputs = model({name: data[name] for name in shapes.present()})
-        loss = weighted_total(modality_losses(outputs, data, stats, "variance", True), {"fmri": 2.0})
+            outputs = model(data["inputs"])
+        loss = weighted_total(modality_losses(*flat(data, outputs), stats, "variance", True), {"fmri": 2.0})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
@@ -104,7 +120,8 @@ def main() -> None:
             times.append(time.perf_counter() - started)
     result = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "world_size": world,
               "backend": dist.get_backend() if distributed else None, "precision": "bf16" if use_bf16 else "fp32",
-              "batch_per_rank": args.batch, "voxels": args.voxels,
+              "windows_per_rank": args.batch, "window_trs": args.window, "context_trs": context,
+              "target_trs_per_rank": args.batch * (args.window - context + 1), "voxels": args.voxels,
               "parameters_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 1),
               "step_s_median": round(statistics.median(times), 4), "step_s_max": round(max(times), 4),
               "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if cuda else None,

@@ -127,3 +127,17 @@ def test_retrieval_top_k_by_hand():
     truth = np.array([0, 1, 2])  # first: rank 0; second: rank 1 (0 is closer); third: rank 1
     assert metrics.retrieval_top_k(reconstructed, candidates, truth, 1) == pytest.approx(1 / 3)
     assert metrics.retrieval_top_k(reconstructed, candidates, truth, 2) == pytest.approx(1.0)
+
+
+def test_leave_one_out_isc_is_each_subjects_r_with_the_others_mean(rng):
+    from scipy.stats import pearsonr
+
+    from giblet_kedro.evaluation.metrics import leave_one_out_isc
+    data = rng.standard_normal((3, 30, 5)) + rng.standard_normal((1, 30, 5))
+    out = leave_one_out_isc(data)
+    for s in range(3):
+        others = np.delete(data, s, axis=0).mean(0)
+        for v in range(5):
+            assert out[s, v] == pytest.approx(pearsonr(others[:, v], data[s, :, v]).statistic, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        leave_one_out_isc(data[:1])

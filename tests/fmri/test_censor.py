@@ -155,17 +155,19 @@ def test_the_verification_expects_no_sample_at_a_tr_censored_in_every_subject():
     """The sample count check reads the censored volumes from the saved statistics: TR 1
     (censored in both subjects) is no training sample; a run that drew it fails."""
     from giblet_kedro.spec.schema import FmriSpec
-    from giblet_kedro.training.verification import _censored_everywhere, check_samples_drawn
+    from giblet_kedro.training.verification import _coverage, check_samples_drawn
 
     stats = {"subject_ids": np.array(["01", "02"]), "run_ids": np.array(["1"]), "run_1_crop": np.array([0, 8]),
              "subject_01_run_1_censored": np.array([1, 2]), "subject_02_run_1_censored": np.array([1])}
-    split = _split(["train"] * 6 + ["test"] * 2)
-    assert _censored_everywhere(stats, split) == 1
+    split = _split(["train"] * 6 + ["test"] * 2).assign(run="1")
+    covered = _coverage(stats, split)
+    assert (~covered.any(axis=0)).sum() == 1
     fmri = FmriSpec(subjects={"01": "a.nii.gz", "02": "b.nii.gz"}, tr=1.5)
-    drew = {"world_size": 1, "epoch1_drawn": {"distinct_samples": 5, "samples": 5, "batches_per_rank": [1]}}
-    assert check_samples_drawn(drew, split, fmri, 8, _censored_everywhere(stats, split))["pass"]
-    drew_all = {"world_size": 1, "epoch1_drawn": {"distinct_samples": 6, "samples": 6, "batches_per_rank": [1]}}
-    assert not check_samples_drawn(drew_all, split, fmri, 8, _censored_everywhere(stats, split))["pass"]
+    # no context (1 lag), windows of 8: TR 0 and TRs 2-5 are two stretches, two windows
+    drew = {"world_size": 1, "epoch1_drawn": {"distinct_samples": 5, "windows": 2, "batches_per_rank": [1]}}
+    assert check_samples_drawn(drew, split, fmri, 8, 1, 8, covered)["pass"]
+    drew_all = {"world_size": 1, "epoch1_drawn": {"distinct_samples": 6, "windows": 1, "batches_per_rank": [1]}}
+    assert not check_samples_drawn(drew_all, split, fmri, 8, 1, 8, covered)["pass"]
 
 
 def test_the_ridge_target_averages_the_uncensored_subjects():

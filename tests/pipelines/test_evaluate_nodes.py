@@ -67,5 +67,41 @@ def test_scores_match_hand_computation_and_planted_voxels(tmp_path, rng, mode):
     assert maps["ceiling"][SIGNAL].mean() == pytest.approx(expected, abs=0.12)
     assert list(scores["by_run"]) == ["1"]
     assert ("by_subject" in scores) == (mode == "per_subject")
-    summary = summarize_evaluation(scores, {"text": {}}, {"delays_trs": [0]}, {"name": "t"})
+    summary = summarize_evaluation(scores, {"text": {}}, {"delays_trs": [0]},
+                                   {"epochs": [{}, {}], "selected": {"epoch": 1, "reason": "best"}}, {"name": "t"})
+    assert summary["weights"] == {"epoch": 1, "reason": "best", "epochs_run": 2}
     assert summary["autoencoder_beats_ridge"] and summary["ridge"]["delays_trs"] == [0]
+
+
+def test_each_subject_is_scored_against_its_own_leave_one_out_ceiling(tmp_path, rng):
+    """Subjects = shared + own component + noise: a head that knows each subject's own
+    component beats the average brain on that subject, and both are divided by that
+    subject's r with the others' mean, computed here with scipy."""
+    shared, _, split, stats = planted(rng)
+    test, val = np.arange(100, 120), np.arange(80, 100)
+    own = np.zeros((N_SUBJECTS, N_TRS, N_VOXELS))
+    own[:, :, SIGNAL] = rng.standard_normal((N_SUBJECTS, N_TRS, 20))
+    subjects = (shared[None] + own + 0.5 * rng.standard_normal((N_SUBJECTS, N_TRS, N_VOXELS))).astype(np.float32)
+    heads = (shared[None] + own)[:, test].astype(np.float32)
+    agreement = agreement_arrays(subjects[:, val], subjects[:, test], "subject", 3, 200, rng)
+    scores, _, maps = score_voxels({"rows": test, "fmri": shared[test], "subjects_fmri": heads},
+                                   {"rows": test, "fmri": shared[test]}, agreement,
+                                   job_of(tmp_path, subjects, "per_subject"), split, stats,
+                                   EvaluateSpec(null_draws=200, min_shift_trs=3))
+    voxels = maps["reliable"]
+    assert voxels[SIGNAL].mean() > 0.7
+    for index, sid in enumerate(["a", "b", "c"]):
+        entry = scores["by_subject"][sid]
+        others = np.delete(subjects[:, test], index, axis=0).mean(0)
+        ceiling = np.mean([pearsonr(others[:, v], subjects[index, test][:, v]).statistic for v in np.flatnonzero(voxels)])
+        head = np.mean([pearsonr(heads[index][:, v], subjects[index, test][:, v]).statistic
+                        for v in np.flatnonzero(voxels)])
+        assert entry["loo_ceiling"] == pytest.approx(ceiling, abs=1e-6)
+        assert entry["head_mean_r"] == pytest.approx(head, abs=1e-6)
+        assert entry["head_r_over_ceiling"] == pytest.approx(head / ceiling, abs=1e-6)
+        assert entry["head_gain"] > 0.1, entry
+    # without heads, only the average brain is scored
+    plain, _, _ = score_voxels({"rows": test, "fmri": shared[test]}, {"rows": test, "fmri": shared[test]}, agreement,
+                               job_of(tmp_path, subjects, "per_subject"), split, stats,
+                               EvaluateSpec(null_draws=200, min_shift_trs=3))
+    assert set(plain["by_subject"]["a"]) == {"average_brain_mean_r", "loo_ceiling", "average_brain_r_over_ceiling"}

@@ -197,7 +197,7 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
                                  features={"planted": {"path": str(raw / "truth.npz"), "key": "features_tr",
                                                        "rate_hz": 1 / 1.5}}),
         "training": TrainingSettings(model=ModelSpec(rank=8, hidden=16, dropout=0.0), loss=LossSpec(),
-                                     train=TrainSpec(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=0,
+                                     train=TrainSpec(epochs=8, batch_size=4, lr=1e-2, warmup_epochs=0,
                                                      precision="fp32", devices=1),
                                      seed=0, experiment="tiny", run_dir=str(tmp_path / "run")),
         "verify": VerifySpec(), "evaluate": EvaluateSpec(null_draws=99, ridge={"delay_sets": [[0, 1]]}),
@@ -218,8 +218,8 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
         "demo_heldout_movie": {"filepath": str(raw / "heldout_movie.mp4")},
         "fmri_train": {"filepath": str(tmp_path / "fmri_train.npy")},
         "fmri_train_valid": {"filepath": str(tmp_path / "fmri_train_valid.npy")},
-        "video_features": {"filepath": str(tmp_path / "video_features")},
-        "stimulus_features": {"filepath": str(tmp_path / "stimulus_features")},
+        **{name: {"filepath": str(tmp_path / name)}  # memory-mapped: the training job hands their paths on
+           for name in ("video_frames_tr", "stimulus_features_tr", "video_features", "stimulus_features")},
         "loss_stats": {"filepath": str(tmp_path / "loss_stats.npz")},
         "loss_curve": {"filepath": str(tmp_path / "loss_curve.png")},
         "report_figures": {"folder": str(tmp_path / "report")},
@@ -239,6 +239,17 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
     SequentialRunner().run(demo, catalog)
     SequentialRunner().run(workflow, catalog)
 
+    # the evaluation reads the selected weights (the best validation r), not the last epoch's
+    history = catalog.load("training_history")
+    scores = [e["val_fmri_r"] for e in history["epochs"]]
+    assert history["selected"]["epoch"] == int(np.argmax(scores)) + 1 < len(scores)  # trained past its best
+    import torch
+
+    selected = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    kept = catalog.load("model_checkpoint")
+    assert all(torch.equal(kept[k], selected[k]) for k in selected)
+    assert not all(torch.equal(kept[k], final[k]) for k in final)
     checks = {c["check"] for c in catalog.load("verification_report")["checks"]}
     assert {"samples and batches drawn in epoch 1", "the stimulus drives the brain"} <= checks
     saved = catalog.load("model_test_predictions")

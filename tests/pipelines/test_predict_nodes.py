@@ -14,13 +14,14 @@ from giblet_kedro.spec.schema import EvaluateSpec, FmriSpec, PredictSpec, Stimul
 from giblet_kedro.training.job import ArrayPaths, TrainJob
 
 N_VOXELS, DIM, N_TRS = 12, 5, 30
+HISTORY = {"epochs": [{}, {}, {}], "selected": {"epoch": 2, "val_fmri_r": 0.3, "reason": "the best"}}
 
 
 def perturbed_model(shapes: ModalityShapes, spec: dict, seed: int) -> torch.nn.Module:
     """The model of ``spec`` with seeded noise on every weight (its output layers start
     at zero, which would make every prediction the training mean)."""
     torch.manual_seed(seed)
-    model = build_model(shapes, spec)
+    model = build_model(shapes, spec, tr=1.5)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
@@ -31,7 +32,7 @@ def tiny_model(tmp_path, rng) -> tuple[dict, dict, dict]:
     """A voxel-layer model reading one 5-wide text modality, with nonzero weights, its
     job (training statistics on disk) and the experiment's mask and affine."""
     shapes = ModalityShapes(None, None, False, (DIM,), N_VOXELS)
-    model_spec = {"bottleneck": "voxels", "hidden": 8, "dropout": 0.0, "rank": 4}
+    model_spec = {"bottleneck": "voxels", "hidden": 8, "dropout": 0.0, "rank": 4, "context_s": 6.0}
     model = perturbed_model(shapes, model_spec, seed=0)
     np.savez(tmp_path / "loss_stats.npz", modalities=np.array(["fmri", "text"]),
              fmri_mean=rng.normal(size=N_VOXELS), fmri_std=rng.uniform(0.5, 2.0, size=N_VOXELS),
@@ -49,18 +50,20 @@ def test_the_prediction_is_the_voxel_layer_restored_to_z_units(tmp_path, rng):
     job, weights, stats = tiny_model(tmp_path, rng)
     text = rng.normal(size=(N_TRS, DIM)).astype(np.float32)
     features = {"text": text, "text_valid": np.ones(N_TRS, bool), "window_starts_s": 1.5 * np.arange(N_TRS)}
-    image, arrays, maps = predict_response(job, weights, stats, features,
+    image, arrays, maps = predict_response(job, weights, HISTORY, stats, features,
                                            PredictSpec(contrast={"a": (0, 15), "b": (15, 45)}))
     loss = np.load(tmp_path / "loss_stats.npz")
-    model = build_model(TrainJob.from_dict(job).shapes, job["model"], dropout=0.0)
+    model = build_model(TrainJob.from_dict(job).shapes, job["model"], tr=1.5, dropout=0.0)
     model.load_state_dict(weights)
     model.eval()
-    with torch.no_grad():  # by hand: standardize, encode, un-standardize
-        layer = model.encode({"text": torch.from_numpy((text - loss["text_mean"]) / loss["text_std"]).float()})
+    with torch.no_grad():  # by hand: standardize, encode the movie as one sequence, un-standardize
+        standardized = torch.from_numpy((text - loss["text_mean"]) / loss["text_std"]).float()
+        layer = model.encode({"text": standardized[None]})[0]
     by_hand = layer.numpy() * loss["fmri_std"] + loss["fmri_mean"]
     np.testing.assert_allclose(arrays["zscored"], by_hand, rtol=1e-4, atol=1e-4)
     assert image.shape == (3, 2, 3, N_TRS) and image.header.get_zooms()[3] == pytest.approx(1.5)
     np.testing.assert_allclose(np.asarray(image.dataobj)[stats["mask"]].T, by_hand, rtol=1e-4, atol=1e-4)
+    assert int(arrays["weights_epoch"]) == 2 and str(arrays["weights_reason"]) == "the best"
     # the only modality ablated: the prediction is its training mean, all of it carried by text
     np.testing.assert_allclose(arrays["ablation_text"], 1.0, rtol=1e-5)
     assert maps.shape == (3, 2, 3, 1)
@@ -74,12 +77,12 @@ def test_a_model_of_another_voxel_set_or_a_missing_modality_is_refused(tmp_path,
                 "window_starts_s": 1.5 * np.arange(N_TRS)}
     bigger = dict(stats, mask=np.ones((3, 2, 3), bool))
     with pytest.raises(InputDataError, match="the trained model has 12 voxels but the experiment's mask has 18"):
-        predict_response(job, weights, bigger, features, PredictSpec())
+        predict_response(job, weights, HISTORY, bigger, features, PredictSpec())
     without_text = {"window_starts_s": features["window_starts_s"]}
     with pytest.raises(InputDataError, match=r"the model reads \['text'\].*add \['text'\] to predict.ablate"):
-        predict_response(job, weights, stats, without_text, PredictSpec())
+        predict_response(job, weights, HISTORY, stats, without_text, PredictSpec())
     with pytest.raises(InputDataError, match="ablates every modality the model reads"):
-        predict_response(job, weights, stats, without_text, PredictSpec(ablate=["text"]))
+        predict_response(job, weights, HISTORY, stats, without_text, PredictSpec(ablate=["text"]))
 
 
 def test_held_out_runs_of_the_training_movie_are_scored_on_test_windows_only(rng):
@@ -109,13 +112,14 @@ def test_a_shifted_modality_costs_an_add_and_equals_shifting_its_input(tmp_path,
     from giblet_kedro.evaluation.model import TrainedModel
 
     shapes = ModalityShapes(None, None, False, (DIM,), N_VOXELS, features=(3,))
-    spec = {"bottleneck": "voxels", "hidden": 8, "dropout": 0.3, "rank": 4}
+    spec = {"bottleneck": "voxels", "hidden": 8, "dropout": 0.3, "rank": 4, "context_s": 6.0}
     model = perturbed_model(shapes, spec, seed=1)
     np.savez(tmp_path / "loss_stats.npz", modalities=np.array(["fmri", "text", "features"]),
              fmri_mean=np.zeros(N_VOXELS), fmri_std=np.ones(N_VOXELS), text_mean=rng.normal(size=DIM),
              text_std=np.ones(DIM), features_mean=np.zeros(3), features_std=np.full(3, 2.0))
     job = TrainJob(paths=ArrayPaths(fmri="", loss_stats=str(tmp_path / "loss_stats.npz")), train_rows=[], val_rows=[],
-                   mode="cross_subject", shapes=shapes, model=spec, loss={}, train={}, seed=0, run_dir=str(tmp_path))
+                   mode="cross_subject", shapes=shapes, model=spec, loss={}, train={}, seed=0, run_dir=str(tmp_path),
+                   tr=1.5)
     trained = TrainedModel.load(job, model.state_dict())
     valid = np.ones(N_TRS, bool)
     valid[3] = False  # a TR the movie does not cover travels with its features

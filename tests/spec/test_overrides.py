@@ -83,7 +83,7 @@ def test_config_loader_takes_spec_keys_out_of_kedro_parameters(tmp_path, monkeyp
                                 custom_resolvers=RESOLVERS)
     params = loader["parameters"]
     assert params["train"]["epochs"] == 3
-    assert params["train"]["batch_size"] == 16  # the rest of the spec's train section is kept
+    assert params["train"]["batch_size"] == 2  # the rest of the spec's train section is kept
     assert params["experiment_info"]["overrides"] == {"train.epochs": 3}
     plain = GibletConfigLoader(str(REPO / "conf"), env="local", base_env="base", default_run_env="local",
                                runtime_params={"experiment": "demo"})["parameters"]

@@ -255,3 +255,13 @@ def test_every_input_file_is_listed_with_its_key():
     files = spec.input_files()
     assert files["fmri.subjects['01']['2']"] == "raw/sub-01_run-2_bold.nii.gz"
     assert files["fmri.clean.confounds.files['02']['1']"] == "raw/rp_02_1.txt"
+
+
+def test_a_window_must_hold_a_target_after_its_context():
+    """21 s of context at TR 1.5 s is 14 TRs (13 before each target): a window of 13 TRs
+    holds no target and is refused with what would be accepted; 14 is the smallest window;
+    a spec that leaves the window out gets the default, whatever its context."""
+    message = spec_error(MINIMAL + "model: {context_s: 21}\ntrain: {window_trs: 13}\n")
+    assert "train.window_trs (13)" in message and "window_trs >= 14" in message
+    assert parse_spec(MINIMAL + "model: {context_s: 21}\ntrain: {window_trs: 14}\n").train.window_trs == 14
+    assert parse_spec(MINIMAL + "model: {context_s: 120}\n").train.window_trs is None

@@ -81,6 +81,36 @@ def test_decoder_side_rebuilds_the_codebooks_the_codes_index(tone_movie):
     assert not np.allclose(waveform, other)  # another seed: other codebooks, other sound
 
 
+def test_another_movie_is_coded_with_the_training_movies_codebooks(tmp_path, tone_movie):
+    """Random weights fit their codebooks on the movie they code; a new movie (in silico)
+    must be coded with the training movie's, kept with its cache: its codes are those of
+    the seeded codec with the training codebooks loaded by hand, not what a k-means on the
+    new movie would give."""
+    from tests.stimulus.conftest import write_movie
+
+    grid = TrGrid.single(tr=1.5, start=0, stop=4)
+    training = audio.extract_audio(tone_movie, grid, "encodec_24khz", 1.5, None, seed=3, chunk_s=60)
+    books = training.extras["codebooks"]
+    assert books.shape == (2, 1024, 128) and "k-means codebooks on this soundtrack" in training.meta["weights"]
+    other = write_movie(tmp_path / "other.mkv", list(np.arange(60) / 10.0), audio_s=6.0, rate=22050, tone_hz=660.0)
+    coded = audio.extract_audio(other, grid, "encodec_24khz", 1.5, None, seed=3, chunk_s=60, codebooks=books)
+    alone = audio.extract_audio(other, grid, "encodec_24khz", 1.5, None, seed=3, chunk_s=60)
+    np.testing.assert_array_equal(coded.extras["codebooks"], books)
+    assert "the training movie's k-means codebooks" in coded.meta["weights"]
+    # by hand: the same seeded codec, the training codebooks loaded through its own state dict
+    samples, rate, _ = audio.decode_soundtrack(other)
+    wav = audio.to_model_rate(samples, rate)
+    codec = audio.build_encodec(1.5, None, seed=3)
+    state = codec.state_dict()
+    for q, book in enumerate(books):
+        state[f"quantizer.vq.layers.{q}._codebook.embed"] = torch.from_numpy(book)
+        state[f"quantizer.vq.layers.{q}._codebook.inited"] = torch.ones(1)
+    codec.load_state_dict(state)
+    expected, _ = audio.frames_on_grid(audio.encode_chunked(codec, wav, chunk_s=60, device="cpu"), grid, 0.0)
+    np.testing.assert_array_equal(coded.values, expected)
+    assert (coded.values != alone.values).mean() > 0.5  # a k-means of its own codes otherwise
+
+
 def test_local_weights_load_safely_and_give_the_same_codes(tmp_path, tone_movie):
     samples, rate, _ = audio.decode_soundtrack(tone_movie)
     wav = audio.to_model_rate(samples, rate)

@@ -160,14 +160,15 @@ def tiny_job(folder, rng, **overrides) -> TrainJob:
         paths=ArrayPaths(fmri=paths["fmri"], values={k: paths[k] for k in ("video", "audio", "text")},
                          valid={k: str(tmp_path / f"{k}_valid.npy") for k in ("video", "audio", "text")},
                          loss_stats=str(tmp_path / "loss_stats.npz")),
-        train_rows=list(range(12)), val_rows=list(range(12, 16)), mode="cross_subject",
+        # windows of 2 TRs, one of context: a window per training TR (row 0 is context only)
+        train_rows=list(range(1, 13)), val_rows=list(range(13, 16)), mode="cross_subject",
         shapes=ModalityShapes(video=(1, 3, 8, 8), audio=(2, 12), audio_is_codes=True, text=(16,), n_voxels=voxels),
-        model={"bottleneck": "voxels", "rank": 8, "hidden": 16, "dropout": 0.0},
+        model={"bottleneck": "voxels", "rank": 8, "hidden": 16, "dropout": 0.0, "context_s": 3.0},
         loss={"normalize": "variance", "weights": {"fmri": 1.0, "video": 1.0, "audio": 1.0, "text": 1.0}},
-        train={"epochs": 1, "batch_size": 12, "lr": 1e-2, "weight_decay": 0.0, "warmup_epochs": 0, "grad_clip": None,
-               "precision": "fp32", "checkpoint_every": 1, "early_stop_patience": None, "devices": 1,
-               "backend": "auto"},
-        seed=0, run_dir=str(tmp_path / "run"), world_size=1, backend="gloo", device_type="cpu")
+        train={"epochs": 1, "batch_size": 12, "window_trs": 2, "lr": 1e-2, "weight_decay": 0.0, "warmup_epochs": 0,
+               "grad_clip": None, "precision": "fp32", "checkpoint_every": 1, "early_stop_patience": None,
+               "devices": 1, "backend": "auto"},
+        seed=0, run_dir=str(tmp_path / "run"), tr=1.5, world_size=1, backend="gloo", device_type="cpu")
     return dataclasses.replace(job, **overrides)
 
 
@@ -256,13 +257,28 @@ def test_what_a_killed_launcher_left_for_the_rendezvous_is_cleared_by_the_next_l
 
 
 @pytest.mark.trains
-def test_best_checkpoint_is_never_the_final_one_by_accident(tmp_path, rng):
+def test_the_checkpoint_kept_is_the_epoch_of_the_best_validation_r(tmp_path, rng):
+    """``best.pt`` holds the epoch whose validation fMRI r (mean over voxels) was highest;
+    that r, recomputed here with numpy from best.pt's weights on the val rows, is the one
+    the history records; ``selected`` names the epoch and why; ``final.pt`` is the last."""
+    from giblet_kedro.evaluation.model import TrainedModel
+    from giblet_kedro.training.ddp import selected_weights
+
     job = tiny_job(tmp_path / "d", rng)
-    history = launch(dataclasses.replace(job, train={**job.train, "epochs": 3, "batch_size": 4}))
+    job = dataclasses.replace(job, train={**job.train, "epochs": 4, "batch_size": 4})
+    history = launch(job)
     run = tmp_path / "d" / "run"
     best = load_checkpoint(run / "best.pt")
-    vals = [e["val"]["total"] for e in history["epochs"]]
-    assert best["epoch"] == int(np.argmin(vals)) + 1 and best["val_total"] == pytest.approx(min(vals))
+    scores = [e["val_fmri_r"] for e in history["epochs"]]
+    assert best["epoch"] == int(np.argmax(scores)) + 1 == history["selected"]["epoch"]
+    assert "highest validation fMRI r" in history["selected"]["reason"]
+    trained = TrainedModel.load(job, selected_weights(run))
+    rows = np.asarray(job.val_rows)
+    predicted = trained.predict_fmri_rows(rows)
+    measured = trained.fmri_to_model_units(np.load(job.paths.fmri)[rows])
+    centred = [a - a.mean(0) for a in (predicted.astype(np.float64), measured.astype(np.float64))]
+    r = (centred[0] * centred[1]).sum(0) / np.sqrt((centred[0] ** 2).sum(0) * (centred[1] ** 2).sum(0))
+    assert float(np.nan_to_num(r).mean()) == pytest.approx(max(scores), abs=1e-4)
     assert (run / "final.pt").exists() and (run / "last.pt").exists()
 
 
@@ -282,7 +298,50 @@ def test_per_subject_indexes_subjects_into_one_stimulus_copy(tmp_path, rng):
     item = dataset[4]  # subject 1, second row -> TR 5
     np.testing.assert_array_equal(item["fmri"].numpy(), fmri[1, 5])
     np.testing.assert_array_equal(item["text"].numpy(), text[5])
-    assert dataset._open()["text"].shape == (10, 4)  # the stimulus is read in place, once
+    assert dataset.arrays["text"].shape == (10, 4)  # the stimulus is read in place, once
+
+
+def test_windows_cover_each_target_once_within_runs_with_their_context():
+    """Two runs (rows 0-9 and 10-19), targets 2-8 and 11-19 (a censored hole at 15):
+    stretches of consecutive rows of one run, cut into pieces of at most window - (lags - 1)
+    targets, each window reaching back lags - 1 rows, never before its run's first row."""
+    from giblet_kedro.training.data import plan_windows
+
+    rows = np.r_[2:9, 11:15, 16:20]
+    windows = plan_windows(rows, np.array([0, 10]), 20, n_lags=3, window_trs=5)  # 3 targets a window
+    assert windows.tolist() == [[0, 2, 5], [3, 5, 8], [6, 8, 9], [10, 11, 14], [12, 14, 15], [14, 16, 19],
+                                [17, 19, 20]]
+    targets = np.concatenate([np.arange(a, b) for _, a, b in windows])
+    assert sorted(targets.tolist()) == rows.tolist()  # each target once
+
+
+def test_a_window_reads_the_inputs_of_its_context_and_counts_only_targets_with_a_whole_context(tmp_path, rng):
+    """per_subject: a window's inputs are the stimulus of all its rows (by hand), its fMRI
+    that of its subject; a target counts only when uncensored and its whole context lies
+    in its run (run 1's first lags - 1 rows never count); padding is no TR."""
+    from giblet_kedro.training.data import WindowDataset, plan_windows
+
+    fmri = rng.standard_normal((2, 12, 5)).astype(np.float32)
+    text = rng.standard_normal((12, 4)).astype(np.float32)
+    for name, array in (("fmri", fmri), ("text", text), ("valid", np.ones(12, bool))):
+        np.save(tmp_path / f"{name}.npy", array)
+    paths = ArrayPaths(fmri=str(tmp_path / "fmri.npy"), values={"text": str(tmp_path / "text.npy")},
+                       valid={"text": str(tmp_path / "valid.npy")})
+    stats = {"fmri": ModalityStats(np.zeros(5), np.ones(5)), "text": ModalityStats(np.zeros(4), np.ones(4))}
+    windows = plan_windows(np.arange(0, 12), np.array([0, 6]), 12, n_lags=3, window_trs=4)
+    dataset = WindowDataset(paths, windows, "per_subject", stats, False, np.array([0, 6]), 3, 4)
+    assert len(dataset) == 2 * len(windows)
+    item = dataset[len(windows) + 1]  # subject 1, the window whose targets are rows 2-3
+    assert windows[1].tolist() == [0, 2, 4] and item["row"].tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(item["input_text"].numpy(), text[0:4])
+    np.testing.assert_array_equal(item["fmri"].numpy()[2:], fmri[1, 2:4])
+    assert item["fmri_valid"].tolist() == [False, False, True, True] and int(item["subject"]) == 1
+    first = dataset[0]  # targets 0-1: padding before row 0, no whole context: nothing counts
+    assert first["row"].tolist() == [-1, -1, 0, 1] and first["present"].tolist() == [False, False, True, True]
+    assert not first["fmri_valid"].any() and not first["input_text"].numpy()[:2].any()
+    run_two = dataset[[i for i, w in enumerate(windows) if w[1] == 6][0]]  # run 2 starts at row 6
+    assert run_two["row"].tolist()[:2] == [-1, -1] or run_two["row"].tolist()[0] >= 6
+    assert not run_two["fmri_valid"][run_two["row"] < 8].any()  # rows 6-7: context reaches before the run
 
 
 def free_port() -> int:
@@ -329,8 +388,8 @@ def test_torchrun_on_two_local_nodes_matches_the_spawned_run(tmp_path):
 @pytest.mark.trains
 def test_early_stopping_is_decided_together_by_all_ranks(tmp_path):
     job = tiny_job(tmp_path / "e", np.random.default_rng(0))
-    # a learning rate too small to change the validation loss: it stops improving after epoch 1
-    job = dataclasses.replace(job, world_size=2, train={**job.train, "epochs": 6, "batch_size": 2, "lr": 1e-12,
+    # no learning: the validation fMRI r of epoch 1 is never bettered
+    job = dataclasses.replace(job, world_size=2, train={**job.train, "epochs": 6, "batch_size": 2, "lr": 0.0,
                                                        "early_stop_patience": 2})
     started = time.perf_counter()
     history = launch(job)
@@ -450,3 +509,36 @@ def _child_pids() -> list[int]:
             if fields[1] == me:
                 pids.append(int(entry))
     return pids
+
+
+@pytest.mark.trains
+def test_per_subject_heads_learn_each_subjects_own_response(tmp_path):
+    """Two subjects whose responses to the same stimulus have opposite signs: their
+    average brain is flat, so it predicts neither, while each subject's head (trained on
+    that subject's windows only) predicts its subject. A head fed another subject's
+    windows would learn the average and fail."""
+    from giblet_kedro.evaluation.metrics import pearson_columns
+    from giblet_kedro.evaluation.model import TrainedModel
+
+    rng = np.random.default_rng(0)
+    job = tiny_job(tmp_path, rng)
+    text = np.load(job.paths.values["text"])
+    shared = text @ rng.standard_normal((16, 12)) / 4
+    fmri = np.stack([shared, -shared]) + 0.1 * rng.standard_normal((2, *shared.shape))
+    np.save(job.paths.fmri, fmri.astype(np.float32))
+    stats = stats_to_arrays({**job.stats, "fmri": continuous_stats(fmri.reshape(-1, 12), np.arange(32))})
+    np.savez(job.paths.loss_stats, **stats)
+    job = dataclasses.replace(job, mode="per_subject", n_subjects=2,
+                              model={**job.model, "head_rank": 2, "context_s": 1.5},
+                              train={**job.train, "epochs": 60, "batch_size": 8, "window_trs": 1},
+                              train_rows=list(range(12)))
+    launch(job)
+    trained = TrainedModel.load(job, load_checkpoint(tmp_path / "run" / "final.pt"))
+    rows = np.arange(12)
+    measured = trained.fmri_to_model_units(fmri[:, rows].astype(np.float32))
+    heads = trained.subject_fmri_rows(rows)
+    average = trained.predict_fmri_rows(rows)
+    for subject in range(2):
+        own = pearson_columns(heads[subject], measured[subject]).mean()
+        flat = pearson_columns(average, measured[subject]).mean()
+        assert own > 0.8 and own > flat + 0.5, (subject, own, flat)

@@ -1,5 +1,6 @@
 """A TR-aligned stimulus cache: a folder with ``values.npy`` (memory-mapped on load),
-``valid.npy`` and ``meta.json``, replaced as a whole."""
+``valid.npy``, ``meta.json`` and one ``extra_<name>.npy`` per extra array (listed in the
+meta's ``extras``), replaced as a whole."""
 
 from __future__ import annotations
 
@@ -30,10 +31,13 @@ class TrAlignedDataset(AbstractDataset[TrAligned, TrAligned]):
         self.metadata = metadata
 
     def load(self) -> TrAligned:
+        meta = json.loads((self._folder / "meta.json").read_text())
         return TrAligned(
             values=np.load(self._folder / "values.npy", mmap_mode="r", allow_pickle=False),
             valid=np.load(self._folder / "valid.npy", allow_pickle=False),
-            meta=json.loads((self._folder / "meta.json").read_text()),
+            meta=meta,
+            extras={name: np.load(self._folder / f"extra_{name}.npy", allow_pickle=False)
+                    for name in meta.get("extras", [])},
         )
 
     def save(self, data: TrAligned) -> None:
@@ -45,8 +49,14 @@ class TrAlignedDataset(AbstractDataset[TrAligned, TrAligned]):
         try:
             np.save(staging / "values.npy", np.ascontiguousarray(data.values), allow_pickle=False)
             np.save(staging / "valid.npy", np.asarray(data.valid, dtype=bool), allow_pickle=False)
-            (staging / "meta.json").write_text(json.dumps(data.meta, indent=1, sort_keys=True, default=str))
-            for name in FILES:
+            for name, array in data.extras.items():
+                np.save(staging / f"extra_{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+            # the extras listed are the ones saved (a step may copy another cache's meta)
+            meta = {key: value for key, value in data.meta.items() if key != "extras"}
+            if data.extras:
+                meta["extras"] = sorted(data.extras)
+            (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+            for name in (*FILES, *(f"extra_{name}.npy" for name in data.extras)):
                 record_digest(staging / name, staging / name)
             (staging / ".lock").unlink()
             if self._folder.exists():  # same fingerprint recomputed (--recompute): swap

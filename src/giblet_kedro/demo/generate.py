@@ -6,12 +6,19 @@ Voxels respond to the stimulus through a *known* map, in continuous time:
 
 - the stimulus features are defined at the movie's frame rate; **fast** features (flashes
   of 0.5-1 s, clicks of 0.25-0.5 s) make a one-TR timing error visible;
-- each voxel's neural signal is its weighted sum of features, convolved with Glover's HRF
-  at the frame rate (peak at :data:`HRF_PEAK_S`; written from the published formula,
-  independent of nilearn's code) and sampled at each volume's time, the middle of its TR;
+- **nonlinear** features are measured on the rendered movie itself: motion energy (the
+  mean absolute change of each pixel from the frame before), local contrast (the spread
+  of luminance within 8-pixel patches, averaged) and log loudness (of the soundtrack's RMS
+  over each frame); no linear map of pixels or sound reaches them;
+- each voxel's neural signal is its weighted sum of features, convolved at the frame rate
+  with a gamma-difference HRF of **its own peak**, drawn between 4 and 7 s (Glover's
+  shape, written from the published formula, independent of nilearn's code, stretched),
+  and sampled at each volume's time, the middle of its TR;
 - planted regions are small (about a third of the brain responds): visual voxels read
-  video features, auditory voxels audio features, language voxels the scenes; a share of
-  each region has **mixed selectivity** (a second modality at half weight);
+  video features, auditory voxels audio features, language voxels the scenes; half of the
+  visual and auditory voxels read their modality's nonlinear features instead of its
+  linear ones; a share of each region has **mixed selectivity** (a second modality at
+  half weight);
 - each subject adds its **own** stimulus-driven component (own weights), its baselines and
   gains, **spatially smooth** AR(1) noise and slow **drift**; the held-out run has noise of
   its own.
@@ -32,6 +39,7 @@ from scipy.stats import gamma
 
 VIDEO_FEATURES = ("disc_x", "square_brightness", "bar_height", "luminance", "flash")
 AUDIO_FEATURES = ("tone_440hz", "tone_880hz", "noise_burst", "click")
+NONLINEAR_FEATURES = ("motion_energy", "local_contrast", "log_loudness")  # measured on the rendered movie
 FAST_FEATURES = ("flash", "click")
 SCENES = (
     "A red ball rolls slowly across an empty grey room.",
@@ -41,8 +49,12 @@ SCENES = (
     "Rain falls on the window while music plays.",
     "A detective runs through a crowded station at night.",
 )
-N_FEATURES = len(VIDEO_FEATURES) + len(AUDIO_FEATURES) + len(SCENES)
-BLOCKS = {1: slice(0, 5), 2: slice(5, 9), 3: slice(9, 15)}  # region -> its features' columns
+N_LINEAR = len(VIDEO_FEATURES) + len(AUDIO_FEATURES) + len(SCENES)
+N_FEATURES = N_LINEAR + len(NONLINEAR_FEATURES)
+BLOCKS = {1: slice(0, 5), 2: slice(5, 9), 3: slice(9, 15)}  # region -> its linear features' columns
+NONLINEAR_BLOCKS = {1: slice(15, 17), 2: slice(17, 18)}  # region -> its nonlinear features' columns
+NONLINEAR_SHARE = 0.5  # of the visual and auditory voxels, those that read the nonlinear features
+HRF_PEAKS_S = (4.0, 7.0)  # each responsive voxel's HRF peaks in this range
 SECOND = {1: 2, 2: 3, 3: 1}  # the modality a mixed voxel of each region also reads
 REGIONS = {1: "visual", 2: "auditory", 3: "language"}
 SIGNAL_CHANGE = 0.02  # responses are ~2% of the baseline, as BOLD is
@@ -62,6 +74,12 @@ def glover(t: np.ndarray) -> np.ndarray:
 
 
 HRF_PEAK_S = float(np.arange(0, 20, 0.001)[np.argmax(glover(np.arange(0, 20, 0.001)))])  # ~5.0 s
+
+
+def voxel_hrf(peak_s: float, fps: int, length_s: float = 32.0) -> np.ndarray:
+    """Glover's HRF stretched in time to peak at ``peak_s``, at the frame rate, unit sum."""
+    kernel = glover(np.arange(0.0, length_s, 1.0 / fps) * HRF_PEAK_S / peak_s)
+    return kernel / kernel.sum()
 
 
 @dataclass(frozen=True)
@@ -151,13 +169,35 @@ def render_audio(stimulus: Stimulus, rate: int, rng: np.random.Generator) -> np.
     return wave.astype(np.float32)
 
 
-def frame_features(stimulus: Stimulus) -> np.ndarray:
-    """(n_frames, 15) every feature at the frame rate: 5 video, 4 audio, then a one-hot of
-    the scene on screen."""
+def nonlinear_features(frames: np.ndarray, audio: np.ndarray, rate: int) -> np.ndarray:
+    """(n_frames, 3) measured on the rendered movie, each standardized: motion energy (mean
+    |luminance change| from the frame before), local contrast (the mean over 8-pixel
+    patches of their luminance's std) and log loudness (log RMS of the sound over each
+    frame's span).
+
+    frames : (n_frames, height, width, 3) uint8; audio : (n_samples,) at ``rate`` Hz.
+    """
+    luminance = frames.astype(np.float32).mean(axis=3) / 255.0
+    motion = np.r_[0.0, np.abs(np.diff(luminance, axis=0)).mean(axis=(1, 2))]
+    h, w = (luminance.shape[1] // 8) * 8, (luminance.shape[2] // 8) * 8
+    patches = luminance[:, :h, :w].reshape(len(luminance), h // 8, 8, w // 8, 8)
+    contrast = patches.std(axis=(2, 4)).mean(axis=(1, 2))
+    per_frame = len(audio) // len(frames)
+    power = np.square(audio[:per_frame * len(frames)].astype(np.float64)).reshape(len(frames), per_frame).mean(1)
+    loudness = np.log(power + 1e-6)
+    out = np.stack([motion, contrast, loudness], axis=1)
+    return (out - out.mean(0)) / np.maximum(out.std(0), 1e-12)
+
+
+def frame_features(stimulus: Stimulus, nonlinear: np.ndarray | None = None) -> np.ndarray:
+    """(n_frames, 15 or 18) every feature at the frame rate: 5 video, 4 audio, a one-hot of
+    the scene on screen, then (when given, from :func:`nonlinear_features`) the 3 measured
+    on the rendered movie."""
     frame_t = np.arange(len(stimulus.video)) / stimulus.fps
     scene_at = np.searchsorted(stimulus.scenes["end_s"].to_numpy(), frame_t, side="right")
     scene_at = stimulus.scenes["scene"].to_numpy()[np.minimum(scene_at, len(stimulus.scenes) - 1)]
-    return np.concatenate([stimulus.video, stimulus.audio, np.eye(len(SCENES))[scene_at]], axis=1)
+    parts = [stimulus.video, stimulus.audio, np.eye(len(SCENES))[scene_at]]
+    return np.concatenate(parts if nonlinear is None else [*parts, nonlinear], axis=1)
 
 
 def per_tr_features(stimulus: Stimulus, tr: float, n_trs: int) -> np.ndarray:
@@ -176,14 +216,31 @@ def planted_hrf(fps: int, length_s: float = 32.0) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-def bold(frames: np.ndarray, weights: np.ndarray, fps: int, tr: float, n_trs: int) -> np.ndarray:
+def bold(frames: np.ndarray, weights: np.ndarray, fps: int, tr: float, n_trs: int,
+         peaks_s: np.ndarray | None = None) -> np.ndarray:
     """(n_trs, n_voxels): the neural signal ``standardized frame features @ weights``,
-    convolved with the HRF at the frame rate (causal), sampled at each volume's time
+    convolved at the frame rate (causal) with each voxel's HRF (peaking at ``peaks_s``
+    (n_voxels,) s; Glover's, ~5 s, when None), sampled at each volume's time
     ``(j + 0.5) tr``."""
     standardized = (frames - frames.mean(0)) / np.maximum(frames.std(0), 1e-12)
-    signal = lfilter(planted_hrf(fps), [1.0], standardized @ weights, axis=0)
+    neural = standardized @ weights
+    if peaks_s is None:
+        signal = lfilter(planted_hrf(fps), [1.0], neural, axis=0)
+    else:
+        signal = np.empty_like(neural)
+        for peak in np.unique(peaks_s):  # one filter per distinct peak
+            columns = peaks_s == peak
+            signal[:, columns] = lfilter(voxel_hrf(float(peak), fps), [1.0], neural[:, columns], axis=0)
     at = np.minimum(np.round((np.arange(n_trs) + SLICE_TIME_REF) * tr * fps).astype(int), len(signal) - 1)
     return signal[at]
+
+
+def hrf_peaks(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n_brain,) each brain voxel's HRF peak (s): uniform in :data:`HRF_PEAKS_S` for the
+    responsive voxels, in steps of 0.25 s; Glover's for the rest (which respond to nothing)."""
+    region = labels[labels > 0]
+    steps = np.arange(HRF_PEAKS_S[0], HRF_PEAKS_S[1] + 1e-9, 0.25)
+    return np.where(region < 4, rng.choice(steps, size=region.size), HRF_PEAK_S)
 
 
 def unit_variance(response: np.ndarray) -> np.ndarray:
@@ -205,21 +262,31 @@ def brain_layout(grid: tuple[int, int, int]) -> np.ndarray:
     return labels
 
 
-def ground_truth_map(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(15, n_brain) weights and (n_brain,) mixed-selectivity flags: each planted region
-    reads its modality's features; a share of its voxels also read a second modality at
-    half weight. Brain voxels are in the C order of ``labels[labels > 0]``."""
+def ground_truth_map(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(18, n_brain) weights, (n_brain,) mixed-selectivity flags and (n_brain,) nonlinear
+    flags: each planted region reads its modality's features, half the visual and auditory
+    voxels its nonlinear features instead of the linear ones; a share of each region also
+    reads a second modality's linear features at half weight. Brain voxels are in the C
+    order of ``labels[labels > 0]``."""
     region = labels[labels > 0]
     weights = np.zeros((N_FEATURES, region.size))
     mixed = np.zeros(region.size, dtype=bool)
+    nonlinear = np.zeros(region.size, dtype=bool)
     for code, rows in BLOCKS.items():
         voxels = np.flatnonzero(region == code)
-        weights[rows, voxels] = rng.standard_normal((rows.stop - rows.start, voxels.size))
+        if code in NONLINEAR_BLOCKS:
+            nonlinear[voxels[rng.random(voxels.size) < NONLINEAR_SHARE]] = True
+        linear = voxels[~nonlinear[voxels]]
+        weights[rows, linear] = rng.standard_normal((rows.stop - rows.start, linear.size))
+        if code in NONLINEAR_BLOCKS:
+            block, readers = NONLINEAR_BLOCKS[code], voxels[nonlinear[voxels]]
+            weights[block, readers] = rng.standard_normal((block.stop - block.start, readers.size))
+            weights[block, readers] += np.sign(weights[block, readers])  # a clear drive, of either sign
         also = voxels[rng.random(voxels.size) < MIXED_SHARE]
         second = BLOCKS[SECOND[code]]
         weights[second, also] = 0.5 * rng.standard_normal((second.stop - second.start, also.size))
         mixed[also] = True
-    return weights, mixed
+    return weights, mixed, nonlinear
 
 
 def subject_weights(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:

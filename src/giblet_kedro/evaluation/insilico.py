@@ -26,6 +26,7 @@ from giblet_kedro.errors import InputDataError
 from giblet_kedro.evaluation import metrics, nulls
 from giblet_kedro.evaluation.model import TrainedModel
 from giblet_kedro.stimulus.aligned import TrGrid
+from giblet_kedro.training.data import input_stats
 
 MODEL_MODALITIES = ("video", "audio", "text", "features")
 
@@ -56,11 +57,13 @@ def missing_message(missing: list[str]) -> str:
 def model_inputs(values: dict[str, np.ndarray], valid: dict[str, np.ndarray], stats: dict[str, Any],
                  shapes: dict[str, tuple[int, ...]], ablate: list[str], audio_is_codes: bool,
                  n_trs: int) -> dict[str, np.ndarray]:
-    """The model's inputs for ``n_trs`` TRs, in model units.
+    """The model's inputs for ``n_trs`` TRs, in model units, as training reads them
+    (:func:`giblet_kedro.training.data.model_inputs`).
 
-    values : modality -> (n_trs, *sample) features as the stimulus stage caches them
-        (after the HRF); valid : modality -> (n_trs,) bool.
-    stats : modality -> :class:`~giblet_kedro.training.losses.ModalityStats` (training).
+    values : modality -> (n_trs, *sample) features as the stimulus stage extracts them
+        (each TR's, before the HRF step); valid : modality -> (n_trs,) bool.
+    stats : the training's ``loss_stats`` (the inputs' own statistics where they differ
+        from the targets', :func:`~giblet_kedro.training.data.input_stats`).
     shapes : modality -> the sample shape the model was trained on.
     ablate : modalities replaced by their training mean (0 in model units; audio codes:
         each codebook's most frequent training code). TRs the movie does not cover get
@@ -85,7 +88,7 @@ def model_inputs(values: dict[str, np.ndarray], valid: dict[str, np.ndarray], st
             inputs[name] = np.where(covered.reshape(-1, *([1] * len(shape))), given.astype(np.int64),
                                     stats[name].mode_codes()[:, None])
         else:
-            standardized = stats[name].standardize(given)
+            standardized = input_stats(stats, name).standardize(given)
             standardized[~covered] = 0.0
             inputs[name] = standardized
     return inputs
@@ -200,7 +203,7 @@ class MoviePredictor:
         self.valid = {m: np.asarray(arrays[f"{m}_valid"], dtype=bool) for m in self.values}
         self.shapes = {m: tuple(getattr(trained.job.shapes, m)) for m in needed}
         self.n_trs = len(arrays["window_starts_s"])
-        self._parts: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
+        self._parts: dict[str, np.ndarray] | None = None
         missing = missing_modalities(needed, list(self.values), self.ablate)
         if missing:
             raise InputDataError(missing_message(missing))
@@ -222,27 +225,23 @@ class MoviePredictor:
         """(n_trs, V) model units with modality ``name``'s input circularly shifted by
         ``trs`` TRs (row ``i`` takes row ``i - trs``; its validity travels with it).
 
-        Each encoder reads one TR at a time and the layers after them are affine, so the
-        shift moves that modality's additive contribution by ``trs`` rows: an add, not a
-        pass of the model (tested against encoding the shifted input)."""
-        full, contributions = self._decomposed()
-        return full + np.roll(contributions[name], trs, axis=0) - contributions[name]
+        Each encoder reads one TR at a time, so shifting a modality's input shifts its
+        encoder outputs: only the temporal module and what follows it run again, on the
+        shifted outputs, never the encoders (for the linear ``lags`` module the prediction
+        is affine in them: the shift moves that modality's additive contribution, filtered
+        again; tested against running the whole model on the shifted input)."""
+        encoded = self._encoded()
+        return self.trained.fmri_from_encoded(encoded | {name: np.roll(encoded[name], trs, axis=0)})
 
     def _inputs(self, values: dict[str, np.ndarray], valid: dict[str, np.ndarray],
                 ablate: tuple[str, ...]) -> dict[str, np.ndarray]:
         return model_inputs(values, valid, self.trained.stats, self.shapes, [*self.ablate, *ablate],
                             self.trained.job.shapes.audio_is_codes, self.n_trs)
 
-    def _decomposed(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The prediction (n_trs, V) and each modality's additive contribution to it: the
-        prediction from that modality's encoder output alone minus the one from none."""
+    def _encoded(self) -> dict[str, np.ndarray]:
+        """Each modality's per-TR encoder outputs on the movie (computed once)."""
         if self._parts is None:
-            encoded = self.trained.encoder_outputs(self._inputs(self.values, self.valid, ()))
-            silent = {name: np.zeros_like(value) for name, value in encoded.items()}
-            base = self.trained.fmri_from_encoded(silent)
-            contributions = {name: self.trained.fmri_from_encoded(silent | {name: encoded[name]}) - base
-                             for name in self.tested}
-            self._parts = (self.trained.fmri_from_encoded(encoded), contributions)
+            self._parts = self.trained.encoder_outputs(self._inputs(self.values, self.valid, ()))
         return self._parts
 
 

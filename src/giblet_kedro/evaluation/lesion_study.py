@@ -105,7 +105,7 @@ def setup_lesions(trained: TrainedModel, source: str) -> LesionSetup:
 
     if trained.voxel_layout:
         if source == "model":
-            layer, training_mean = trained.encode(targets), trained.encode_rows(train_rows).mean(0)
+            layer, training_mean = trained.encode_rows(test_rows), trained.encode_rows(train_rows).mean(0)
         else:
             layer, training_mean = brain(test_rows), brain(train_rows).mean(0)
         weights = {m: layer_.weight.detach().numpy().T.copy() for m, layer_ in trained.model.readouts.items()}
@@ -122,6 +122,12 @@ def setup_lesions(trained: TrainedModel, source: str) -> LesionSetup:
         readout = {"kind": "ridge regression, measured fMRI -> latent (fit on the training TRs)", "alpha": fit.alpha}
     return LesionSetup(trained=trained, layer=layer.astype(np.float32), training_mean=training_mean.astype(np.float32),
                        projection=LayerProjection(weights, biases), targets=targets, source=source, readout=readout)
+
+
+def most_affected(effects: dict[str, dict]) -> str:
+    """The modality whose loss the lesion raises most beyond the random regions' median:
+    silencing any voxels costs some decoders more than others, which the control measures."""
+    return max(effects, key=lambda m: effects[m]["effect"] - effects[m]["random_q05_q50_q95"][1])
 
 
 def run_study(setup: LesionSetup, regions: dict[str, np.ndarray], coordinates: np.ndarray, method: str,
@@ -156,7 +162,7 @@ def run_study(setup: LesionSetup, regions: dict[str, np.ndarray], coordinates: n
         randoms = setup.mean_effects(intact_inputs, intact_losses, controls, method, rng)
         effects = lesion_statistics(per_tr, randoms, block, n_boot, rng)
         report[name] = {"voxels": int(voxels.size), "effects": effects,
-                        "most_affected": max(effects, key=lambda m: effects[m]["effect"])}
+                        "most_affected": most_affected(effects)}
         decoded[name] = outputs
         log.info("lesion %s (%d voxels): %s", name, voxels.size,
                  {m: f"{e['effect']:+.4f} (p {e['p']:.3f})" for m, e in effects.items()})

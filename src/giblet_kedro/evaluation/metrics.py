@@ -27,6 +27,25 @@ def pearson_columns(prediction: np.ndarray, measured: np.ndarray) -> np.ndarray:
     return np.divide((p * y).sum(0), denominator, out=np.zeros(p.shape[1]), where=denominator > 0)
 
 
+def leave_one_out_isc(data: np.ndarray) -> np.ndarray:
+    """Each subject's r with the mean of the others, voxel by voxel: how well a shared
+    response predicts that subject, the ceiling of a prediction of that subject.
+
+    Parameters
+    ----------
+    data : (n_subjects, n_trs, n_voxels), n_subjects >= 2
+
+    Returns
+    -------
+    (n_subjects, n_voxels) float64
+    """
+    data = np.asarray(data, dtype=np.float64)
+    if len(data) < 2:
+        raise ValueError("a leave-one-out ceiling needs at least 2 subjects")
+    total = data.sum(0)
+    return np.stack([pearson_columns((total - subject) / (len(data) - 1), subject) for subject in data])
+
+
 def bootstrap_rows(n: int, block: int, rng: np.random.Generator) -> np.ndarray:
     """(n,) row indices of one circular block bootstrap resample (Politis & Romano): blocks
     of ``block`` consecutive rows, started anywhere and wrapping around the end, until

@@ -390,11 +390,13 @@ def _stimulus_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp
 
 
 def _training_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict) -> None:
-    """Training reads the fMRI tensor, the split, the three feature caches and the model,
-    loss and train sections (``devices`` included: the world size changes the batches)."""
+    """Training reads the fMRI tensor, the split, the feature caches (as extracted: the
+    model's inputs; after the HRF step: its targets) and the model, loss and train sections
+    (``devices`` included: the world size changes the batches)."""
     reads["train"] = {
         "fmri_stats": fps["fmri_stats"], "fmri_tensor": fps["fmri_tensor"],
         **{name: fps[name] for name in FINAL_FEATURES.values()},
+        **{name: fps[name] for name in FINAL_FEATURES},
         "model": spec.model.model_dump(mode="json"), "loss": spec.loss.model_dump(mode="json"),
         "train": spec.train.model_dump(mode="json", exclude={"collective_timeout_s"}), "seed": spec.seed,
         "code": STAGES["train"].code_version()}
@@ -442,6 +444,7 @@ def _predict_fingerprints(spec: ExperimentSpec, reads: dict, fps: dict, file_fp,
         "movie": predict.stimulus and file_fp(predict.stimulus, "predict.stimulus"),
         "annotations": predict.annotations and file_fp(predict.annotations, "predict.annotations"),
         "onset_s": predict.onset_s, "tr": spec.fmri.tr, "stimulus": settings, "seed": spec.seed,
+        "audio_codes_tr": fps["audio_codes_tr"],  # its codebooks code the new movie's sound
         "code": STAGES["predict_stimulus"].code_version()}
     fps["predict_stimulus"] = hash_payload(reads["predict_stimulus"])
     reads["predict"] = {

@@ -8,6 +8,7 @@ runs. All models forbid unknown keys. Relative paths are resolved later, by
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -625,16 +626,38 @@ class StimulusSpec(StrictModel):
 
 # ------------------------------------------------------------- model and training
 class ModelSpec(StrictModel):
-    """The autoencoder. ``bottleneck: voxels`` (default): the middle layer is the brain,
-    one unit per voxel, trained to match the fMRI; the decoders read only it, each through
-    a projection voxels -> ``rank`` units (default 256). An integer: a latent of that
-    width with an fMRI head on the side (the lab's shipped layout); ``rank`` then
-    factorizes the head (full when left out)."""
+    """The autoencoder. Per-TR encoders read each TR's stimulus (no HRF: the model learns
+    the lags); a temporal module maps the encoded history to the bottleneck of every TR.
+
+    ``bottleneck: voxels`` (default): the middle layer is the brain, one unit per voxel,
+    trained to match the fMRI; the decoders read only it, each through a projection
+    voxels -> ``rank`` units (default 256). An integer: a latent of that width with an
+    fMRI head on the side (the original layout); ``rank`` then factorizes the head (full
+    when left out).
+
+    ``temporal``: ``lags`` (default), a learned causal filter over ``context_s`` seconds
+    of encoded stimulus, per channel pair a mix of ``lag_basis`` lag profiles initialised
+    from the canonical HRF and earlier and later copies of it; with the projection to
+    voxels after it, each voxel learns its own lags (linear: the ridge reference's FIR
+    delays are a special case). ``transformer``: attention over the same context, with a
+    learned bias per lag (nonlinear; slower in silico). ``context_s``: how far back a TR
+    reads, at least the HRF's ~20 s. ``code_rank``: the width of the per-TR code the
+    temporal module reads, the voxel layer's only source (``voxels`` layout; default:
+    ``rank``); a small code keeps a model trained on few TRs from fitting noise.
+
+    ``head_rank``: in ``per_subject`` mode the bottleneck is the shared average brain,
+    and each subject's head maps it to that subject's fMRI: a scale and an offset per
+    voxel, plus a residual of this rank from the temporal features (0: none)."""
 
     bottleneck: PositiveInt | Literal["voxels"] = "voxels"
     rank: PositiveInt | None = None
     hidden: PositiveInt = 1024
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    temporal: Literal["lags", "transformer"] = "lags"
+    context_s: Annotated[float, Field(ge=1.0, le=120.0)] = 21.0
+    lag_basis: Annotated[int, Field(ge=1, le=32)] = 6
+    head_rank: NonNegativeInt = 0
+    code_rank: PositiveInt | None = None
 
 
 class LossSpec(StrictModel):
@@ -650,8 +673,16 @@ class LossSpec(StrictModel):
 
 
 class TrainSpec(StrictModel):
+    """``window_trs``: a sample is a window of that many contiguous TRs of one run, the
+    first ``context - 1`` of which (``model.context_s``) are read as stimulus history
+    only; every training TR is a target of exactly one window per epoch (default: 64, or
+    twice the context if that is longer). ``batch_size``: windows
+    per step and rank. ``early_stop_patience``: epochs without a better validation r
+    before training stops (the checkpoint kept is always the best one)."""
+
     epochs: PositiveInt = 50
     batch_size: PositiveInt = 2
+    window_trs: Annotated[int, Field(ge=2, le=4096)] | None = None  # None: max(64, twice the context)
     lr: PositiveFloat = 1.0e-3
     weight_decay: NonNegativeFloat = 1.0e-5
     warmup_epochs: NonNegativeInt | None = None  # None: min(10, epochs)
@@ -904,6 +935,19 @@ class ExperimentSpec(StrictModel):
                     f"paths {uses} use '{{demo}}' but the spec has no 'demo' section; "
                     "add 'demo: {}' to generate the demo data, or give real file paths"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _window_holds_a_target(self) -> ExperimentSpec:
+        if self.train.window_trs is None or not self.fmri.tr:  # the TR from the headers: checked by the job
+            return self
+        lags = math.ceil(self.model.context_s / self.fmri.tr - 1e-9)
+        if self.train.window_trs < lags:
+            raise ValueError(
+                f"train.window_trs ({self.train.window_trs}) leaves no target TR after the "
+                f"{lags - 1} TRs of context (model.context_s = {self.model.context_s} s at TR {self.fmri.tr} s); "
+                f"accepted: window_trs >= {lags}, e.g. {max(64, 2 * lags)}, or leave it out"
+            )
         return self
 
     @model_validator(mode="after")

@@ -102,11 +102,14 @@ class TrAligned:
     values : (n_trs, ...) array; row ``i`` belongs to TR ``i`` of the crop
     valid : (n_trs,) bool; False where the stimulus had nothing for that TR (padded)
     meta : JSON-serialisable provenance: grid, units, what was trimmed or padded, ...
+    extras : arrays the extraction made that later encodings must reuse, by name (the
+        EnCodec codebooks of random weights, fit on the training movie)
     """
 
     values: np.ndarray
     valid: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.values.shape[0] != self.valid.shape[0]:
@@ -129,3 +132,40 @@ def alignment_notes(modality: str, valid: np.ndarray, grid: TrGrid, duration_s: 
     for note in notes:
         log.warning(note)
     return notes
+
+
+def grid_report(split: pd.DataFrame, modalities: dict[str, TrAligned]) -> dict[str, Any]:
+    """Every modality must sit on exactly the fMRI TR grid of the split table (same runs,
+    crops and TR); raises ``ValueError`` naming the modality on any mismatch. Returns the
+    report: the grid and each modality's shape, dtype, valid TRs, onsets and notes."""
+    onsets = split["onset_s"].to_numpy()
+    runs = []
+    for run, part in split.groupby("run", sort=False):
+        file_trs = part["file_tr"].to_numpy()
+        runs.append({"run": str(run), "crop": [int(file_trs[0]), int(file_trs[-1]) + 1], "n_trs": len(part)})
+    expected = {"tr": float(onsets[1] - onsets[0]) if len(onsets) > 1 else None, "runs": runs, "n_trs": len(split)}
+    report: dict[str, Any] = {"fmri_grid": expected, "modalities": {}}
+    for name, aligned in modalities.items():
+        grid = aligned.meta["grid"]
+        problems = []
+        got_runs = [r["run"] for r in grid["runs"]]
+        if got_runs != [r["run"] for r in runs]:
+            problems.append(f"runs {got_runs} != {[r['run'] for r in runs]}")
+        else:
+            problems += [f"run {want['run']!r}: {key} {got[key]} != {want[key]}"
+                         for got, want in zip(grid["runs"], runs, strict=True)
+                         for key in ("crop", "n_trs") if got[key] != want[key]]
+        if grid["n_trs"] != expected["n_trs"]:
+            problems.append(f"n_trs {grid['n_trs']} != {expected['n_trs']}")
+        if expected["tr"] is not None and abs(grid["tr"] - expected["tr"]) > 1e-9:
+            problems.append(f"TR {grid['tr']} s != {expected['tr']} s")
+        if aligned.values.shape[0] != len(split):
+            problems.append(f"{aligned.values.shape[0]} rows for {len(split)} TRs")
+        if problems:
+            raise ValueError(f"{name} features are not on the fMRI TR grid: {'; '.join(problems)}")
+        report["modalities"][name] = {
+            "absent": bool(aligned.meta.get("absent", False)), "shape": list(aligned.values.shape),
+            "dtype": str(aligned.values.dtype), "valid_trs": int(np.asarray(aligned.valid).sum()),
+            "run_onsets_s": {r["run"]: r["onset_s"] for r in grid["runs"]}, "tr": grid["tr"],
+            "hrf": aligned.meta.get("hrf"), "notes": aligned.meta.get("notes", [])}
+    return report

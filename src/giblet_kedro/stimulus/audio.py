@@ -89,13 +89,16 @@ def to_model_rate(samples: np.ndarray, rate: int, chunk_s: int = 60) -> torch.Te
 
 
 # --------------------------------------------------------------------------- encodec
-def build_encodec(bandwidth: float, weights: str | None, seed: int, init_audio: torch.Tensor | None = None):
+def build_encodec(bandwidth: float, weights: str | None, seed: int, init_audio: torch.Tensor | None = None,
+                  codebooks: np.ndarray | None = None):
     """The real EnCodec 24 kHz architecture.
 
     ``weights``: a local state dict loaded with ``weights_only=True``; ``random`` (or
     ``None``): the model is randomly initialised (seeded) and, because a fresh quantizer's
-    codebooks are all zero (every code would be 0), its codebooks are initialised by the
-    library's own k-means on ``init_audio``, as EnCodec does on its first training batch.
+    codebooks are all zero (every code would be 0), its codebooks are either ``codebooks``
+    ((n_q, 1024, 128), the ones a training movie's encoding fit: the codes then mean what
+    they meant in training) or initialised by the library's own k-means on ``init_audio``,
+    as EnCodec does on its first training batch.
     """
     from encodec import EncodecModel
 
@@ -113,7 +116,9 @@ def build_encodec(bandwidth: float, weights: str | None, seed: int, init_audio: 
                                  f"{weights}: {exc}") from None
     model.set_target_bandwidth(bandwidth)
     model.eval()
-    if weights is None and init_audio is not None:
+    if weights is None and codebooks is not None:
+        set_codebooks(model, codebooks)
+    elif weights is None and init_audio is not None:
         for layer in model.quantizer.vq.layers:
             # The library's 50 k-means iterations build a (frames x 1024 x 128) distance
             # tensor each time (~90 s on 2 cores); codes of random weights only need to
@@ -127,10 +132,30 @@ def build_encodec(bandwidth: float, weights: str | None, seed: int, init_audio: 
     return model
 
 
-def codec_for(wav: torch.Tensor, bandwidth: float, weights: str | None, seed: int):
-    """The EnCodec model that codes this soundtrack: random weights get their codebooks
-    from k-means on its first 10 s. Deterministic, so the decoder side (decoded audio of
-    lesions) rebuilds the very codebooks the codes index."""
+def used_codebooks(model) -> np.ndarray:
+    """(n_q, 1024, 128) float32 the codebooks of the quantizer layers the bandwidth uses."""
+    n_q = model.quantizer.get_num_quantizers_for_bandwidth(model.frame_rate, model.bandwidth)
+    return np.stack([layer._codebook.embed.detach().numpy() for layer in model.quantizer.vq.layers[:n_q]]
+                    ).astype(np.float32)
+
+
+def set_codebooks(model, codebooks: np.ndarray) -> None:
+    """Give the quantizer's first ``len(codebooks)`` layers these codebooks (marked fit)."""
+    for layer, book in zip(model.quantizer.vq.layers, np.asarray(codebooks), strict=False):
+        with torch.no_grad():
+            layer._codebook.embed.copy_(torch.from_numpy(book))
+            layer._codebook.embed_avg.copy_(torch.from_numpy(book))
+            layer._codebook.inited.fill_(True)
+
+
+def codec_for(wav: torch.Tensor, bandwidth: float, weights: str | None, seed: int,
+              codebooks: np.ndarray | None = None):
+    """The EnCodec model that codes this soundtrack: random weights get ``codebooks`` (a
+    training movie's, so that another movie is coded as training was) or, for the
+    training movie itself, codebooks from k-means on its first 10 s. Deterministic, so the
+    decoder side (decoded audio of lesions) rebuilds the very codebooks the codes index."""
+    if codebooks is not None and weights in (None, RANDOM):
+        return build_encodec(bandwidth, weights, seed, codebooks=codebooks)
     return build_encodec(bandwidth, weights, seed, init_audio=wav[:, : INIT_SECONDS * SAMPLE_RATE])
 
 
@@ -191,24 +216,31 @@ def frames_on_grid(frames: np.ndarray, grid: TrGrid, audio_start_s: float) -> tu
 
 # ---------------------------------------------------------------------------- nodes
 def extract_audio(path: Path, grid: TrGrid, model: str, bandwidth: float, weights: str | None,
-                  seed: int, chunk_s: int = 10, device: str = "cpu") -> TrAligned:
+                  seed: int, chunk_s: int = 10, device: str = "cpu", codebooks: np.ndarray | None = None
+                  ) -> TrAligned:
     """The soundtrack on the TR grid: EnCodec codes (``model='encodec_24khz'``,
     int16 (n_trs, n_codebooks, frames_per_tr)) or a log-mel spectrogram (``'mel'``,
-    float32 (n_trs, 64, frames_per_tr), 75 frames/s)."""
+    float32 (n_trs, 64, frames_per_tr), 75 frames/s).
+
+    With random weights the codebooks used are kept in ``extras["codebooks"]``; give them
+    back as ``codebooks`` to code another movie as this one was (in silico)."""
     samples, rate, start_s = decode_soundtrack(path)
     wav = to_model_rate(samples, rate)
     duration = start_s + wav.shape[1] / SAMPLE_RATE
     if model == "mel":
         frames = log_mel(wav)
-        meta_extra = {"units": "log mel power", "n_mels": MEL_BANDS}
+        meta_extra, extras = {"units": "log mel power", "n_mels": MEL_BANDS}, {}
     else:
-        encoder = codec_for(wav, bandwidth, weights, seed)
+        encoder = codec_for(wav, bandwidth, weights, seed, codebooks)
         frames = encode_chunked(encoder, wav, chunk_s, device)
+        extras = {"codebooks": used_codebooks(encoder.cpu())} if weights in (None, RANDOM) else {}
         if frames.shape[0] != n_codebooks(bandwidth):
             raise RuntimeError(f"EnCodec produced {frames.shape[0]} codebooks at {bandwidth} kbps, "
                                f"expected {n_codebooks(bandwidth)}")
+        books = ("the training movie's k-means codebooks" if codebooks is not None
+                 else "k-means codebooks on this soundtrack's first 10 s")
         meta_extra = {"units": "EnCodec code indices (0..1023)", "bandwidth_kbps": bandwidth,
-                      "n_codebooks": int(frames.shape[0]), "weights": describe_weights(weights, "random (seeded), k-means codebooks"),
+                      "n_codebooks": int(frames.shape[0]), "weights": describe_weights(weights, f"random (seeded), {books}"),
                       "chunk_s": chunk_s, "context_s": CONTEXT_S}
     values, valid = frames_on_grid(frames, grid, start_s)
     return TrAligned(values=values, valid=valid, meta={
@@ -216,7 +248,7 @@ def extract_audio(path: Path, grid: TrGrid, model: str, bandwidth: float, weight
         "frame_rate_hz": FRAME_RATE, "frames_per_tr": frames_per_tr(grid.tr), "audio_start_s": start_s,
         "framing": "each TR: floor(tr*75) frames from the first frame centre at or after its window start",
         "layout": "(n_trs, channels, frames_per_tr)", "notes": alignment_notes("audio", valid, grid, duration),
-        **meta_extra})
+        **meta_extra}, extras=extras)
 
 
 def log_mel(wav: torch.Tensor) -> np.ndarray:

@@ -51,9 +51,10 @@ from giblet_kedro.logs import configure_rank_logging
 from giblet_kedro.models.autoencoder import build_model
 from giblet_kedro.paths import project_root
 from giblet_kedro.training import preemption
-from giblet_kedro.training.data import TrDataset, identity_collate
+from giblet_kedro.training.data import WindowDataset, identity_collate, plan_windows
 from giblet_kedro.training.job import TrainJob, resolve_devices
 from giblet_kedro.training.losses import modality_losses, torch_stats, weighted_total
+from giblet_kedro.training.selection import selection
 
 log = logging.getLogger(__name__)
 
@@ -144,32 +145,91 @@ class LossSums:
         return means, values[-1]
 
 
-def _evaluate(model, loader, job: TrainJob, stats, device, autocast) -> dict[str, float]:
-    """Mean of each loss component (and the weighted total) over a loader, all ranks."""
+def window_outputs(model, job: TrainJob, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model on a batch of windows: (B, T, ...) outputs, each window's subject's fMRI
+    through its head when the model has heads."""
+    inputs = {name: batch[f"input_{name}"] for name in job.shapes.present()}
+    return model(inputs, present=batch["present"], subjects=batch["subject"] if job.n_subjects else None)
+
+
+def flat_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], job: TrainJob, stats
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each modality's loss over the windows' counted TRs: (B, T, ...) flattened to TRs;
+    returns the losses and the flattened batch (for the valid counts)."""
+    names = ["fmri", *job.shapes.present()]
+    flat_batch = {}
+    for name in names:
+        flat_batch[name] = batch[name].reshape(-1, *batch[name].shape[2:])
+        flat_batch[f"{name}_valid"] = batch[f"{name}_valid"].reshape(-1)
+    flat_outputs = {name: outputs[name].reshape(-1, *outputs[name].shape[2:]) for name in names}
+    return modality_losses(flat_outputs, flat_batch, stats, job.loss["normalize"], job.shapes.audio_is_codes), \
+        flat_batch
+
+
+class CorrelationSums:
+    """Per (subject, voxel) sums of prediction, measurement, their squares and product over
+    the counted TRs, all-reduced over ranks: each voxel's Pearson r, every rank alike."""
+
+    def __init__(self, n_subjects: int, n_voxels: int, device: torch.device):
+        self.sums = torch.zeros(6, max(n_subjects, 1), n_voxels, dtype=torch.float64, device=device)
+
+    def add(self, prediction: torch.Tensor, measured: torch.Tensor, counted: torch.Tensor,
+            subjects: torch.Tensor) -> None:
+        """prediction, measured (B, T, V); counted (B, T) bool; subjects (B,)."""
+        weight = counted.to(torch.float64).unsqueeze(-1)
+        x, y = prediction.to(torch.float64) * weight, measured.to(torch.float64) * weight
+        index = subjects.long() if self.sums.shape[1] > 1 else torch.zeros_like(subjects).long()
+        for k, part in enumerate((weight.expand_as(x), x, y, x * x, y * y, x * y)):
+            self.sums[k].index_add_(0, index, part.sum(1))
+
+    def mean_r(self) -> float:
+        """The mean over voxels of each voxel's r (averaged over subjects), all ranks."""
+        if dist.is_initialized():
+            dist.all_reduce(self.sums)
+        n, x, y, xx, yy, xy = self.sums
+        n = n.clamp_min(1.0)
+        cov = xy / n - (x / n) * (y / n)
+        var_x, var_y = xx / n - (x / n) ** 2, yy / n - (y / n) ** 2
+        r = cov / torch.sqrt(var_x.clamp_min(1e-12) * var_y.clamp_min(1e-12))
+        return float(torch.nan_to_num(r).mean(0).mean())
+
+
+def _evaluate(model, loader, job: TrainJob, stats, device, autocast, correlate: bool = False) -> dict[str, float]:
+    """Mean of each loss component (and the weighted total) over a loader, all ranks;
+    with ``correlate``, also ``fmri_r``: the mean voxel r of the predicted fMRI."""
     model.eval()
     sums = LossSums()
+    correlations = CorrelationSums(job.n_subjects, job.shapes.n_voxels, device) if correlate else None
     with torch.no_grad():
         for batch in loader:
             batch = _to_device(batch, device)
             with autocast():
-                outputs = model({name: batch[name] for name in job.shapes.present()})
-            sums.add(modality_losses(outputs, batch, stats, job.loss["normalize"], job.shapes.audio_is_codes), batch)
-    return sums.means(job.loss["weights"], device)[0]
+                outputs = window_outputs(model, job, batch)
+            losses, flat_batch = flat_losses(outputs, batch, job, stats)
+            sums.add(losses, flat_batch)
+            if correlations is not None:
+                correlations.add(outputs["fmri"], batch["fmri"], batch["fmri_valid"], batch["subject"])
+    means = sums.means(job.loss["weights"], device)[0]
+    if correlations is not None:
+        means["fmri_r"] = correlations.mean_r()
+    return means
 
 
-def _gather_drawn(drawn: list[np.ndarray], world: int) -> dict:
-    """What every rank drew in epoch 1, counted on each rank and gathered: the samples
-    (with ``DistributedSampler``'s padding), the distinct (subject, TR) samples and the
-    batches per rank. The verification compares them with arithmetic from the spec."""
-    keys = np.concatenate(drawn) if drawn else np.zeros(0, np.int64)
-    mine = {"samples": int(keys.size), "batches": len(drawn), "keys": keys.tolist()}
+def _gather_drawn(drawn: list[dict], world: int) -> dict:
+    """What every rank drew in epoch 1, counted on each rank and gathered: the windows
+    (with ``DistributedSampler``'s padding), the distinct (subject, TR) targets that
+    counted, and the batches per rank. The verification compares them with arithmetic
+    from the split table and the spec. ``drawn``: per batch, ``windows`` and ``keys``
+    (subject << 32 | row of each counted target)."""
+    keys = np.concatenate([np.asarray(d["keys"]) for d in drawn]) if drawn else np.zeros(0, np.int64)
+    mine = {"windows": int(sum(int(d["windows"]) for d in drawn)), "batches": len(drawn), "keys": keys.tolist()}
     per_rank = [None] * world
     if dist.is_initialized() and world > 1:
         dist.all_gather_object(per_rank, mine)
     else:
         per_rank = [mine]
     every = np.concatenate([np.asarray(r["keys"], dtype=np.int64) for r in per_rank])
-    return {"samples": int(sum(r["samples"] for r in per_rank)), "distinct_samples": int(np.unique(every).size),
+    return {"windows": int(sum(r["windows"] for r in per_rank)), "distinct_samples": int(np.unique(every).size),
             "batches_per_rank": [int(r["batches"]) for r in per_rank],
             "subjects": int(np.unique(every >> 32).size)}
 
@@ -222,9 +282,10 @@ def _stop_requested(rank: int, world: int, request: Path, device: torch.device) 
     return bool(flag.item())
 
 
-def _rank_position(world: int, sums: LossSums, drawn: list[np.ndarray]) -> list[dict]:
+def _rank_position(world: int, sums: LossSums, drawn: list[dict]) -> list[dict]:
     """Every rank's RNG states, partial loss sums and drawn samples, on every rank."""
-    mine = {"rng": preemption.rng_state(), "sums": sums.state(), "drawn": [torch.from_numpy(d) for d in drawn]}
+    mine = {"rng": preemption.rng_state(), "sums": sums.state(),
+            "drawn": [{"windows": int(d["windows"]), "keys": torch.from_numpy(np.asarray(d["keys"]))} for d in drawn]}
     if world == 1:
         return [mine]
     ranks: list = [None] * world
@@ -246,8 +307,7 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    train_set = TrDataset(job.paths, np.asarray(job.train_rows), job.mode, job.stats, job.shapes.audio_is_codes)
-    val_set = TrDataset(job.paths, np.asarray(job.val_rows), job.mode, job.stats, job.shapes.audio_is_codes)
+    train_set, val_set = (job_windows(job, rows) for rows in (job.train_rows, job.val_rows))
     stats = torch_stats(job.stats, device)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=job.seed, drop_last=False)
     batched = {"batch_size": settings["batch_size"], "collate_fn": identity_collate, "num_workers": 0}
@@ -258,7 +318,9 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
                                 sampler=DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=False))
 
     torch.manual_seed(job.seed)  # identical initial weights on every rank
-    module = build_model(job.shapes, job.model).to(device)
+    module = build_model(job.shapes, job.model, job.tr, job.n_subjects).to(device)
+    if job.shapes.audio_is_codes:
+        module.set_neutral_codes(job.stats["audio"].mode_codes())
     probe = job.probe or {}
     if probe.get("nonzero_init"):
         with torch.no_grad():
@@ -284,7 +346,7 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
     history = {"world_size": world, "device": device.type, "precision": "bf16" if use_bf16 else "fp32",
                "train_samples": len(train_set), "val_samples": len(val_set), "batch_size": settings["batch_size"],
                "batches_per_epoch": steps_per_epoch, "epochs": [], "initial": None, "resumed_from_epoch": None}
-    start_epoch, best_val, stale = 0, math.inf, 0
+    start_epoch, best_val, stale = 0, -math.inf, 0  # best_val: the best validation fMRI r
     resume_step, resumed_ranks = 0, None
     damage = check_file(run_dir / "last.pt")
     if damage not in (None, "missing"):
@@ -318,7 +380,7 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
         sampler.set_epoch(epoch)
         model.train()
         sums, started = LossSums(), time.perf_counter()
-        drawn: list[np.ndarray] = []
+        drawn: list[dict] = []
         skip = resume_step if epoch == start_epoch else 0
         if skip:  # continue the interrupted epoch: the same sample order from the next step
             batches = iter(DataLoader(train_set, sampler=list(iter(sampler))[skip * settings["batch_size"]:], **batched))
@@ -327,7 +389,8 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
         if skip:  # after that draw: each rank's RNG states (dropout) and partial sums as they were
             mine = resumed_ranks[rank]
             preemption.set_rng_state(mine["rng"])
-            sums, drawn = LossSums.from_state(mine["sums"]), [d.numpy().copy() for d in mine["drawn"]]
+            sums = LossSums.from_state(mine["sums"])
+            drawn = [{"windows": int(d["windows"]), "keys": d["keys"].numpy().copy()} for d in mine["drawn"]]
         # Rank 0 only, and only on a terminal (None: tqdm's own test), not in a batch job's log.
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=True if rank != 0 else None,
                    unit="batch", initial=skip, total=steps_per_epoch)
@@ -337,8 +400,8 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
                 _inject_fault(rank, epoch, job.crash_at[2] if len(job.crash_at) > 2 else "raise")
             batch = _to_device(batch, device)
             with autocast():
-                outputs = model({name: batch[name] for name in job.shapes.present()})
-            losses = modality_losses(outputs, batch, stats, job.loss["normalize"], job.shapes.audio_is_codes)
+                outputs = window_outputs(model, job, batch)
+            losses, flat_batch = flat_losses(outputs, batch, job, stats)
             total = weighted_total(losses, weights)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -349,9 +412,10 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), settings["grad_clip"])
             optimizer.step()
             scheduler.step()
-            sums.add(losses, batch)
-            if epoch == 0:
-                drawn.append((batch["subject"] * (1 << 32) + batch["row"]).cpu().numpy())
+            sums.add(losses, flat_batch)
+            if epoch == 0:  # the windows of this batch and the (subject, TR) targets that counted
+                keys = batch["subject"][:, None] * (1 << 32) + batch["row"]
+                drawn.append({"windows": int(batch["subject"].shape[0]), "keys": keys[batch["fmri_valid"]].cpu().numpy()})
             if job.crash_at is not None and list(job.crash_at) == [rank, epoch, "preempt"] and step == 1:
                 request.touch()  # test hook: a stop requested after the second step
             if step + 1 < steps_per_epoch and _stop_requested(rank, world, request, device):
@@ -374,26 +438,33 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
         if epoch == 0:
             history["epoch1_drawn"] = _gather_drawn(drawn, world)
         train_means, count = sums.means(weights, device)
-        val_means = _evaluate(model, val_loader, job, stats, device, autocast) if len(val_set) else train_means
-        record = {"epoch": epoch + 1, "train": train_means, "val": val_means, "lr": scheduler.get_last_lr()[0],
-                  "samples_per_s": count / max(seconds, 1e-9), "seconds": seconds, "batches": steps_per_epoch}
+        if len(val_set):
+            val_means = _evaluate(model, val_loader, job, stats, device, autocast, correlate=True)
+            score = val_means.pop("fmri_r")
+        else:  # nothing to select on: the latest epoch is kept
+            val_means, score = train_means, float(epoch)
+        record = {"epoch": epoch + 1, "train": train_means, "val": val_means, "val_fmri_r": score if len(val_set)
+                  else None, "lr": scheduler.get_last_lr()[0], "samples_per_s": count / max(seconds, 1e-9),
+                  "seconds": seconds, "batches": steps_per_epoch}
         history["epochs"].append(record)
-        improved = val_means["total"] < best_val  # identical on every rank (all-reduced)
-        best_val, stale = (val_means["total"], 0) if improved else (best_val, stale + 1)
+        improved = score > best_val  # identical on every rank (all-reduced)
+        best_val, stale = (score, 0) if improved else (best_val, stale + 1)
         stop = patience is not None and stale >= patience
         last_epoch = epoch == epochs - 1 or stop
+        if improved:
+            history["selected"] = selection(record, bool(len(val_set)))
         if rank == 0:
             _log_epoch(record, epochs, history)
             if improved:
-                save_checkpoint({"model": module.state_dict(), "epoch": epoch + 1, "val_total": best_val},
-                                run_dir / "best.pt")
+                save_checkpoint({"model": module.state_dict(), "epoch": epoch + 1, "val_fmri_r": record["val_fmri_r"],
+                                 "reason": history["selected"]["reason"]}, run_dir / "best.pt")
             if (epoch + 1) % settings["checkpoint_every"] == 0 or last_epoch:
                 save_checkpoint({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
                                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val": best_val,
                                  "stale": stale, "history": json.dumps(history)}, run_dir / "last.pt")
         if stop:
             if rank == 0:
-                log.info("early stop: validation loss has not improved for %d epochs", patience)
+                log.info("early stop: validation fMRI r has not improved for %d epochs", patience)
             history["early_stopped_at"] = epoch + 1
             break
     if rank == 0:
@@ -404,12 +475,27 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
     return False
 
 
+def selected_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights a finished run selected (``best.pt``: the best validation fMRI r)."""
+    return dict(load_checkpoint(Path(run_dir) / "best.pt")["model"])
+
+
+def job_windows(job: TrainJob, rows: list[int]) -> WindowDataset:
+    """The windows whose targets are ``rows`` (one split's), for this job."""
+    n_rows = int(np.load(job.paths.fmri, mmap_mode="r").shape[-2])
+    windows = plan_windows(np.asarray(rows, dtype=np.int64), np.asarray(job.run_starts), n_rows, job.n_lags,
+                           job.window_trs)
+    return WindowDataset(job.paths, windows, job.mode, job.stats, job.shapes.audio_is_codes, np.asarray(job.run_starts),
+                         job.n_lags, job.window_trs)
+
+
 def _log_epoch(record: dict, epochs: int, history: dict) -> None:
     done = [r["seconds"] for r in history["epochs"]]
     left = (epochs - record["epoch"]) * (sum(done) / len(done))
     parts = " ".join(f"{k}={v:.4f}" for k, v in record["train"].items() if k != "total")
-    log.info("epoch %d/%d train %.4f (%s) val %.4f lr %.2e %.0f samples/s, ~%.0f s left",
-             record["epoch"], epochs, record["train"]["total"], parts, record["val"]["total"], record["lr"],
+    val_r = "" if record.get("val_fmri_r") is None else f" fMRI r {record['val_fmri_r']:.4f}"
+    log.info("epoch %d/%d train %.4f (%s) val %.4f%s lr %.2e %.0f TRs/s, ~%.0f s left",
+             record["epoch"], epochs, record["train"]["total"], parts, record["val"]["total"], val_r, record["lr"],
              record["samples_per_s"], left)
 
 

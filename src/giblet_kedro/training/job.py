@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from giblet_kedro.errors import SpecError
-from giblet_kedro.models.autoencoder import ModalityShapes
+from giblet_kedro.models.autoencoder import ModalityShapes, model_context
 from giblet_kedro.training.losses import ModalityStats, code_stats, continuous_stats, stats_from_arrays
 
 if TYPE_CHECKING:
@@ -40,6 +40,10 @@ class ArrayPaths:
     loss_stats: str = ""
     # (n_subjects, n_trs) bool, False at censored volumes (``fmri_train_valid``); "": none.
     fmri_valid: str = ""
+    # The model's inputs where they are not ``values`` (each TR's features as extracted,
+    # before the HRF step): modality -> values.npy / valid.npy. Empty: the model reads ``values``.
+    model_inputs: dict[str, str] = field(default_factory=dict)
+    model_inputs_valid: dict[str, str] = field(default_factory=dict)
 
 
 def fmri_sample_validity(covered: np.ndarray | None, mode: str, subjects: np.ndarray, trs: np.ndarray) -> np.ndarray:
@@ -79,6 +83,10 @@ class TrainJob:
     feature_weights: dict[str, str] = field(default_factory=dict)
     # The ``features`` modality's column names (``<feature>:<column>``), in order.
     feature_columns: list[str] = field(default_factory=list)
+    # First row of each run in the tensor (a window's context never crosses one).
+    run_starts: list[int] = field(default_factory=lambda: [0])
+    # Subjects with a head of their own (``per_subject``); 0: none.
+    n_subjects: int = 0
     world_size: int | None = None
     backend: str | None = None
     device_type: str | None = None
@@ -119,6 +127,18 @@ class TrainJob:
     def modalities(self) -> list[str]:
         return self.shapes.present()
 
+    @property
+    def n_lags(self) -> int:
+        """TRs each bottleneck TR reads: ``model.context_s`` at the job's TR."""
+        if self.tr <= 0:
+            raise ValueError("the job has no TR (tr); the temporal module's context is in seconds")
+        return model_context(self.model, self.tr)
+
+    @property
+    def window_trs(self) -> int:
+        """TRs per training window: ``train.window_trs``, else 64 or twice the context."""
+        return int(self.train.get("window_trs") or max(64, 2 * self.n_lags))
+
     def __getstate__(self):  # the cached stats are re-read by each process
         state = dict(self.__dict__)
         state.pop("stats", None)
@@ -149,7 +169,7 @@ def pool_axes(name: str) -> tuple[int, ...]:
 
 
 def compute_loss_stats(fmri_train: np.ndarray, train_rows: np.ndarray, features: dict,
-                       covered: np.ndarray | None = None) -> dict[str, ModalityStats]:
+                       covered: np.ndarray | None = None, inputs: dict | None = None) -> dict[str, ModalityStats]:
     """Per-feature statistics over the training TRs (valid TRs only): every voxel's mean
     and std (over subjects too in ``per_subject``), every pixel's, embedding dimension's
     and mel band's; each codebook's marginal for codes.
@@ -170,6 +190,10 @@ def compute_loss_stats(fmri_train: np.ndarray, train_rows: np.ndarray, features:
         rows = train_rows[np.asarray(aligned.valid)[train_rows]]
         stats[name] = (code_stats(aligned.values, rows) if name == "audio" and audio_is_codes(aligned)
                        else continuous_stats(aligned.values, rows, pool_axes(name)))
+    for name, aligned in (inputs or {}).items():  # the model's inputs, where they are not the targets
+        if name in features and not (name == "audio" and audio_is_codes(aligned)):
+            rows = train_rows[np.asarray(aligned.valid)[train_rows]]
+            stats[f"input_{name}"] = continuous_stats(aligned.values, rows, pool_axes(name))
     return stats
 
 
@@ -204,12 +228,20 @@ def job_rows(split: pd.DataFrame, covered: np.ndarray | None) -> dict[str, np.nd
     return rows
 
 
+def run_starts(split: pd.DataFrame) -> list[int]:
+    """The tensor row at which each run of the split table starts."""
+    runs = split["run"].astype(str).to_numpy()
+    return np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]]).tolist()
+
+
 def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str, features: dict,
               model: dict, loss: dict, train: dict, seed: int, run_dir: str, experiment: str = "",
-              fmri_valid: np.ndarray | None = None) -> TrainJob:
+              fmri_valid: np.ndarray | None = None, inputs: dict | None = None) -> TrainJob:
     """The job of a spec: cache paths (the memmaps' files), rows, shapes and settings.
 
-    ``features``: the present modalities' TR-aligned caches (memory-mapped), by name.
+    ``features``: the present modalities' TR-aligned caches (memory-mapped), by name: the
+    decoders' targets and the ridge's features (HRF-aligned). ``inputs``: the model's
+    inputs where they differ (each TR's features before the HRF step), by name.
     ``fmri_valid``: the memory-mapped ``fmri_train_valid`` (censored volumes), or None.
     """
     if not features:
@@ -228,7 +260,10 @@ def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str,
                        values={n: str(a.values.filename) for n, a in features.items()},
                        valid={n: str(Path(a.values.filename).with_name("valid.npy")) for n, a in features.items()},
                        loss_stats=str(loss_stats_file),
-                       fmri_valid=str(fmri_valid.filename) if fmri_valid is not None else "")
+                       fmri_valid=str(fmri_valid.filename) if fmri_valid is not None else "",
+                       model_inputs={n: str(a.values.filename) for n, a in (inputs or {}).items() if n in features},
+                       model_inputs_valid={n: str(Path(a.values.filename).with_name("valid.npy"))
+                                           for n, a in (inputs or {}).items() if n in features})
     rows = job_rows(split, None if fmri_valid is None else np.asarray(fmri_valid))
     weights = {name: float(loss["weights"].get(name, 1.0)) for name in ("fmri", *features)}
     tr = next(iter(features.values())).meta.get("grid", {}).get("tr", 0.0)
@@ -238,6 +273,7 @@ def build_job(fmri_train: np.ndarray, split: pd.DataFrame, loss_stats_file: str,
                     seed=int(seed), run_dir=str(run_dir), experiment=experiment, tr=float(tr or 0.0),
                     test_rows=rows["test"].tolist(),
                     feature_weights={n: str(a.meta["weights"]) for n, a in features.items() if a.meta.get("weights")},
+                    run_starts=run_starts(split), n_subjects=int(fmri_train.shape[0]) if fmri_train.ndim == 3 else 0,
                     feature_columns=list(features["features"].meta.get("columns", [])) if "features" in features else [])
 
 

@@ -70,27 +70,64 @@ def loader_batches(n_samples: int, world_size: int, batch_size: int) -> list[np.
             for start in range(0, len(rank_indices), batch_size)]
 
 
-def check_samples_drawn(history: dict, split: pd.DataFrame, fmri: FmriSpec, batch_size: int,
-                        censored_everywhere: int = 0) -> dict:
+def expected_targets(split: pd.DataFrame, which: str, n_lags: int, window_trs: int,
+                     usable: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+    """From the split table alone: how many windows make the ``which`` TRs targets, and
+    which of those TRs count (their whole context of ``n_lags - 1`` TRs before them lies
+    in their run). ``usable``: (n_trs,) bool, False at TRs left out (censored in every
+    subject). Windows cut runs of consecutive usable TRs of one run into pieces of
+    ``window_trs - n_lags + 1``."""
+    per_window = window_trs - n_lags + 1
+    labels = split["split"].astype(str).to_numpy()
+    runs = split["run"].astype(str).to_numpy()
+    usable = np.ones(len(split), bool) if usable is None else np.asarray(usable, dtype=bool)
+    wanted = (labels == which) & usable
+    windows, counted = 0, np.zeros(len(split), dtype=bool)
+    for run in dict.fromkeys(runs):
+        index = np.flatnonzero(runs == run)
+        position = np.arange(len(index))
+        counted[index] = wanted[index] & (position >= n_lags - 1)
+        length = 0
+        for row in index:  # stretches of consecutive wanted TRs
+            if wanted[row]:
+                length += 1
+            elif length:
+                windows, length = windows + math.ceil(length / per_window), 0
+        windows += math.ceil(length / per_window) if length else 0
+    return windows, counted
+
+
+def check_samples_drawn(history: dict, split: pd.DataFrame, fmri: FmriSpec, batch_size: int, n_lags: int,
+                        window_trs: int, covered: np.ndarray | None = None) -> dict:
     """What the ranks drew in epoch 1 against the split table, the spec's mode and
-    subjects, the world size and the batch size. ``censored_everywhere``: training TRs
-    censored in every subject (from the saved statistics), which are not samples."""
-    n_train = int((split["split"].astype(str) == "train").sum()) - censored_everywhere
-    subjects = len(fmri.subject_ids) if fmri.mode == "per_subject" else 1
+    subjects, the context and window length, the world size and the batch size.
+    ``covered``: (n_subjects, n_trs) bool, False at censored volumes (from the saved
+    statistics): a TR censored in every subject is no target, nor in ``per_subject`` a
+    subject's censored TR."""
+    usable = None if covered is None else covered.any(axis=0)
+    windows, counted = expected_targets(split, "train", n_lags, window_trs, usable)
+    per_subject = fmri.mode == "per_subject"
+    subjects = len(fmri.subject_ids) if per_subject else 1
+    if per_subject and covered is not None:
+        targets = int((counted[None, :] & covered).sum())
+    else:
+        targets = int(counted.sum()) * subjects
     world = int(history["world_size"])
-    samples = n_train * subjects
-    expected = {"distinct_samples": samples, "samples_with_padding": math.ceil(samples / world) * world,
+    samples = windows * subjects
+    expected = {"distinct_samples": targets, "windows_with_padding": math.ceil(samples / world) * world,
                 "batches_per_rank": [expected_batches_per_epoch(samples, world, batch_size)] * world}
     drawn = history.get("epoch1_drawn")
-    if drawn is None:
+    if drawn is None or "windows" not in drawn:
         return _check("samples and batches drawn in epoch 1", expected, None, False,
                       "the training history does not record what epoch 1 drew (trained before this check existed)")
-    observed = {"distinct_samples": drawn["distinct_samples"], "samples_with_padding": drawn["samples"],
+    observed = {"distinct_samples": drawn["distinct_samples"], "windows_with_padding": drawn["windows"],
                 "batches_per_rank": list(drawn["batches_per_rank"])}
-    why = (f"{fmri.mode}: {n_train} train TRs (split table"
-           + (f", less {censored_everywhere} censored in every subject" if censored_everywhere else "") + ")"
+    left_out = int((split["split"].astype(str) == "train").sum()) - int(counted.sum())
+    why = (f"{fmri.mode}: {int(counted.sum())} train TRs with their whole context of {n_lags - 1} TRs in their run "
+           f"(split table; {left_out} left out: a run's first TRs, or censored in every subject)"
            + (f" x {subjects} subjects (spec)" if subjects > 1 else "")
-           + f"; {world} rank(s) of ceil({samples} / {world}) samples, batches of {batch_size}")
+           + f"; {samples} windows of {window_trs} TRs, {world} rank(s) of ceil({samples} / {world}), batches of "
+           f"{batch_size}")
     return _check("samples and batches drawn in epoch 1", expected, observed, observed == expected, why)
 
 
@@ -164,16 +201,45 @@ def _marginal_entropy(samples: RawSamples, smoothing: float = 0.0) -> tuple[np.n
     return marginal, entropy
 
 
-def no_information_loss(job: TrainJob, samples: RawSamples, name: str, world: int, normalize: str,
+def counted_rows(job: TrainJob, rows: list[int] | np.ndarray) -> np.ndarray:
+    """The rows whose whole context lies in their run (those a window's loss counts)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = np.asarray(job.run_starts, dtype=np.int64)
+    run_start = starts[np.searchsorted(starts, rows, side="right") - 1]
+    return rows[rows - run_start >= job.n_lags - 1]
+
+
+def window_batches(job: TrainJob, rows: list[int] | np.ndarray, world: int) -> tuple[RawSamples, list[np.ndarray]]:
+    """The samples of ``rows`` that count, and what each batch of the training's
+    unshuffled loaders over their windows holds (indices into those samples)."""
+    from giblet_kedro.training.data import plan_windows
+
+    rows = np.asarray(rows, dtype=np.int64)
+    counted = counted_rows(job, rows)
+    samples = RawSamples(job, counted)
+    position = {int(row): i for i, row in enumerate(counted)}
+    n_rows = samples.fmri.shape[-2]
+    windows = plan_windows(rows, np.asarray(job.run_starts), n_rows, job.n_lags, job.window_trs)
+    per_window = [np.array([position[r] for r in range(a, b) if r in position], dtype=np.int64) for _, a, b in windows]
+    batches = []
+    for indices in loader_batches(len(windows) * samples.n_subjects, world, int(job.train["batch_size"])):
+        parts = [subject * len(counted) + per_window[w] for subject, w in (divmod(int(i), len(windows))
+                                                                          for i in indices)]
+        batches.append(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+    return samples, batches
+
+
+def no_information_loss(job: TrainJob, samples: RawSamples, name: str, batches: list[np.ndarray], normalize: str,
                         code_logits: str = "uniform") -> float:
     """The loss, in the spec's ``normalize`` units, of predicting every feature's training
-    mean (codes: uniform logits or the training marginal), batched as the training's
-    unshuffled evaluation loaders are, so ``std``'s per-batch spread is reproduced too.
+    mean (codes: uniform logits or the training marginal) on ``samples``, in ``batches``
+    as the training's unshuffled evaluation loaders hold them, so ``std``'s per-batch
+    spread is reproduced too.
 
     Computed with numpy from the raw caches: the training mean and std of every feature
     from plain sums over the training TRs, never from ``loss_stats``.
     """
-    train = RawSamples(job, np.asarray(job.train_rows))
+    train = RawSamples(job, np.asarray(job.train_rows))  # every training TR, as the loss statistics
     is_codes = name == "audio" and job.shapes.audio_is_codes
     if is_codes:
         marginal, entropy = _marginal_entropy(train, smoothing=1.0)
@@ -182,7 +248,9 @@ def no_information_loss(job: TrainJob, samples: RawSamples, name: str, world: in
         mean, std = _feature_moments(train, name)
         informative = std > 0
     total, count = 0.0, 0
-    for indices in loader_batches(len(samples), world, int(job.train["batch_size"])):
+    for indices in batches:
+        if indices.size == 0:
+            continue
         values, valid = samples.read(name, indices)
         if not valid.any():
             continue
@@ -217,8 +285,8 @@ def check_initial_losses(job: TrainJob, history: dict) -> tuple[dict, dict]:
         return _check("initial loss components", None, None, False,
                       "no initial evaluation recorded (a resumed run of an older version?)"), {}
     world, normalize = int(history["world_size"]), job.loss["normalize"]
-    samples = RawSamples(job, np.asarray(job.train_rows))
-    expected = {name: no_information_loss(job, samples, name, world, normalize) for name in initial}
+    samples, batches = window_batches(job, job.train_rows, world)
+    expected = {name: no_information_loss(job, samples, name, batches, normalize) for name in initial}
     passed = all(abs(initial[n] - expected[n]) <= INITIAL_TOLERANCE * abs(expected[n]) + 1e-6 for n in initial)
     why = (f"normalize: {normalize}; numpy on the raw training TRs: every feature's mean"
            + (", uniform code logits" if "audio" in initial and job.shapes.audio_is_codes else "")
@@ -250,6 +318,12 @@ def check_loss_drop(history: dict, verify: VerifySpec) -> dict:
     drop = (first - min(window)) / first if window and first else 0.0
     return _check(f"loss falls within {verify.drop_within_epochs} epochs", f">= {verify.min_loss_drop:.0%}",
                   f"{drop:.1%}", drop >= verify.min_loss_drop, f"from {first:.4f} to {min(window or [first]):.4f}")
+
+
+def selected_epoch(history: dict) -> dict:
+    """The epoch record of the weights every consumer loads (the last when none was selected)."""
+    chosen = (history.get("selected") or {}).get("epoch")
+    return next((e for e in history["epochs"] if e["epoch"] == chosen), history["epochs"][-1])
 
 
 def check_norm_stats(stats: dict[str, np.ndarray], fmri: FmriSpec) -> dict:
@@ -284,16 +358,16 @@ def check_val_baselines(job: TrainJob, history: dict) -> dict:
     same val TRs, computed with numpy in the same units."""
     if not job.val_rows or not history["epochs"]:
         return _check("val loss below the no-information baseline", None, None, False, "no val TRs")
-    final = history["epochs"][-1]["val"]
-    samples = RawSamples(job, np.asarray(job.val_rows))
+    final = selected_epoch(history)["val"]
     world, normalize = int(history["world_size"]), job.loss["normalize"]
-    baseline = {name: no_information_loss(job, samples, name, world, normalize, code_logits="marginal")
+    samples, batches = window_batches(job, job.val_rows, world)
+    baseline = {name: no_information_loss(job, samples, name, batches, normalize, code_logits="marginal")
                 for name in job.modalities if name in final}
     failing = [name for name in baseline if not final[name] < baseline[name]]
     return _check("val loss below the no-information baseline", {k: f"< {v:.4f}" for k, v in baseline.items()},
                   {k: round(final[k], 4) for k in baseline}, not failing,
                   (f"not below: {failing}; " if failing else "")
-                  + f"final epoch's val loss per modality, normalize: {normalize}; baseline: every feature's "
+                  + f"the selected epoch's val loss per modality, normalize: {normalize}; baseline: every feature's "
                     "training mean" + (", the add-one smoothed code marginal" if "audio" in baseline and
                                        job.shapes.audio_is_codes else ""))
 
@@ -305,14 +379,12 @@ def shift_test(trained: TrainedModel, rows: np.ndarray, min_shift: int) -> dict[
     A model that only reconstructs its inputs, or whose stimulus does not belong to the
     fMRI, predicts the brain no better from the true stimulus than from a shifted one.
     """
-    inputs = trained.batch(rows)
     measured = trained.fmri_to_model_units(measured_fmri(trained.job, rows)).mean(0)
     n = len(rows)
     shifts = [k for k in range(min_shift, n - min_shift + 1) if 0 < k < n]
 
     def mean_r(shift: int) -> float:
-        rolled = {name: np.roll(inputs[name], shift, axis=0) for name in trained.modalities}
-        return float(pearson_columns(trained.predict(rolled)["fmri"], measured).mean())
+        return float(pearson_columns(trained.predict_fmri_rows(rows, shift), measured).mean())
 
     observed = mean_r(0)
     null = np.array([mean_r(k) for k in shifts])
@@ -337,14 +409,12 @@ def check_stimulus_drives_brain(trained: TrainedModel, min_shift: int) -> dict:
                   f"(1 + shifts)")
 
 
-def _censored_everywhere(norm_stats: dict[str, np.ndarray], split: pd.DataFrame) -> int:
-    """Training TRs whose volume is censored in every subject, from the statistics' record
-    of censored volumes (not from the tensor's coverage file that training read)."""
+def _coverage(norm_stats: dict[str, np.ndarray], split: pd.DataFrame) -> np.ndarray | None:
+    """(n_subjects, n_trs) the uncensored volumes, from the statistics' record of censored
+    volumes (not from the tensor's coverage file that training read); None: none censored."""
     if not any(str(key).endswith("_censored") for key in norm_stats):
-        return 0
-    covered = censor.coverage(norm_stats)
-    train = split.loc[split["split"].astype(str) == "train", "tr"].to_numpy(dtype=np.int64)
-    return int((~covered[:, train].any(axis=0)).sum())
+        return None
+    return censor.coverage(norm_stats)
 
 
 def verify(job: TrainJob, history: dict, weights: dict, norm_stats: dict[str, np.ndarray], split: pd.DataFrame,
@@ -354,7 +424,8 @@ def verify(job: TrainJob, history: dict, weights: dict, norm_stats: dict[str, np
     components = {k: v for k, v in (history.get("initial") or {}).items() if k != "total"}
     trained = TrainedModel.load(job, weights)
     checks = [
-        check_samples_drawn(history, split, fmri, int(job.train["batch_size"]), _censored_everywhere(norm_stats, split)),
+        check_samples_drawn(history, split, fmri, int(job.train["batch_size"]), job.n_lags, job.window_trs,
+                            _coverage(norm_stats, split)),
         initial_check,
         check_balance(job, components or expected_initial),
         check_loss_drop(history, verify_spec),
@@ -365,14 +436,23 @@ def verify(job: TrainJob, history: dict, weights: dict, norm_stats: dict[str, np
     return {"experiment": job.experiment, "passed": all(c["pass"] for c in checks), "checks": checks,
             "layout": trained.layout, "normalize": job.loss["normalize"], "feature_weights": job.feature_weights,
             "world_size": history["world_size"], "device": history["device"], "precision": history["precision"],
-            "epochs_run": len(history["epochs"]), "resumed_from_epoch": history.get("resumed_from_epoch")}
+            "epochs_run": len(history["epochs"]), "resumed_from_epoch": history.get("resumed_from_epoch"),
+            "selected": history.get("selected")}
+
+
+def selected_line(report: dict) -> str:
+    """Which epoch's weights every later stage reads, and why."""
+    selected = report.get("selected")
+    if not selected:
+        return f"Weights kept: the last of {report['epochs_run']} epochs (no selection recorded)"
+    return f"Weights kept: epoch {selected['epoch']} of {report['epochs_run']}, {selected['reason']}"
 
 
 def summary(report: dict) -> str:
     lines = [f"# Verification: {report['experiment']}", "",
              f"{'PASS' if report['passed'] else 'FAIL'}: {sum(c['pass'] for c in report['checks'])} of "
              f"{len(report['checks'])} checks; {report['world_size']} {report['device']} rank(s), {report['precision']}; "
-             f"model layout {report['layout']}", "",
+             f"model layout {report['layout']}", "", selected_line(report), "",
              *[f"- {name} features: {text}" for name, text in report.get("feature_weights", {}).items()], "",
              "| check | expected | observed | result | why |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {c['check']} | {c['expected']} | {c['observed']} | {'pass' if c['pass'] else 'FAIL'} | {c['reason']} |"

@@ -14,6 +14,7 @@ from giblet_kedro.demo.generate import (
     AUDIO_FEATURES,
     FAST_FEATURES,
     HRF_PEAK_S,
+    NONLINEAR_FEATURES,
     OWN_SHARE,
     REGIONS,
     SCENES,
@@ -24,7 +25,9 @@ from giblet_kedro.demo.generate import (
     demo_affine,
     frame_features,
     ground_truth_map,
+    hrf_peaks,
     make_stimulus,
+    nonlinear_features,
     per_tr_features,
     render_audio,
     render_frames,
@@ -66,17 +69,23 @@ def generate_demo(
     annotations = scene_table(stimulus.scenes)
 
     labels = brain_layout(demo.grid)
-    weights, mixed = ground_truth_map(labels, rng)
-    frames = frame_features(stimulus)
+    weights, mixed, nonlinear = ground_truth_map(labels, rng)
+    peaks = hrf_peaks(labels, rng)
+    frames = frame_features(stimulus, nonlinear_features(movie.frames, movie.audio, demo.audio_rate))
     features = per_tr_features(stimulus, demo.tr, demo.n_trs)
-    response = unit_variance(bold(frames, weights, demo.fps, demo.tr, demo.n_trs))
+    response = unit_variance(bold(frames, weights, demo.fps, demo.tr, demo.n_trs, peaks))
     affine = demo_affine(demo.grid, demo.voxel_size_mm)
 
     heldout_n = max(demo.n_trs // 2, 20)
     heldout_stimulus = make_stimulus(rng, heldout_n * demo.tr, demo.fps)
-    heldout_frames = frame_features(heldout_stimulus)
+    # Its own generator for the sound: the training data above do not change with it.
+    heldout_movie = Movie(frames=render_frames(heldout_stimulus, demo.frame_size), fps=demo.fps,
+                          audio=render_audio(heldout_stimulus, demo.audio_rate, np.random.default_rng([demo.seed, 4])),
+                          sample_rate=demo.audio_rate)
+    heldout_frames = frame_features(heldout_stimulus, nonlinear_features(heldout_movie.frames, heldout_movie.audio,
+                                                                         demo.audio_rate))
     heldout_features = per_tr_features(heldout_stimulus, demo.tr, heldout_n)
-    heldout_response = unit_variance(bold(heldout_frames, weights, demo.fps, demo.tr, heldout_n))
+    heldout_response = unit_variance(bold(heldout_frames, weights, demo.fps, demo.tr, heldout_n, peaks))
 
     parts = demo_run_parts(fmri, demo)
     runs, heldout = {}, {}
@@ -84,13 +93,14 @@ def generate_demo(
         # A subject's baselines, gains and own weights come from its own seed, so its runs
         # share them; the noise and drift of every run (held-out too) from a seed of that run.
         own_weights = subject_weights(weights, np.random.default_rng([demo.seed, index, 1]))
-        own = OWN_SHARE * unit_variance(bold(frames, own_weights, demo.fps, demo.tr, demo.n_trs))
+        own = OWN_SHARE * unit_variance(bold(frames, own_weights, demo.fps, demo.tr, demo.n_trs, peaks))
         for run_index, (run, rows) in enumerate(parts.items()):
             runs[run_key(sid, run)] = subject_run(
                 response[rows], own[rows], labels, np.random.default_rng([demo.seed, index]),
                 np.random.default_rng([demo.seed, index, 2, run_index]), demo.noise, affine, demo.tr)
         if sid in fmri.heldout:
-            own_heldout = OWN_SHARE * unit_variance(bold(heldout_frames, own_weights, demo.fps, demo.tr, heldout_n))
+            own_heldout = OWN_SHARE * unit_variance(bold(heldout_frames, own_weights, demo.fps, demo.tr, heldout_n,
+                                                         peaks))
             heldout[sid] = subject_run(heldout_response, own_heldout, labels, np.random.default_rng([demo.seed, index]),
                                        np.random.default_rng([demo.seed, index, 3]), demo.noise, affine, demo.tr)
 
@@ -102,14 +112,18 @@ def generate_demo(
         "region_names": np.array([f"{code}:{name}" for code, name in REGIONS.items()]),
         "weights": weights,
         "mixed_selectivity": mixed,
-        "feature_names": np.array([*VIDEO_FEATURES, *AUDIO_FEATURES, *(f"scene_{i}" for i in range(len(SCENES)))]),
+        "nonlinear": nonlinear,  # the voxels that read the nonlinear features
+        "hrf_peaks_s": peaks.astype(np.float32),  # each brain voxel's HRF peak
+        "feature_names": np.array([*VIDEO_FEATURES, *AUDIO_FEATURES, *(f"scene_{i}" for i in range(len(SCENES))),
+                                   *NONLINEAR_FEATURES]),
         "fast_features": np.array(FAST_FEATURES),
         "features_tr": features,
         "shared_response": response.astype(np.float32),
         "heldout_features_tr": heldout_features,
         "heldout_shared_response": heldout_response.astype(np.float32),
-        "hrf_peak_s": np.array(HRF_PEAK_S),
-        # the planted response of a voxel that would read one fast feature only: a timing probe
+        "hrf_peak_s": np.array(HRF_PEAK_S),  # Glover's (the fast-feature probes below)
+        # the planted response of a voxel that would read one fast feature only, through
+        # Glover's HRF: a timing probe
         "fast_responses": np.stack([unit_variance(bold(frames, np.eye(frames.shape[1])[:, [names.index(f)]],
                                                       demo.fps, demo.tr, demo.n_trs))[:, 0] for f in FAST_FEATURES],
                                    axis=1).astype(np.float32),
@@ -119,10 +133,6 @@ def generate_demo(
     }
     regions = nib.Nifti1Image(labels.astype(np.int16), affine)
     regions.header.set_xyzt_units(xyz="mm")
-    # Its own generator: the training data above do not change with it.
-    heldout_movie = Movie(frames=render_frames(heldout_stimulus, demo.frame_size), fps=demo.fps,
-                          audio=render_audio(heldout_stimulus, demo.audio_rate, np.random.default_rng([demo.seed, 4])),
-                          sample_rate=demo.audio_rate)
     return (runs, heldout, movie, annotations, truth, regions, heldout_movie,
             scene_table(heldout_stimulus.scenes))
 

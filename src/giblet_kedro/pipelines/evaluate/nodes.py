@@ -27,6 +27,7 @@ from giblet_kedro.fmri.partials import subject_rows
 from giblet_kedro.fmri.volume import unmask
 from giblet_kedro.spec.schema import EvaluateSpec, FmriSpec
 from giblet_kedro.training.job import TrainJob
+from giblet_kedro.training.selection import weights_kept
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ def predict_test(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Te
     if rows.size == 0:
         raise ValueError("the split has no test TRs to evaluate on: set fmri.split.test (a fraction or runs)")
     targets = trained.batch(rows)
-    outputs = trained.predict(targets)
+    outputs = trained.predict_rows(rows)
     saved: dict[str, np.ndarray] = {"rows": rows, "fmri": outputs["fmri"]}
+    if trained.model.heads is not None:
+        saved["subjects_fmri"] = trained.subject_fmri_rows(rows)
     for name in trained.modalities:
         saved[f"{name}_valid"] = targets[f"{name}_valid"]
         if name == "audio" and trained.job.shapes.audio_is_codes:
@@ -150,11 +153,10 @@ def score_voxels(model_test_predictions: dict[str, np.ndarray], ridge_test_predi
                 "reliability_null": {"kind": str(fmri_intersubject["val_null_kind"]),
                                      "draws": int(fmri_intersubject["val_null_draws"]),
                                      "distinct_null_values": int(fmri_intersubject["val_null_distinct"])}}
-    if job.mode == "per_subject":
-        ids = [str(s) for s in np.atleast_1d(fmri_norm_stats["subject_ids"])]
-        scores["by_subject"] = {sid: float(np.median(metrics.pearson_columns(model_test_predictions["fmri"], m)))
-                                for sid, m in zip(ids, measured, strict=True)}
     voxels = reliable if reliable is not None and reliable.any() else np.ones(model.observed.size, dtype=bool)
+    if job.mode == "per_subject" and len(measured) > 1:
+        ids = [str(s) for s in np.atleast_1d(fmri_norm_stats["subject_ids"])]
+        scores["by_subject"] = by_subject(model_test_predictions, measured, ids, voxels)
     scores["comparison"] = compare_models(model_test_predictions["fmri"], ridge_test_predictions["fmri"], measured,
                                           voxels, evaluate, rng,
                                           "reliable voxels" if reliable is not None and reliable.any()
@@ -180,9 +182,11 @@ def score_voxels(model_test_predictions: dict[str, np.ndarray], ridge_test_predi
 
 
 def summarize_evaluation(voxel_scores: dict, reconstruction: dict, ridge_reference: dict,
-                         experiment: dict[str, Any]) -> dict:
-    """One JSON of every evaluation figure: voxel scores, reconstruction, the ridge's fit."""
-    summary = {"experiment": experiment["name"], **voxel_scores, "reconstruction": reconstruction}
+                         training_history: dict, experiment: dict[str, Any]) -> dict:
+    """One JSON of every evaluation figure: voxel scores, reconstruction, the ridge's fit,
+    and which epoch's weights were evaluated, and why."""
+    summary = {"experiment": experiment["name"], "weights": weights_kept(training_history), **voxel_scores,
+               "reconstruction": reconstruction}
     summary["ridge"] = {**voxel_scores["ridge"], **ridge_reference}
     summary["autoencoder_beats_ridge"] = voxel_scores["comparison"]["difference"] >= 0
     return summary
@@ -217,6 +221,34 @@ def _r_summary(test: nulls.VoxelTest, fdr: float, ceiling: np.ndarray | None,
         out["reliable_mean_r"] = float(r[reliable].mean())
         out["reliable_mean_ceiling"] = float(ceiling[reliable].mean())
         out["r_over_ceiling"] = float(r[reliable].mean() / max(ceiling[reliable].mean(), 1e-12))
+    return out
+
+
+def by_subject(predictions: dict[str, np.ndarray], measured: np.ndarray, ids: list[str], voxels: np.ndarray
+               ) -> dict[str, dict[str, float]]:
+    """Each subject's mean r over ``voxels`` (the reliable ones) against that subject's
+    own ceiling, the leave-one-out inter-subject r: of the subject's head (when the model
+    has heads) and of the average brain.
+
+    predictions : ``fmri`` (n, V) the average brain; ``subjects_fmri`` (S, n, V) each
+    subject's head, when present. measured : (S, n, V).
+    """
+    ceilings = metrics.leave_one_out_isc(measured)[:, voxels].mean(1)
+    heads = predictions.get("subjects_fmri")
+
+    def over(r: float, ceiling: float) -> float | None:  # no ratio over a ceiling at or near 0
+        return r / ceiling if ceiling > 0.01 else None
+
+    out = {}
+    for index, sid in enumerate(ids):
+        ceiling = float(ceilings[index])
+        average = float(metrics.pearson_columns(predictions["fmri"], measured[index])[voxels].mean())
+        entry = {"average_brain_mean_r": average, "loo_ceiling": ceiling,
+                 "average_brain_r_over_ceiling": over(average, ceiling)}
+        if heads is not None:
+            own = float(metrics.pearson_columns(heads[index], measured[index])[voxels].mean())
+            entry |= {"head_mean_r": own, "head_r_over_ceiling": over(own, ceiling), "head_gain": own - average}
+        out[sid] = entry
     return out
 
 

@@ -28,6 +28,6 @@ def create_pipeline(partitions: Partitions, **kwargs) -> Pipeline:
              ["model_test_predictions", "ridge_test_predictions", "fmri_intersubject", "train_job", "fmri_split",
               "fmri_norm_stats", "params:evaluate"],
              ["voxel_scores", "voxel_r_map", "evaluation_maps"], name="score_voxels"),
-        node(summarize_evaluation, ["voxel_scores", "reconstruction_metrics", "ridge_reference",
+        node(summarize_evaluation, ["voxel_scores", "reconstruction_metrics", "ridge_reference", "training_history",
                                     "params:experiment_info"], "evaluation_metrics", name="summarize_evaluation"),
     ])

@@ -20,12 +20,13 @@ from giblet_kedro.evaluation.lesion_study import run_study, setup_lesions
 from giblet_kedro.evaluation.model import TrainedModel
 from giblet_kedro.spec.schema import LesionSpec, StimulusSpec
 from giblet_kedro.training.job import TrainJob
+from giblet_kedro.training.selection import weights_kept
 
 log = logging.getLogger(__name__)
 SHOWN_TRS = 8
 
 
-def run_lesions(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Tensor],
+def run_lesions(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Tensor], training_history: dict,
                 norm_stats: dict[str, np.ndarray], region_images: dict[str, nib.Nifti1Image],
                 lesion: LesionSpec | None, stimulus: StimulusSpec | None
                 ) -> tuple[dict, dict[str, np.ndarray], str, dict[str, np.ndarray]]:
@@ -49,10 +50,10 @@ def run_lesions(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Ten
     rng = np.random.default_rng(lesion.seed)
     effects, decoded = run_study(setup, regions, np.argwhere(mask), lesion.method, lesion.random_regions,
                                  lesion.bootstrap, lesion.fdr, rng)
-    from_stimulus = trained.normalized_losses(trained.predict(setup.targets), setup.targets)
+    from_stimulus = trained.normalized_losses(trained.predict_rows(np.asarray(job.test_rows)), setup.targets)
     report = {
         "experiment": job.experiment, "layout": trained.layout, "source": setup.source, "readout": setup.readout,
-        "method": lesion.method, "test_trs": len(job.test_rows),
+        "method": lesion.method, "test_trs": len(job.test_rows), "weights": weights_kept(training_history),
         "units": "rise of each modality's normalized loss (1 = predicting every feature's training mean)",
         "random_regions": {"count": lesion.random_regions, "kind": "contiguous, same size, outside the region"},
         "statistics": {"p": "permutation: (1 + #random >= effect) / (1 + random regions)",

@@ -29,10 +29,11 @@ from giblet_kedro.spec.schema import EvaluateSpec, FmriSpec, PredictSpec, Stimul
 from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
 from giblet_kedro.stimulus.audio import extract_audio
 from giblet_kedro.stimulus.media import media_duration_s
-from giblet_kedro.stimulus.model_input import apply_hrf, extraction_device
+from giblet_kedro.stimulus.model_input import extraction_device
 from giblet_kedro.stimulus.text import extract_text
 from giblet_kedro.stimulus.video import extract_frames
 from giblet_kedro.training.job import TrainJob
+from giblet_kedro.training.selection import weights_kept
 
 log = logging.getLogger(__name__)
 LABEL = "predict.stimulus"
@@ -49,16 +50,18 @@ def _same_file(a: str | None, b: str | None) -> bool:
 
 
 def _extract(name: str, movie: Path, annotations: Path | None, grid: TrGrid, stimulus: StimulusSpec,
-             seed: int) -> TrAligned | None:
+             seed: int, codebooks: np.ndarray | None) -> TrAligned | None:
     """One modality of the new movie on its TR grid (before the HRF), or None when the
-    spec has no such modality or the movie cannot give it (text without annotations)."""
+    spec has no such modality or the movie cannot give it (text without annotations).
+    ``codebooks``: the training audio's EnCodec codebooks (random weights), so that the new
+    movie's codes mean what the model learned them to mean."""
     device = extraction_device(stimulus.device)
     if name == "video" and stimulus.video is not None:
         return extract_frames(movie, grid, tuple(stimulus.video.size), stimulus.video.frames_per_tr, label=LABEL)
     if name == "audio" and stimulus.audio is not None:
         audio = stimulus.audio
         return extract_audio(movie, grid, audio.model, audio.bandwidth, audio.weights, seed=seed,
-                             chunk_s=audio.chunk_s, device=device)
+                             chunk_s=audio.chunk_s, device=device, codebooks=codebooks)
     if name == "text" and stimulus.text is not None and annotations is not None:
         text = stimulus.text
         return extract_text(annotations, grid, text.start, text.end, list(text.columns), text.model, text.weights,
@@ -67,13 +70,16 @@ def _extract(name: str, movie: Path, annotations: Path | None, grid: TrGrid, sti
 
 
 def extract_new_stimulus(predict: PredictSpec, stimulus: StimulusSpec | None, fmri: FmriSpec,
-                         experiment: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                         experiment: dict[str, Any], training_audio: TrAligned
+                         ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The movie ``predict.stimulus`` (and ``predict.annotations``) through the training
-    spec's extractors and HRF, on the movie's own TR grid from ``predict.onset_s``.
+    spec's extractors (each TR's features, as the model reads them: no HRF step), on the
+    movie's own TR grid from ``predict.onset_s``.
 
     Returns arrays (``<modality>`` (n_trs, *sample), ``<modality>_valid`` (n_trs,),
     ``window_starts_s`` (n_trs,)) and their provenance (grid, notes, whether the movie is
-    the training movie). Ablated modalities are not extracted.
+    the training movie). Ablated modalities are not extracted. The audio is coded with the
+    training audio's codebooks (``training_audio``, the stimulus stage's cache).
     """
     stimulus = stimulus or StimulusSpec()
     if predict.stimulus is None:
@@ -94,16 +100,17 @@ def extract_new_stimulus(predict: PredictSpec, stimulus: StimulusSpec | None, fm
         if name in predict.ablate:
             continue
         try:
-            aligned = _extract(name, movie, annotations, grid, stimulus, int(experiment["seed"]))
+            aligned = _extract(name, movie, annotations, grid, stimulus, int(experiment["seed"]),
+                               training_audio.extras.get("codebooks"))
         except InputDataError as error:
             raise InputDataError(f"{error}; if the model should predict without its {name}, add {name} to "
                                  "predict.ablate (it is then replaced by its training mean)") from None
         if aligned is None:
             continue
-        aligned = apply_hrf(aligned, stimulus.hrf)
         arrays[name], arrays[f"{name}_valid"] = np.asarray(aligned.values), np.asarray(aligned.valid, dtype=bool)
         meta["modalities"][name] = {"shape": list(aligned.values.shape), "valid_trs": int(aligned.valid.sum()),
-                                    "hrf": aligned.meta.get("hrf"), "notes": aligned.meta.get("notes", [])}
+                                    "hrf": "none: the model reads each TR's features and learns the lags",
+                                    "notes": aligned.meta.get("notes", [])}
     _refuse_missing(stimulus, list(meta["modalities"]), predict.ablate)
     training = (stimulus.video or stimulus.audio)
     meta["training_movie"] = training is not None and _same_file(str(movie), training.path)
@@ -130,7 +137,7 @@ def _check_voxels(trained: TrainedModel, mask: np.ndarray) -> None:
                              "experiment's fMRI (kedro run --pipelines=train)")
 
 
-def predict_response(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Tensor],
+def predict_response(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Tensor], training_history: dict,
                      fmri_norm_stats: dict[str, np.ndarray], predict_stimulus: dict[str, np.ndarray],
                      predict: PredictSpec) -> tuple[nib.Nifti1Image, dict[str, np.ndarray], nib.Nifti1Image]:
     """The predicted response to the new movie, each modality's ablation effect, and the
@@ -139,7 +146,8 @@ def predict_response(train_job: dict[str, Any], model_checkpoint: dict[str, torc
     Returns the prediction as a 4D NIfTI (x, y, z, n_trs) in the training tensor's
     units (z-scores), the arrays (``zscored`` and ``model_units`` (n_trs, V),
     ``window_starts_s``, ``ablation_<m>`` (V,), ``contrast_difference`` and
-    ``contrast_t`` (V,)) and the ablation maps as a 4D NIfTI, one volume per modality
+    ``contrast_t`` (V,); ``weights_epoch`` and ``weights_reason``: the training epoch whose
+    weights predicted, and why they were kept) and the ablation maps as a 4D NIfTI, one volume per modality
     (in ``ablation_modalities`` order).
     """
     trained = TrainedModel.load(TrainJob.from_dict(train_job), model_checkpoint)
@@ -150,7 +158,10 @@ def predict_response(train_job: dict[str, Any], model_checkpoint: dict[str, torc
     starts = np.asarray(predict_stimulus["window_starts_s"], dtype=np.float64)
     full = predictor()
     zscored = trained.stats["fmri"].restore(full)
-    arrays: dict[str, np.ndarray] = {"model_units": full, "zscored": zscored, "window_starts_s": starts}
+    kept = weights_kept(training_history)
+    arrays: dict[str, np.ndarray] = {"model_units": full, "zscored": zscored, "window_starts_s": starts,
+                                     "weights_epoch": np.array(kept["epoch"]),
+                                     "weights_reason": np.array(kept["reason"], dtype=np.str_)}
     tested = predictor.tested
     for name in tested:
         arrays[f"ablation_{name}"] = insilico.ablation_effect(full, predictor(ablate=(name,))).astype(np.float32)

@@ -21,7 +21,7 @@ from giblet_kedro.spec.schema import (
     TextGridFeatureSpec,
     run_onsets,
 )
-from giblet_kedro.stimulus.aligned import TrAligned, TrGrid
+from giblet_kedro.stimulus.aligned import TrAligned, TrGrid, grid_report
 from giblet_kedro.stimulus.audio import extract_audio
 from giblet_kedro.stimulus.features import (
     array_features,
@@ -140,38 +140,16 @@ def apply_hrf(aligned: TrAligned, stimulus: StimulusSpec | None) -> TrAligned:
 
 def check_stimulus_alignment(split: pd.DataFrame, video: TrAligned, audio: TrAligned, text: TrAligned,
                              features: TrAligned) -> tuple[dict[str, Any], dict[str, TrAligned]]:
-    """Every modality must sit on exactly the fMRI TR grid of the experiment (same runs,
-    crops and TR); raises on any mismatch. Returns the report and the modalities by name
-    (what training reads)."""
-    onsets = split["onset_s"].to_numpy()
-    runs = []
-    for run, part in split.groupby("run", sort=False):
-        file_trs = part["file_tr"].to_numpy()
-        runs.append({"run": str(run), "crop": [int(file_trs[0]), int(file_trs[-1]) + 1], "n_trs": len(part)})
-    expected = {"tr": float(onsets[1] - onsets[0]) if len(onsets) > 1 else None, "runs": runs, "n_trs": len(split)}
-    report: dict[str, Any] = {"fmri_grid": expected, "modalities": {}}
+    """The HRF-aligned modalities on the fMRI TR grid (raises on any mismatch): the report,
+    and the modalities by name (the decoders' targets and the ridge's features)."""
     modalities = {"video": video, "audio": audio, "text": text, "features": features}
-    for name, aligned in modalities.items():
-        grid = aligned.meta["grid"]
-        problems = []
-        got_runs = [r["run"] for r in grid["runs"]]
-        if got_runs != [r["run"] for r in runs]:
-            problems.append(f"runs {got_runs} != {[r['run'] for r in runs]}")
-        else:
-            problems += [f"run {want['run']!r}: {key} {got[key]} != {want[key]}"
-                         for got, want in zip(grid["runs"], runs, strict=True)
-                         for key in ("crop", "n_trs") if got[key] != want[key]]
-        if grid["n_trs"] != expected["n_trs"]:
-            problems.append(f"n_trs {grid['n_trs']} != {expected['n_trs']}")
-        if expected["tr"] is not None and abs(grid["tr"] - expected["tr"]) > 1e-9:
-            problems.append(f"TR {grid['tr']} s != {expected['tr']} s")
-        if aligned.values.shape[0] != len(split):
-            problems.append(f"{aligned.values.shape[0]} rows for {len(split)} TRs")
-        if problems:
-            raise ValueError(f"{name} features are not on the fMRI TR grid: {'; '.join(problems)}")
-        report["modalities"][name] = {
-            "absent": bool(aligned.meta.get("absent", False)), "shape": list(aligned.values.shape),
-            "dtype": str(aligned.values.dtype), "valid_trs": int(np.asarray(aligned.valid).sum()),
-            "run_onsets_s": {r["run"]: r["onset_s"] for r in grid["runs"]}, "tr": grid["tr"],
-            "hrf": aligned.meta.get("hrf"), "notes": aligned.meta.get("notes", [])}
-    return report, modalities
+    return grid_report(split, modalities), modalities
+
+
+def collect_model_inputs(split: pd.DataFrame, video: TrAligned, audio: TrAligned, text: TrAligned,
+                         features: TrAligned) -> dict[str, TrAligned]:
+    """Each TR's features as extracted, before the HRF step, on the fMRI TR grid: what the
+    model reads (it learns the lags itself)."""
+    modalities = {"video": video, "audio": audio, "text": text, "features": features}
+    grid_report(split, modalities)
+    return modalities

@@ -1,11 +1,13 @@
-"""Stimulus stage: movie and the lab's features -> TR-aligned video / audio / text / features -> HRF ->
-model-input features, checked against the fMRI grid."""
+"""Stimulus stage: movie and the lab's features -> TR-aligned video / audio / text / features (the
+model's inputs) -> HRF (the decoders' targets and the ridge's features), all checked against the
+fMRI grid."""
 
 from kedro.pipeline import Pipeline, node
 
 from giblet_kedro.pipelines.stimulus.nodes import (
     apply_hrf,
     check_stimulus_alignment,
+    collect_model_inputs,
     extract_audio_codes,
     extract_features,
     extract_text_embeddings,
@@ -28,4 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(check_stimulus_alignment,
              ["fmri_split", "video_features", "audio_codes", "text_embeddings", "stimulus_features"],
              ["stimulus_alignment", "stimulus_modalities"], name="check_stimulus_alignment"),
+        node(collect_model_inputs,
+             ["fmri_split", "video_frames_tr", "audio_codes_tr", "text_embeddings_tr", "stimulus_features_tr"],
+             "stimulus_inputs", name="collect_model_inputs"),
     ])

@@ -19,7 +19,7 @@ from giblet_kedro.errors import InputDataError, SpecError
 from giblet_kedro.spec.schema import FmriSpec, TrainingSettings, VerifySpec
 from giblet_kedro.stimulus.aligned import TrAligned
 from giblet_kedro.training import verification
-from giblet_kedro.training.ddp import launch, load_checkpoint
+from giblet_kedro.training.ddp import launch, selected_weights
 from giblet_kedro.training.job import (
     TrainJob,
     build_job,
@@ -33,33 +33,35 @@ log = logging.getLogger(__name__)
 
 
 def loss_statistics(fmri_train: np.ndarray, fmri_train_valid: np.ndarray, fmri_split: pd.DataFrame,
-                    modalities: dict[str, TrAligned]) -> dict[str, np.ndarray]:
+                    modalities: dict[str, TrAligned], inputs: dict[str, TrAligned]) -> dict[str, np.ndarray]:
     """Every feature's mean and std over the uncensored training TRs (codes: each
-    codebook's marginal)."""
+    codebook's marginal), of the targets and of the model's inputs."""
     try:
         rows = job_rows(fmri_split, np.asarray(fmri_train_valid))["train"]
     except ValueError as exc:
         raise InputDataError(str(exc)) from None
-    stats = compute_loss_stats(fmri_train, rows, present_modalities(modalities), np.asarray(fmri_train_valid))
+    stats = compute_loss_stats(fmri_train, rows, present_modalities(modalities), np.asarray(fmri_train_valid),
+                               present_modalities(inputs))
     return stats_to_arrays(stats)
 
 
 def training_job(fmri_train: np.ndarray, fmri_train_valid: np.ndarray, fmri_split: pd.DataFrame,
-                 loss_stats: dict[str, np.ndarray], modalities: dict[str, TrAligned],
+                 loss_stats: dict[str, np.ndarray], modalities: dict[str, TrAligned], inputs: dict[str, TrAligned],
                  training: TrainingSettings) -> dict[str, Any]:
     """The job every rank, the verification and the evaluation read (JSON)."""
     try:
         job = build_job(fmri_train, fmri_split, loss_stats.filename, present_modalities(modalities),
                         training.model.model_dump(mode="json"), training.loss.model_dump(mode="json"),
                         training.train.model_dump(mode="json"), training.seed, training.run_dir, training.experiment,
-                        fmri_train_valid)
+                        fmri_train_valid, present_modalities(inputs))
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     return job.to_dict()
 
 
 def train_model(train_job: dict[str, Any], fresh: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """Train with DDP; returns the final weights (state dict) and the training history.
+    """Train with DDP; returns the selected weights (the epoch of the best validation fMRI
+    r: ``history["selected"]`` names it and why) and the training history.
 
     Resumes from ``run_dir/last.pt`` when a previous run of the same spec stopped early;
     ``fresh`` (``kedro run --recompute``) discards it and starts over.
@@ -74,7 +76,7 @@ def train_model(train_job: dict[str, Any], fresh: bool = False) -> tuple[dict[st
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "job.json").write_text(job.to_json())  # also the input of a torchrun launch
     history = launch(job)
-    return load_checkpoint(run_dir / "final.pt"), history
+    return selected_weights(run_dir), history
 
 
 def verify_training(train_job: dict[str, Any], training_history: dict, model_checkpoint: dict,

@@ -7,10 +7,10 @@ from giblet_kedro.pipelines.train.nodes import loss_statistics, train_model, tra
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        node(loss_statistics, ["fmri_train", "fmri_train_valid", "fmri_split", "stimulus_modalities"], "loss_stats",
-             name="compute_loss_stats"),
+        node(loss_statistics, ["fmri_train", "fmri_train_valid", "fmri_split", "stimulus_modalities",
+                               "stimulus_inputs"], "loss_stats", name="compute_loss_stats"),
         node(training_job, ["fmri_train", "fmri_train_valid", "fmri_split", "loss_stats", "stimulus_modalities",
-                            "params:training"],
+                            "stimulus_inputs", "params:training"],
              "train_job", name="build_training_job"),
         node(train_model, ["train_job", "params:train_fresh"], ["model_checkpoint", "training_history"],
              name="train_model"),

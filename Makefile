@@ -51,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py
 
 lab-bench: $(STAMP)
-	$(BIN)/python benchmarks/lab_bench.py
+	$(BIN)/python benchmarks/lab_bench.py --baseline
 
 ## The spec reference and JSON Schema under docs/, generated from the schema.
 docs: $(STAMP)

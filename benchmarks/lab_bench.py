@@ -146,12 +146,17 @@ def inflate_seconds(paths: list[Path], env: dict) -> float:
 BEFORE_MAP_REDUCE = "09926ff"
 
 
-def checkout_before(folder: Path) -> Path | None:
-    """The project's sources at ``BEFORE_MAP_REDUCE`` (a git worktree), or None outside a clone."""
+# The last commit whose model read one TR at a time (no windows, no temporal module):
+# the training baseline of ``--baseline``.
+PER_TR_MODEL = "88578ec"
+
+
+def checkout_before(folder: Path, commit: str = BEFORE_MAP_REDUCE) -> Path | None:
+    """The project's sources at ``commit`` (a git worktree), or None outside a clone."""
     import subprocess
 
     result = subprocess.run(["git", "-C", str(fmri_bench.REPO), "worktree", "add", "--detach", str(folder),
-                             BEFORE_MAP_REDUCE], capture_output=True, text=True)
+                             commit], capture_output=True, text=True)
     if result.returncode != 0:
         return None
     (folder / "conf" / "local").mkdir(exist_ok=True)
@@ -242,6 +247,9 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true",
                         help="with --runners: the full Sherlock scan, 1,976 TRs x 271,633 voxels (the whole grid) "
                              "per subject (--subjects of them; 17 in the lab)")
+    parser.add_argument("--baseline", action="store_true",
+                        help=f"also every step with the per-TR model of {PER_TR_MODEL} (a git worktree), in this run, "
+                             "and training's epoch time and peak memory as ratios against it")
     args = parser.parse_args()
 
     n_voxels = fmri_bench.N_VOXELS
@@ -256,7 +264,6 @@ def main() -> None:
     kedro = str(Path(sys.executable).parent / "kedro")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
     env.pop("GIBLET_PROJECT_ROOT", None)
-    rows = []
     with tempfile.TemporaryDirectory(prefix="giblet-lab-bench-") as tmp:
         project, _ = fmri_bench.giblet_project(subjects, mask, Path(tmp) / "project")
         spec = project / "lab.yml"
@@ -264,33 +271,95 @@ def main() -> None:
         if args.runners:
             compare_runners(kedro, project, spec, env, subjects)
             return
-        for what, arguments in STEPS:
-            print(f"- {what} ...", flush=True)
-            measured = fmri_bench.measured([kedro, "run", *arguments, "--params", f"experiment={spec}"],
-                                           env=env, cwd=project)
-            rows.append((what, measured))
-            print(f"  {measured['wall_s']:.1f} s, peak RSS {measured['peak_rss_gb']:.2f} GB", flush=True)
-        history_file = next(project.glob("data/06_models/train/*/run/history.json"))
-        history = json.loads(history_file.read_text())
-        report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
-        caches: dict[str, int] = {}
-        for path in project.glob("data/0[45]_*/**/*.npy"):
-            stage = path.relative_to(project / "data").parts[1]
-            caches[stage] = caches.get(stage, 0) + path.stat().st_size
+        outcome = run_steps(kedro, project, spec, env)
+        if args.baseline:
+            outcome_before = baseline_steps(kedro, Path(tmp), subjects, mask, movie, table, env)
+    print_outcome(outcome)
+    if args.baseline:
+        print(f"\nbaseline: the same steps with the per-TR model of {PER_TR_MODEL} (its own code and catalog), "
+              "in this run")
+        print_outcome(outcome_before)
+        print_comparison(outcome, outcome_before)
 
+
+def run_steps(kedro: str, project: Path, spec: Path, env: dict, extra: tuple[str, ...] = ()) -> dict:
+    """Every step of :data:`STEPS`, each one ``kedro run`` measured; the training history,
+    the verification report, the cache sizes and the trained model's parameter count."""
+    import torch
+
+    rows = []
+    for what, arguments in STEPS:
+        print(f"- {what} ...", flush=True)
+        measured = fmri_bench.measured([kedro, "run", *arguments, *extra, "--params", f"experiment={spec}"],
+                                       env=env, cwd=project)
+        rows.append((what, measured))
+        print(f"  {measured['wall_s']:.1f} s, peak RSS {measured['peak_rss_gb']:.2f} GB", flush=True)
+    history = json.loads(next(project.glob("data/06_models/train/*/run/history.json")).read_text())
+    report = json.loads(next(project.glob("data/08_reporting/verify/*/verification_report.json")).read_text())
+    weights = torch.load(next(project.glob("data/06_models/train/*/model_final.pt")), weights_only=True)
+    caches: dict[str, int] = {}
+    for path in project.glob("data/0[45]_*/**/*.npy"):
+        stage = path.relative_to(project / "data").parts[1]
+        caches[stage] = caches.get(stage, 0) + path.stat().st_size
+    return {"rows": rows, "history": history, "report": report, "caches": caches,
+            "parameters": int(sum(t.numel() for t in weights.values()))}
+
+
+def baseline_steps(kedro: str, tmp: Path, subjects: dict[str, Path], mask: Path, movie: Path, table: Path,
+                   env: dict) -> dict:
+    """:func:`run_steps` with the code of :data:`PER_TR_MODEL` (a git worktree, its own
+    catalog) in a project of its own, on the same files."""
+    import subprocess
+
+    before = checkout_before(tmp / "before", PER_TR_MODEL)
+    if before is None:
+        raise SystemExit(f"--baseline needs a git clone (to check out {PER_TR_MODEL})")
+    try:
+        project, _ = fmri_bench.giblet_project(subjects, mask, tmp / "baseline")
+        spec = project / "lab.yml"
+        lab_spec(spec, subjects, mask, movie, table)
+        return run_steps(kedro, project, spec, {**env, "PYTHONPATH": str(before)},
+                         (f"--conf-source={before.parent / 'conf'}",))
+    finally:
+        subprocess.run(["git", "-C", str(fmri_bench.REPO), "worktree", "remove", "--force", str(before.parent)],
+                       capture_output=True)
+
+
+def epoch_figures(history: dict) -> tuple[float, int, float]:
+    """The first epoch's seconds, steps per rank and seconds per step."""
     epoch = history["epochs"][0]
+    return epoch["seconds"], epoch["batches"], epoch["seconds"] / epoch["batches"]
+
+
+def print_outcome(outcome: dict) -> None:
+    rows, history, report = outcome["rows"], outcome["history"], outcome["report"]
     print(f"\n{'stage':<40}{'wall s':>9}{'peak RSS GB':>13}")
     for what, measured in rows:
         print(f"{what:<40}{measured['wall_s']:>9.1f}{measured['peak_rss_gb']:>13.2f}")
     print(f"{'total':<40}{sum(m['wall_s'] for _, m in rows):>9.1f}{max(m['peak_rss_gb'] for _, m in rows):>13.2f}")
-    print(f"\ntraining: {history['world_size']} ranks ({history['device']}, {history['precision']}), "
-          f"{history['train_samples']} samples, batch {history['batch_size']} per rank, "
-          f"{epoch['batches']} steps per rank in {epoch['seconds']:.1f} s = {epoch['seconds'] / epoch['batches']:.2f} "
-          f"s per step, {epoch['samples_per_s']:.1f} samples/s")
+    seconds, steps, per_step = epoch_figures(history)
+    print(f"\ntraining: {outcome['parameters'] / 1e6:.1f} M parameters, {history['world_size']} ranks "
+          f"({history['device']}, {history['precision']}), {history['train_samples']} samples, batch "
+          f"{history['batch_size']} per rank, {steps} steps per rank in {seconds:.1f} s = {per_step:.2f} s per step, "
+          f"{history['epochs'][0]['samples_per_s']:.1f} samples/s")
     print(f"verification: {sum(c['pass'] for c in report['checks'])}/{len(report['checks'])} checks pass "
           "(1 epoch of random-weight features: the loss-drop and stimulus checks are not expected to)")
     print("largest caches (MB): " + ", ".join(f"{name} {size / 1e6:.0f}" for name, size in
-                                              sorted(caches.items(), key=lambda kv: -kv[1])[:5]))
+                                              sorted(outcome["caches"].items(), key=lambda kv: -kv[1])[:5]))
+
+
+def print_comparison(new: dict, before: dict) -> None:
+    """Training against the baseline: epoch seconds and the training step's peak RSS (its
+    largest process: a rank), as ratios (target: at most 1.5x the time, no more memory)."""
+    def training_rss(outcome: dict) -> float:
+        return dict(outcome["rows"])["training, 1 epoch, 2 gloo ranks"]["peak_rss_gb"]
+
+    epoch_new, epoch_before = epoch_figures(new["history"])[0], epoch_figures(before["history"])[0]
+    print(f"\n{'training, 1 epoch, 2 gloo ranks':<36}{'this code':>12}{'baseline':>12}{'ratio':>8}")
+    for what, a, b in (("seconds per epoch", epoch_new, epoch_before),
+                       ("peak RSS, largest rank, GB", training_rss(new), training_rss(before)),
+                       ("parameters, M", new["parameters"] / 1e6, before["parameters"] / 1e6)):
+        print(f"{what:<36}{a:>12.2f}{b:>12.2f}{a / b:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import yaml
 from kedro.framework.cli.project import run as kedro_run
 from kedro.framework.cli.utils import _split_params
 
-from giblet_kedro.datasets.atomic import atomic_path
 from giblet_kedro.errors import GibletError
 from giblet_kedro.hooks import RUN_REGISTRY
 from giblet_kedro.paths import data_dir, project_root
@@ -272,12 +271,14 @@ def job(experiment: str | None, env: str | None, params: dict[str, Any]) -> None
         _fail(GibletError(f"cannot load the training job of {name!r} ({exc}); run "
                           f"`kedro run --pipelines=train --to-nodes=build_training_job --params experiment={name}` "
                           "first"))
-    # Where the job runs (world size, backend, device) is resolved by each torchrun rank.
-    path = run_dir / "job.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(train_job))
-    click.echo(str(path))
+    # Where the job runs (world size, backend, device) is resolved by each torchrun rank;
+    # with train.seeds, one job file per seed (one torchrun launch each), in seed order.
+    from giblet_kedro.training.job import TrainJob
+    from giblet_kedro.training.seeds import write_seed_jobs
+
+    job_file = TrainJob.from_dict({**train_job, "run_dir": str(run_dir)})
+    for path in write_seed_jobs(job_file):
+        click.echo(str(path))
 
 
 @giblet.command()

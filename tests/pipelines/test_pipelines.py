@@ -198,7 +198,7 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
                                                        "rate_hz": 1 / 1.5}}),
         "training": TrainingSettings(model=ModelSpec(rank=8, hidden=16, dropout=0.0), loss=LossSpec(),
                                      train=TrainSpec(epochs=8, batch_size=4, lr=1e-2, warmup_epochs=0,
-                                                     precision="fp32", devices=1),
+                                                     precision="fp32", devices=1, seeds=[0, 1]),
                                      seed=0, experiment="tiny", run_dir=str(tmp_path / "run")),
         "verify": VerifySpec(), "evaluate": EvaluateSpec(null_draws=99, ridge={"delay_sets": [[0, 1]]}),
         "lesion": LesionSpec(regions={name: {"atlas": regions, "labels": [code]} for name, code in
@@ -250,9 +250,19 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
     kept = catalog.load("model_checkpoint")
     assert all(torch.equal(kept[k], selected[k]) for k in selected)
     assert not all(torch.equal(kept[k], final[k]) for k in final)
+    # train.seeds: the second seed trains in its own folder; the evaluation scores the mean
+    # of both models' predictions and reports each one's r
+    second = torch.load(tmp_path / "run" / "seed-1" / "best.pt", weights_only=True)["model"]
+    others = catalog.load("seed_checkpoints")
+    assert list(others) == ["1"] and all(torch.equal(others["1"][k], second[k]) for k in second)
+    assert [entry["seed"] for entry in history["seeds"]] == [0, 1]
     checks = {c["check"] for c in catalog.load("verification_report")["checks"]}
     assert {"samples and batches drawn in epoch 1", "the stimulus drives the brain"} <= checks
     saved = catalog.load("model_test_predictions")
+    assert saved["seed_fmri"].shape[0] == 2 and saved["seeds"].tolist() == [0, 1]
+    assert np.abs(saved["seed_fmri"][0] - saved["seed_fmri"][1]).mean() > 1e-3
+    np.testing.assert_allclose(saved["fmri"], saved["seed_fmri"].mean(0), atol=1e-6)
+    assert catalog.load("voxel_scores")["seeds"]["seeds"] == [0, 1]
     measured = np.load(tmp_path / "fmri_train.npy")[saved["rows"]]
     centred = [a - a.mean(0) for a in (saved["fmri"].astype(np.float64), measured.astype(np.float64))]
     r = (centred[0] * centred[1]).sum(0) / np.sqrt((centred[0] ** 2).sum(0) * (centred[1] ** 2).sum(0))
@@ -261,6 +271,7 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
     assert set(catalog.load("lesion_metrics")["regions"]) == {"visual", "auditory", "language"}
     html = catalog.load("experiment_report")
     assert "Training verification" in html and html.count("data:image/png;base64,") >= 3
+    assert "seeds [0, 1]: each model" in html
     # in silico: the held-out movie's predicted 4D response holds the voxel arrays; the
     # region's time course is their mean over the atlas's voxels (numpy here)
     arrays, image = catalog.load("predicted_voxels"), catalog.load("predicted_response")

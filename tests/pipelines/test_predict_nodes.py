@@ -50,7 +50,7 @@ def test_the_prediction_is_the_voxel_layer_restored_to_z_units(tmp_path, rng):
     job, weights, stats = tiny_model(tmp_path, rng)
     text = rng.normal(size=(N_TRS, DIM)).astype(np.float32)
     features = {"text": text, "text_valid": np.ones(N_TRS, bool), "window_starts_s": 1.5 * np.arange(N_TRS)}
-    image, arrays, maps = predict_response(job, weights, HISTORY, stats, features,
+    image, arrays, maps = predict_response(job, weights, {}, HISTORY, stats, features,
                                            PredictSpec(contrast={"a": (0, 15), "b": (15, 45)}))
     loss = np.load(tmp_path / "loss_stats.npz")
     model = build_model(TrainJob.from_dict(job).shapes, job["model"], tr=1.5, dropout=0.0)
@@ -77,12 +77,12 @@ def test_a_model_of_another_voxel_set_or_a_missing_modality_is_refused(tmp_path,
                 "window_starts_s": 1.5 * np.arange(N_TRS)}
     bigger = dict(stats, mask=np.ones((3, 2, 3), bool))
     with pytest.raises(InputDataError, match="the trained model has 12 voxels but the experiment's mask has 18"):
-        predict_response(job, weights, HISTORY, bigger, features, PredictSpec())
+        predict_response(job, weights, {}, HISTORY, bigger, features, PredictSpec())
     without_text = {"window_starts_s": features["window_starts_s"]}
     with pytest.raises(InputDataError, match=r"the model reads \['text'\].*add \['text'\] to predict.ablate"):
-        predict_response(job, weights, HISTORY, stats, without_text, PredictSpec())
+        predict_response(job, weights, {}, HISTORY, stats, without_text, PredictSpec())
     with pytest.raises(InputDataError, match="ablates every modality the model reads"):
-        predict_response(job, weights, HISTORY, stats, without_text, PredictSpec(ablate=["text"]))
+        predict_response(job, weights, {}, HISTORY, stats, without_text, PredictSpec(ablate=["text"]))
 
 
 def test_held_out_runs_of_the_training_movie_are_scored_on_test_windows_only(rng):
@@ -138,3 +138,18 @@ def test_a_shifted_modality_costs_an_add_and_equals_shifting_its_input(tmp_path,
     by_hand = trained.predict_fmri(model_inputs(rolled, {"text": valid, "features": arrays["features_valid"]}, stats,
                                                 sizes, [], False, N_TRS))
     np.testing.assert_allclose(predictor.shifted("features", 4), by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_with_several_seeds_the_prediction_is_the_mean_of_the_seeds_models(tmp_path, rng):
+    job, weights, stats = tiny_model(tmp_path, rng)
+    other = perturbed_model(TrainJob.from_dict(job).shapes, job["model"], seed=1).state_dict()
+    text = rng.normal(size=(N_TRS, DIM)).astype(np.float32)
+    features = {"text": text, "text_valid": np.ones(N_TRS, bool), "window_starts_s": 1.5 * np.arange(N_TRS)}
+    first = predict_response(job, weights, {}, HISTORY, stats, features, PredictSpec())[1]
+    second = predict_response(job, other, {}, HISTORY, stats, features, PredictSpec())[1]
+    assert np.abs(first["model_units"] - second["model_units"]).mean() > 0.05  # two different models
+    both = predict_response({**job, "train": {"seeds": [0, 1]}}, weights, {"1": other}, HISTORY, stats, features,
+                            PredictSpec())[1]
+    np.testing.assert_allclose(both["model_units"], (first["model_units"] + second["model_units"]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    assert both["seeds"].tolist() == [0, 1] and first["seeds"].tolist() == [0]

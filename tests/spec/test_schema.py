@@ -119,6 +119,11 @@ def test_subject_pattern_expands_ids():
          ["lesion.method", "'zero', 'mean' or 'noise'"]),
         (("name: t", "name: t\nevaluate: {ridge: {delay_sets: [[]]}}"), ["evaluate.ridge.delay_sets", "[[0], [0, 1, 2]]"]),
         (("name: t", "name: t\nevaluate: {fdr: 1.5}"), ["evaluate.fdr", "less than 1"]),
+        (("name: t", "name: t\ntrain: {seeds: [0, 3, 0]}"), ["train.seeds", "unique", "['0']"]),
+        (("name: t", "name: t\ntrain: {seeds: []}"), ["train.seeds", "at least 1"]),
+        (("name: t", "name: t\nmodel: {temporal: transformer, lag_basis: 4}"), ["model.lag_basis", "temporal: lags"]),
+        (("name: t", "name: t\nmodel: {temporal: transformer, code_rank: 10}"), ["divide by 4", "e.g. 12"]),
+        (("name: t", "name: t\nmodel: {head_rank: 4}"), ["model.head_rank (4)", "mode: per_subject"]),
     ],
 )
 def test_mistakes_name_file_key_and_accepted_values(change, expected):
@@ -255,6 +260,17 @@ def test_every_input_file_is_listed_with_its_key():
     files = spec.input_files()
     assert files["fmri.subjects['01']['2']"] == "raw/sub-01_run-2_bold.nii.gz"
     assert files["fmri.clean.confounds.files['02']['1']"] == "raw/rp_02_1.txt"
+
+
+def test_keys_a_layout_reads_are_accepted_with_it():
+    """The counterparts of the refusals above: each key with the layout that reads it, and
+    the transformer with every default, are valid."""
+    assert parse_spec(MINIMAL + "model: {temporal: transformer}\n").model.lag_basis == 6
+    assert parse_spec(MINIMAL + "model: {temporal: lags, lag_basis: 4, code_rank: 8}\n").model.code_rank == 8
+    assert parse_spec(MINIMAL + "model: {temporal: transformer, bottleneck: 512}\n").model.bottleneck == 512
+    assert parse_spec(MINIMAL + "model: {bottleneck: 512, code_rank: 8}\n").model.code_rank == 8
+    per_subject = MINIMAL.replace("tr: 1.5", "tr: 1.5\n  mode: per_subject", 1)
+    assert parse_spec(per_subject + "model: {head_rank: 4}\n").model.head_rank == 4
 
 
 def test_a_window_must_hold_a_target_after_its_context():

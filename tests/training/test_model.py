@@ -131,3 +131,19 @@ def test_no_modality_is_an_error():
 def test_an_unknown_temporal_module_is_named():
     with pytest.raises(ValueError, match="unknown model.temporal 'rnn'; accepted"):
         MultimodalAutoencoder(ModalityShapes(None, None, False, (4,), 10), 16, 16, 0.0, temporal="rnn")
+
+
+def test_a_latent_with_a_narrower_code_widens_it_after_the_temporal_module():
+    """bottleneck 32 with code_rank 8: the temporal module reads and returns 8 channels per
+    TR, and the latent is a linear map of them (the same map at every TR)."""
+    shapes = ModalityShapes(None, None, False, (8,), n_voxels=20)
+    model = MultimodalAutoencoder(shapes, 32, 16, 0.0, n_lags=3, code_rank=8)
+    _trained_like(model)
+    model.eval()
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        features = model.features_from_encoded(model.encode_windows({"text": x}))
+        latent = model.encode({"text": x})
+    assert features.shape == (2, 5, 8) and latent.shape == (2, 5, 32)
+    torch.testing.assert_close(latent, features @ model.to_bottleneck.weight.T + model.to_bottleneck.bias)
+    assert MultimodalAutoencoder(shapes, 32, 16, 0.0, n_lags=3).channels == 32  # no code_rank: the latent itself

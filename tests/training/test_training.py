@@ -542,3 +542,43 @@ def test_per_subject_heads_learn_each_subjects_own_response(tmp_path):
         own = pearson_columns(heads[subject], measured[subject]).mean()
         flat = pearson_columns(average, measured[subject]).mean()
         assert own > 0.8 and own > flat + 0.5, (subject, own, flat)
+
+
+def test_each_seed_trains_in_its_own_folder_the_first_in_the_jobs(tmp_path):
+    """train.seeds [5, 2]: seed 5 trains in run_dir, seed 2 in run_dir/seed-2, each with
+    its own job file; --recompute discards each one's checkpoints first; one seed alone
+    leaves the history as it is."""
+    from giblet_kedro.training.seeds import train_seeds
+
+    job = TrainJob(paths=ArrayPaths(fmri=""), train_rows=[], val_rows=[], mode="cross_subject",
+                   shapes=ModalityShapes(None, None, False, (3,), 4), model={}, loss={},
+                   train={"seeds": [5, 2]}, seed=5, run_dir=str(tmp_path / "run"))
+    launched = []
+
+    def fake_launch(member: TrainJob) -> dict:
+        assert not (Path(member.run_dir) / "last.pt").exists()  # fresh: discarded before the launch
+        launched.append((member.seed, member.run_dir, TrainJob.from_json((Path(member.run_dir) / "job.json").read_text()).seed))
+        return {"epochs": [{}] * member.seed, "selected": {"epoch": member.seed}}
+
+    (tmp_path / "run" / "seed-2").mkdir(parents=True)
+    for folder in (tmp_path / "run", tmp_path / "run" / "seed-2"):
+        (folder / "last.pt").write_text("stale")
+    history = train_seeds(job, fake_launch, fresh=True)
+    assert launched == [(5, str(tmp_path / "run"), 5), (2, str(tmp_path / "run" / "seed-2"), 2)]
+    assert history["selected"] == {"epoch": 5}
+    assert [(s["seed"], s["selected"]["epoch"], s["epochs_run"]) for s in history["seeds"]] == [(5, 5, 5), (2, 2, 2)]
+    alone = train_seeds(dataclasses.replace(job, train={}), fake_launch)
+    assert "seeds" not in alone and len(launched) == 3
+
+
+def test_each_seed_gets_its_own_job_file_for_torchrun(tmp_path):
+    from giblet_kedro.training.seeds import write_seed_jobs
+
+    job = TrainJob(paths=ArrayPaths(fmri=""), train_rows=[], val_rows=[], mode="cross_subject",
+                   shapes=ModalityShapes(None, None, False, (3,), 4), model={}, loss={},
+                   train={"seeds": [5, 2]}, seed=5, run_dir=str(tmp_path / "run"))
+    paths = write_seed_jobs(job)
+    assert paths == [tmp_path / "run" / "job.json", tmp_path / "run" / "seed-2" / "job.json"]
+    written = [TrainJob.from_json(path.read_text()) for path in paths]
+    assert [(j.seed, j.run_dir) for j in written] == [(5, str(tmp_path / "run")), (2, str(tmp_path / "run" / "seed-2"))]
+    assert write_seed_jobs(dataclasses.replace(job, train={})) == [tmp_path / "run" / "job.json"]

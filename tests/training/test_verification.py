@@ -227,3 +227,34 @@ def test_replacing_the_job_keeps_its_stats_readable(tmp_path):
     job, *_ = experiment(tmp_path / "x")
     copy = dataclasses.replace(job, run_dir=str(tmp_path / "elsewhere"))
     assert set(copy.stats) == {"fmri", "video", "text"}
+
+
+@pytest.mark.parametrize("temporal", ["lags", "transformer"])
+def test_the_shift_tests_predictions_equal_the_model_on_the_shifted_stimulus(tmp_path, temporal):
+    """The stimulus-drives-the-brain check encodes the stimulus once and shifts the
+    encoders' outputs; each shift's prediction equals the model run on the stimulus
+    itself shifted among the val rows (inputs and validity), for either temporal module."""
+    import torch
+
+    from giblet_kedro.evaluation.model import TrainedModel
+    from giblet_kedro.models.autoencoder import build_model
+
+    job, _, _, _ = experiment(tmp_path / "x")
+    job = dataclasses.replace(job, model={**job.model, "temporal": temporal})
+    torch.manual_seed(0)
+    model = build_model(job.shapes, job.model, tr=job.tr)
+    with torch.no_grad():  # the output layers start at zero: every prediction would be the mean
+        for parameter in model.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    trained = TrainedModel.load(job, model.state_dict())
+    rows = np.asarray(job.val_rows)
+    shifts = [0, 3, 17]
+    fast = list(trained.shifted_fmri_rows(rows, shifts))
+    for shift, prediction in zip(shifts, fast, strict=True):
+        inputs = trained.sequence_inputs(np.arange(N_TRS))  # one run: the whole sequence
+        for key in ("video", "text", "video_valid", "text_valid"):
+            inputs[key][rows] = np.roll(inputs[key][rows], shift, axis=0)
+        with torch.no_grad():
+            by_hand = trained.model.encode({name: torch.from_numpy(inputs[name])[None] for name in ("video", "text")})
+        np.testing.assert_allclose(prediction, by_hand[0].numpy()[rows], rtol=1e-4, atol=1e-5)
+    assert np.abs(fast[0] - fast[1]).mean() > 1e-3  # the shift moves the prediction

@@ -46,3 +46,22 @@ class TorchStateDictDataset(AbstractDataset[dict, dict]):
         state = self.load()
         return JSONPreview(to_json({"parameters": int(sum(t.numel() for t in state.values())),
                                     "tensors": {k: list(t.shape) for k, t in state.items()}}))
+
+
+class TorchStateDictsDataset(TorchStateDictDataset):
+    """Several models' state dicts by name (``{"1": state, "2": state}``) in one file;
+    an empty dict when there are none."""
+
+    def save(self, data: dict[str, dict[str, torch.Tensor]]) -> None:
+        import torch
+
+        with atomic_path(self._filepath) as tmp:
+            torch.save({str(name): {k: v.detach().cpu().contiguous() for k, v in state.items()}
+                        for name, state in data.items()}, tmp)
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: each model's parameter count."""
+        if not self._filepath.is_file():
+            return JSONPreview('{"status": "not computed yet"}')
+        return JSONPreview(to_json({name: {"parameters": int(sum(t.numel() for t in state.values()))}
+                                    for name, state in self.load().items()}))

@@ -245,6 +245,24 @@ class MoviePredictor:
         return self._parts
 
 
+class EnsemblePredictor:
+    """Several models' :class:`MoviePredictor` (``train.seeds``) as one: each prediction
+    is the mean of theirs. One model: that model's prediction, unchanged."""
+
+    def __init__(self, members: list[MoviePredictor]):
+        self.members = list(members)
+
+    @property
+    def tested(self) -> list[str]:
+        return self.members[0].tested
+
+    def __call__(self, ablate: tuple[str, ...] = ()) -> np.ndarray:
+        """(n_trs, V) model units: the mean of every member's prediction."""
+        if len(self.members) == 1:
+            return self.members[0](ablate)
+        return np.mean([member(ablate) for member in self.members], axis=0)
+
+
 def movie_contrast(a: nib.Nifti1Image, b: nib.Nifti1Image, labels: tuple[str, str]) -> nib.Nifti1Image:
     """Two movies' predicted responses (4D NIfTI, as ``predicted_bold.nii.gz``): the mean
     of ``a`` minus that of ``b`` and Welch's t over their TRs (descriptive), as a 4D

@@ -46,6 +46,25 @@ def leave_one_out_isc(data: np.ndarray) -> np.ndarray:
     return np.stack([pearson_columns((total - subject) / (len(data) - 1), subject) for subject in data])
 
 
+def seed_spread(seed_fmri: np.ndarray, measured: np.ndarray, voxels: np.ndarray, seeds: list[int]) -> dict:
+    """How much the seeds' models differ, and what averaging them gains: each model's
+    mean r over ``voxels`` (averaged over subjects), their mean, sample SD, min and max,
+    and the ensemble mean's r.
+
+    seed_fmri : (n_seeds, n, V) each model's prediction. measured : (S, n, V).
+    voxels : (V,) bool, the voxels scored (the reliable ones).
+    """
+    def mean_r(prediction: np.ndarray) -> float:
+        return float(np.mean([pearson_columns(prediction[:, voxels], m[:, voxels]).mean() for m in measured]))
+
+    each = [mean_r(prediction) for prediction in seed_fmri]
+    ensemble = mean_r(seed_fmri.mean(axis=0))
+    return {"seeds": [int(s) for s in seeds], "voxels": int(voxels.sum()), "each_mean_r": each,
+            "mean": float(np.mean(each)), "sd": float(np.std(each, ddof=1)) if len(each) > 1 else 0.0,
+            "min": float(np.min(each)), "max": float(np.max(each)), "ensemble_mean_r": ensemble,
+            "ensemble_gain": ensemble - float(np.mean(each))}
+
+
 def bootstrap_rows(n: int, block: int, rng: np.random.Generator) -> np.ndarray:
     """(n,) row indices of one circular block bootstrap resample (Politis & Romano): blocks
     of ``block`` consecutive rows, started anywhere and wrapping around the end, until

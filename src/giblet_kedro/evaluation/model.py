@@ -10,6 +10,7 @@ each codebook's marginal), the same meaning in every modality.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,6 +199,22 @@ class TrainedModel:
                     inputs[key][where] = np.roll(inputs[key][where], shift, axis=0)
         return self.predict_fmri(inputs, segments)[where]
 
+    def shifted_fmri_rows(self, rows: np.ndarray, shifts: list[int]) -> Iterator[np.ndarray]:
+        """:meth:`predict_fmri_rows` at each of ``shifts``, (len(rows), V) each, with the
+        stimulus encoded once: the encoders read one TR at a time, so shifting their
+        inputs among ``rows`` shifts their outputs. Per shift only the temporal module runs
+        again over the runs, and the voxel layer (or fMRI head) on ``rows`` alone."""
+        sequence, segments, where = self.runs_of(rows)
+        encoded = self.encoder_outputs(self.sequence_inputs(sequence))
+        for shift in shifts:
+            moved = {}
+            for name, value in encoded.items():
+                moved[name] = value.copy()
+                moved[name][where] = np.roll(value[where], shift, axis=0)
+            components = self._over_segments(moved, segments, self.model.components_from_encoded)[where]
+            yield self._batched({"components": components},
+                                lambda batch: {"fmri": self.model.fmri_from_components(batch["components"])})["fmri"]
+
     def subject_fmri_rows(self, rows: np.ndarray) -> np.ndarray:
         """(S, len(rows), V) each subject's predicted fMRI at TR rows through its head
         (``per_subject`` with heads); the average brain, (1, n, V), without heads."""
@@ -233,3 +250,14 @@ class TrainedModel:
     def fmri_to_model_units(self, fmri: np.ndarray) -> np.ndarray:
         """(..., V) z-scored fMRI -> the voxel layer's units (per-voxel standardized)."""
         return self.stats["fmri"].standardize(fmri)
+
+
+def ensemble_fmri(models: list[TrainedModel], rows: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
+    """The seeds' ensemble (``train.seeds``) at TR rows: ``seed_fmri`` (n_models, n, V)
+    each model's predicted fMRI, ``fmri`` (n, V) their mean, model units; with ``heads``,
+    ``subjects_fmri`` (S, n, V) the mean of each model's subject heads."""
+    each = np.stack([trained.predict_fmri_rows(rows) for trained in models])
+    out = {"seed_fmri": each, "fmri": each.mean(axis=0)}
+    if heads:
+        out["subjects_fmri"] = np.mean([trained.subject_fmri_rows(rows) for trained in models], axis=0)
+    return out

@@ -114,6 +114,12 @@ def html_report(verification_summary: str, evaluation: dict, lesions: dict, lesi
         headline += [("noise ceiling median", ceiling["median"]), ("reliable voxels", ceiling["reliable_voxels"]),
                      ("autoencoder r / ceiling (reliable voxels)", model.get("r_over_ceiling")),
                      ("ridge r / ceiling (reliable voxels)", ridge.get("r_over_ceiling"))]
+    seeds = evaluation.get("seeds")
+    if seeds:
+        headline.append((f"seeds {seeds['seeds']}: each model's mean r on {evaluation['comparison']['on']} "
+                         "(the autoencoder above is their ensemble mean)",
+                         f"{seeds['mean']:.3f} ± {seeds['sd']:.3f} (min {seeds['min']:.3f}, max {seeds['max']:.3f}); "
+                         f"ensemble {seeds['ensemble_mean_r']:.3f} ({seeds['ensemble_gain']:+.3f})"))
     recon_rows = [(f"{name}: {key}", value) for name, entry in evaluation["reconstruction"].items()
                   for key, value in entry.items()]
     parts = [

@@ -304,8 +304,8 @@ class MultimodalAutoencoder(nn.Module):
                                                   _zero_last(nn.Linear(hidden, dim)))
         fused = hidden * len(present)
         # the temporal module's channels: the code (voxels: code_rank, else the decoders'
-        # rank), or the latent itself
-        self.channels = (int(code_rank or self.rank)) if self.voxel_layout else width
+        # rank; a latent: code_rank, else the latent itself)
+        self.channels = int(code_rank or (self.rank if self.voxel_layout else width))
         self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused, self.channels, bias=not self.voxel_layout))
         self.temporal = build_temporal(temporal, self.channels, self.n_lags, tr, lag_basis, dropout)
         if self.voxel_layout:
@@ -314,7 +314,8 @@ class MultimodalAutoencoder(nn.Module):
             self.readouts = nn.ModuleDict({name: nn.Linear(width, self.rank) for name in self.decoders})
             self.fmri_head = nn.Identity()
         else:
-            self.to_bottleneck = nn.Identity()
+            # a code narrower than the latent is widened to it after the temporal module
+            self.to_bottleneck = nn.Identity() if self.channels == width else nn.Linear(self.channels, width)
             self.readouts = nn.ModuleDict({name: nn.Identity() for name in self.decoders})
             self.fmri_head = _factorized(width, shapes.n_voxels, self.rank, zero_output=True)
         self.heads = SubjectHeads(n_subjects, shapes.n_voxels, head_rank, self.channels) if n_subjects else None
@@ -375,7 +376,12 @@ class MultimodalAutoencoder(nn.Module):
         return self.components_from_encoded(encoded, present).sum(-2)
 
     def _bottleneck(self, components: torch.Tensor) -> torch.Tensor:
-        return self.to_bottleneck(components) if self.voxel_layout else components.sum(-2)
+        return self.to_bottleneck(components if self.voxel_layout else components.sum(-2))
+
+    def fmri_from_components(self, components: torch.Tensor) -> torch.Tensor:
+        """(..., V) the predicted fMRI (the average brain) from the temporal module's
+        components (..., K, channels) of the same TRs."""
+        return self.fmri_head(self._bottleneck(components))
 
     def bottleneck_from_encoded(self, encoded: dict[str, torch.Tensor], present: torch.Tensor | None = None
                                 ) -> torch.Tensor:

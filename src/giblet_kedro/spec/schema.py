@@ -625,6 +625,9 @@ class StimulusSpec(StrictModel):
 
 
 # ------------------------------------------------------------- model and training
+ATTENTION_HEADS = 4  # temporal: transformer (models.temporal.CausalAttention's default)
+
+
 class ModelSpec(StrictModel):
     """The autoencoder. Per-TR encoders read each TR's stimulus (no HRF: the model learns
     the lags); a temporal module maps the encoded history to the bottleneck of every TR.
@@ -642,8 +645,9 @@ class ModelSpec(StrictModel):
     delays are a special case). ``transformer``: attention over the same context, with a
     learned bias per lag (nonlinear; slower in silico). ``context_s``: how far back a TR
     reads, at least the HRF's ~20 s. ``code_rank``: the width of the per-TR code the
-    temporal module reads, the voxel layer's only source (``voxels`` layout; default:
-    ``rank``); a small code keeps a model trained on few TRs from fitting noise.
+    temporal module reads, the voxel layer's only source (default: ``rank``; with a
+    latent, default its width, and a narrower code is widened to the latent after the
+    temporal module); a small code keeps a model trained on few TRs from fitting noise.
 
     ``head_rank``: in ``per_subject`` mode the bottleneck is the shared average brain,
     and each subject's head maps it to that subject's fMRI: a scale and an offset per
@@ -658,6 +662,20 @@ class ModelSpec(StrictModel):
     lag_basis: Annotated[int, Field(ge=1, le=32)] = 6
     head_rank: NonNegativeInt = 0
     code_rank: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _keys_the_layout_reads(self) -> ModelSpec:
+        """A key the chosen layout would never read is a mistake, not a no-op."""
+        if self.temporal == "transformer" and "lag_basis" in self.model_fields_set:
+            raise ValueError("model.lag_basis is read by temporal: lags only (attention has no lag basis); "
+                             "accepted: leave lag_basis out, or temporal: lags")
+        if self.temporal == "transformer":
+            width = (self.code_rank or self.rank or 256) if self.bottleneck == "voxels" else self.bottleneck
+            if width % ATTENTION_HEADS:
+                raise ValueError(f"temporal: transformer attends with {ATTENTION_HEADS} heads, so its width "
+                                 f"({width}: model.{'code_rank or rank' if self.bottleneck == 'voxels' else 'bottleneck'})"
+                                 f" must divide by {ATTENTION_HEADS}; accepted: e.g. {width + ATTENTION_HEADS - width % ATTENTION_HEADS}")
+        return self
 
 
 class LossSpec(StrictModel):
@@ -678,7 +696,11 @@ class TrainSpec(StrictModel):
     only; every training TR is a target of exactly one window per epoch (default: 64, or
     twice the context if that is longer). ``batch_size``: windows
     per step and rank. ``early_stop_patience``: epochs without a better validation r
-    before training stops (the checkpoint kept is always the best one)."""
+    before training stops (the checkpoint kept is always the best one). ``seeds``: one
+    model per seed, trained one after another on the same caches; the evaluation and the
+    in-silico prediction average their fMRI predictions (the ensemble) and report the
+    spread across seeds; the first seed's model is the one the verification, the lesions
+    and the timing test read. None: one model, seeded by the spec's ``seed``."""
 
     epochs: PositiveInt = 50
     batch_size: PositiveInt = 2
@@ -692,6 +714,7 @@ class TrainSpec(StrictModel):
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     checkpoint_every: PositiveInt = 10
     early_stop_patience: PositiveInt | None = None
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1, max_length=100)] | None = None
     # How long a rank waits for the others in a collective (and at start-up) before the
     # job fails, naming the rank: a rank that hangs or dies ends the job within this.
     # Not part of the training fingerprint: it never changes the result.
@@ -701,6 +724,13 @@ class TrainSpec(StrictModel):
     def warmup(self) -> int:
         """Warmup epochs: as given, else 10 (fewer when training is shorter)."""
         return min(10, self.epochs) if self.warmup_epochs is None else self.warmup_epochs
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            _unique_ids([str(v) for v in value], "train.seeds")
+        return value
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> TrainSpec:
@@ -951,6 +981,14 @@ class ExperimentSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _heads_need_subjects(self) -> ExperimentSpec:
+        if self.model.head_rank and self.fmri.mode != "per_subject":
+            raise ValueError(f"model.head_rank ({self.model.head_rank}) sizes each subject's head, which only "
+                             f"fmri.mode: per_subject has (this spec: {self.fmri.mode}, one average brain); "
+                             "accepted: head_rank: 0, or mode: per_subject")
+        return self
+
+    @model_validator(mode="after")
     def _lesion_source(self) -> ExperimentSpec:
         if self.lesion is not None and self.lesion.source == "model" and self.model.bottleneck != "voxels":
             raise ValueError(
@@ -1029,3 +1067,8 @@ class TrainingSettings(StrictModel):
     seed: NonNegativeInt
     experiment: str
     run_dir: str
+
+    @property
+    def seeds(self) -> list[int]:
+        """The training seeds: ``train.seeds``, else the spec's ``seed`` alone."""
+        return list(self.train.seeds) if self.train.seeds else [self.seed]

@@ -128,6 +128,11 @@ class TrainJob:
         return self.shapes.present()
 
     @property
+    def seeds(self) -> list[int]:
+        """Every model's seed, this job's first: ``train.seeds`` (one model: ``[seed]``)."""
+        return [self.seed, *(int(s) for s in self.train.get("seeds") or [] if int(s) != self.seed)]
+
+    @property
     def n_lags(self) -> int:
         """TRs each bottleneck TR reads: ``model.context_s`` at the job's TR."""
         if self.tr <= 0:

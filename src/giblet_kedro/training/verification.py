@@ -383,11 +383,9 @@ def shift_test(trained: TrainedModel, rows: np.ndarray, min_shift: int) -> dict[
     n = len(rows)
     shifts = [k for k in range(min_shift, n - min_shift + 1) if 0 < k < n]
 
-    def mean_r(shift: int) -> float:
-        return float(pearson_columns(trained.predict_fmri_rows(rows, shift), measured).mean())
-
-    observed = mean_r(0)
-    null = np.array([mean_r(k) for k in shifts])
+    observed, *null = (float(pearson_columns(prediction, measured).mean())
+                       for prediction in trained.shifted_fmri_rows(rows, [0, *shifts]))
+    null = np.array(null)
     p = (1 + int((null >= observed).sum())) / (1 + len(shifts))
     return {"mean_r": observed, "shifted_mean_r_max": float(null.max()) if null.size else None,
             "shifted_mean_r_mean": float(null.mean()) if null.size else None, "shifts": len(shifts), "p": p}

@@ -19,7 +19,7 @@ import torch
 
 from giblet_kedro.evaluation import metrics, nulls
 from giblet_kedro.evaluation.agreement import agreement_arrays
-from giblet_kedro.evaluation.model import TrainedModel, measured_fmri
+from giblet_kedro.evaluation.model import TrainedModel, ensemble_fmri, measured_fmri
 from giblet_kedro.evaluation.reconstruction import reconstruction_metrics
 from giblet_kedro.evaluation.ridge import feature_band, fit_banded_ridge, ridge_backend
 from giblet_kedro.fmri import censor
@@ -46,23 +46,31 @@ def intersubject_agreement(stats: dict[str, np.ndarray], split: pd.DataFrame, fm
     return agreement_arrays(data["val"], data["test"], target, evaluate.min_shift_trs, evaluate.null_draws, rng)
 
 
-def predict_test(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Tensor]
-                 ) -> tuple[dict[str, np.ndarray], dict]:
+def predict_test(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Tensor],
+                 seed_checkpoints: dict[str, dict[str, torch.Tensor]]) -> tuple[dict[str, np.ndarray], dict]:
     """The autoencoder on the test rows' stimulus.
 
     Returns the predictions (``rows``, ``fmri`` (n_test, V) in model units, each
     modality's reconstruction and target, ``<m>_valid``; audio as predicted codes) and
-    the reconstruction metrics.
+    the reconstruction metrics. With ``train.seeds``, ``fmri`` (and ``subjects_fmri``) is
+    the mean over the seeds' models, ``seed_fmri`` (n_seeds, n_test, V) each one's and
+    ``seeds`` their seeds; the reconstructions are the first seed's model's.
     """
-    trained = TrainedModel.load(TrainJob.from_dict(train_job), model_checkpoint)
+    job = TrainJob.from_dict(train_job)
+    trained = TrainedModel.load(job, model_checkpoint)
     rows = np.asarray(trained.job.test_rows, dtype=np.int64)
     if rows.size == 0:
         raise ValueError("the split has no test TRs to evaluate on: set fmri.split.test (a fraction or runs)")
     targets = trained.batch(rows)
     outputs = trained.predict_rows(rows)
     saved: dict[str, np.ndarray] = {"rows": rows, "fmri": outputs["fmri"]}
-    if trained.model.heads is not None:
+    heads = trained.model.heads is not None
+    if heads:
         saved["subjects_fmri"] = trained.subject_fmri_rows(rows)
+    if seed_checkpoints:
+        members = [trained, *(TrainedModel.load(job, weights) for weights in seed_checkpoints.values())]
+        saved |= ensemble_fmri(members, rows, heads)
+        saved["seeds"] = np.array([job.seed, *(int(seed) for seed in seed_checkpoints)])
     for name in trained.modalities:
         saved[f"{name}_valid"] = targets[f"{name}_valid"]
         if name == "audio" and trained.job.shapes.audio_is_codes:
@@ -157,6 +165,9 @@ def score_voxels(model_test_predictions: dict[str, np.ndarray], ridge_test_predi
     if job.mode == "per_subject" and len(measured) > 1:
         ids = [str(s) for s in np.atleast_1d(fmri_norm_stats["subject_ids"])]
         scores["by_subject"] = by_subject(model_test_predictions, measured, ids, voxels)
+    if "seed_fmri" in model_test_predictions:
+        scores["seeds"] = metrics.seed_spread(model_test_predictions["seed_fmri"], measured, voxels,
+                                              np.asarray(model_test_predictions["seeds"]).tolist())
     scores["comparison"] = compare_models(model_test_predictions["fmri"], ridge_test_predictions["fmri"], measured,
                                           voxels, evaluate, rng,
                                           "reliable voxels" if reliable is not None and reliable.any()

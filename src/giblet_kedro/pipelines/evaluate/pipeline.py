@@ -20,7 +20,7 @@ def create_pipeline(partitions: Partitions, **kwargs) -> Pipeline:
         node(intersubject_agreement,
              {"stats": "fmri_norm_stats", "split": "fmri_split", "fmri": "params:fmri", "evaluate": "params:evaluate"}
              | rows, "fmri_intersubject", name="intersubject_agreement"),
-        node(predict_test, ["train_job", "model_checkpoint"], ["model_test_predictions", "reconstruction_metrics"],
+        node(predict_test, ["train_job", "model_checkpoint", "seed_checkpoints"], ["model_test_predictions", "reconstruction_metrics"],
              name="predict_test_trs"),
         node(fit_ridge_reference, ["train_job", "fmri_split", "params:evaluate"],
              ["ridge_test_predictions", "ridge_reference"], name="fit_ridge_reference"),

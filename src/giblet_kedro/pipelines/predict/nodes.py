@@ -137,7 +137,8 @@ def _check_voxels(trained: TrainedModel, mask: np.ndarray) -> None:
                              "experiment's fMRI (kedro run --pipelines=train)")
 
 
-def predict_response(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Tensor], training_history: dict,
+def predict_response(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Tensor],
+                     seed_checkpoints: dict[str, dict[str, torch.Tensor]], training_history: dict,
                      fmri_norm_stats: dict[str, np.ndarray], predict_stimulus: dict[str, np.ndarray],
                      predict: PredictSpec) -> tuple[nib.Nifti1Image, dict[str, np.ndarray], nib.Nifti1Image]:
     """The predicted response to the new movie, each modality's ablation effect, and the
@@ -148,20 +149,25 @@ def predict_response(train_job: dict[str, Any], model_checkpoint: dict[str, torc
     ``window_starts_s``, ``ablation_<m>`` (V,), ``contrast_difference`` and
     ``contrast_t`` (V,); ``weights_epoch`` and ``weights_reason``: the training epoch whose
     weights predicted, and why they were kept) and the ablation maps as a 4D NIfTI, one volume per modality
-    (in ``ablation_modalities`` order).
+    (in ``ablation_modalities`` order). With ``train.seeds`` the prediction and the
+    ablations are the mean over the seeds' models (``seeds`` names them).
     """
-    trained = TrainedModel.load(TrainJob.from_dict(train_job), model_checkpoint)
+    job = TrainJob.from_dict(train_job)
+    trained = TrainedModel.load(job, model_checkpoint)
     mask = np.asarray(fmri_norm_stats["mask"], dtype=bool)
     affine = np.asarray(fmri_norm_stats["affine"], dtype=np.float64)
     _check_voxels(trained, mask)
-    predictor = insilico.MoviePredictor(trained, predict_stimulus, predict.ablate)
+    members = [trained, *(TrainedModel.load(job, weights) for weights in seed_checkpoints.values())]
+    predictor = insilico.EnsemblePredictor([insilico.MoviePredictor(member, predict_stimulus, predict.ablate)
+                                            for member in members])
     starts = np.asarray(predict_stimulus["window_starts_s"], dtype=np.float64)
     full = predictor()
     zscored = trained.stats["fmri"].restore(full)
     kept = weights_kept(training_history)
     arrays: dict[str, np.ndarray] = {"model_units": full, "zscored": zscored, "window_starts_s": starts,
                                      "weights_epoch": np.array(kept["epoch"]),
-                                     "weights_reason": np.array(kept["reason"], dtype=np.str_)}
+                                     "weights_reason": np.array(kept["reason"], dtype=np.str_),
+                                     "seeds": np.array(job.seeds)}
     tested = predictor.tested
     for name in tested:
         arrays[f"ablation_{name}"] = insilico.ablation_effect(full, predictor(ablate=(name,))).astype(np.float32)

@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(extract_new_stimulus, ["params:predict", "params:stimulus", "params:fmri", "params:experiment_info",
                                     "audio_codes_tr"],
              ["predict_stimulus", "predict_stimulus_meta"], name="extract_new_stimulus"),
-        node(predict_response, ["train_job", "model_checkpoint", "training_history", "fmri_norm_stats",
+        node(predict_response, ["train_job", "model_checkpoint", "seed_checkpoints", "training_history", "fmri_norm_stats",
                                 "predict_stimulus", "params:predict"],
              ["predicted_response", "predicted_voxels", "ablation_maps"], name="predict_response"),
         node(region_timecourses, ["predicted_voxels", "fmri_norm_stats", "predict_regions", "params:predict",

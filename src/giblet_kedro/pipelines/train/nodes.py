@@ -28,6 +28,7 @@ from giblet_kedro.training.job import (
     present_modalities,
 )
 from giblet_kedro.training.losses import stats_to_arrays
+from giblet_kedro.training.seeds import seed_job, train_seeds
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +53,29 @@ def training_job(fmri_train: np.ndarray, fmri_train_valid: np.ndarray, fmri_spli
     try:
         job = build_job(fmri_train, fmri_split, loss_stats.filename, present_modalities(modalities),
                         training.model.model_dump(mode="json"), training.loss.model_dump(mode="json"),
-                        training.train.model_dump(mode="json"), training.seed, training.run_dir, training.experiment,
+                        training.train.model_dump(mode="json"), training.seeds[0], training.run_dir, training.experiment,
                         fmri_train_valid, present_modalities(inputs))
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     return job.to_dict()
 
 
-def train_model(train_job: dict[str, Any], fresh: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """Train with DDP; returns the selected weights (the epoch of the best validation fMRI
-    r: ``history["selected"]`` names it and why) and the training history.
+def train_model(train_job: dict[str, Any], fresh: bool = False
+                ) -> tuple[dict[str, torch.Tensor], dict, dict[str, dict[str, torch.Tensor]]]:
+    """Train with DDP, one model per seed of ``train.seeds``; returns the first seed's
+    selected weights (the epoch of the best validation fMRI r: ``history["selected"]``
+    names it and why), its training history (``history["seeds"]``: every seed's
+    selection) and the other seeds' selected weights, by seed.
 
-    Resumes from ``run_dir/last.pt`` when a previous run of the same spec stopped early;
-    ``fresh`` (``kedro run --recompute``) discards it and starts over.
+    Each seed resumes from its ``last.pt`` when a previous run of the same spec stopped
+    early; ``fresh`` (``kedro run --recompute``) discards them and starts over.
     """
     job = TrainJob.from_dict(train_job)
-    run_dir = Path(job.run_dir)
-    log.info("training: %d train / %d val TRs, mode %s", len(job.train_rows), len(job.val_rows), job.mode)
-    if fresh and (run_dir / "last.pt").exists():
-        log.info("--recompute: discarding the checkpoints in %s", run_dir)
-        for name in ("last.pt", "best.pt", "final.pt", "history.json"):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "job.json").write_text(job.to_json())  # also the input of a torchrun launch
-    history = launch(job)
-    return selected_weights(run_dir), history
+    log.info("training: %d train / %d val TRs, mode %s, seeds %s", len(job.train_rows), len(job.val_rows),
+             job.mode, job.seeds)
+    history = train_seeds(job, launch, fresh)
+    others = {str(seed): selected_weights(Path(seed_job(job, seed).run_dir)) for seed in job.seeds[1:]}
+    return selected_weights(Path(job.run_dir)), history, others
 
 
 def verify_training(train_job: dict[str, Any], training_history: dict, model_checkpoint: dict,

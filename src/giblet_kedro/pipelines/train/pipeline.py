@@ -12,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(training_job, ["fmri_train", "fmri_train_valid", "fmri_split", "loss_stats", "stimulus_modalities",
                             "stimulus_inputs", "params:training"],
              "train_job", name="build_training_job"),
-        node(train_model, ["train_job", "params:train_fresh"], ["model_checkpoint", "training_history"],
+        node(train_model, ["train_job", "params:train_fresh"], ["model_checkpoint", "training_history", "seed_checkpoints"],
              name="train_model"),
         node(verify_training,
              ["train_job", "training_history", "model_checkpoint", "fmri_norm_stats", "fmri_split", "params:fmri",

@@ -13,8 +13,9 @@ each word embedded by CLIP ViT-B-32, random weights: none can be downloaded here
 word's embedding is a fixed random code of its tokens), averaged over each TR. The
 fMRI is the listeners' average (``cross_subject``), the last 15% of TRs the test block.
 One ``kedro run --pipelines=evaluate`` trains the autoencoder and fits the ridge on
-the same features; the evaluation scores both on the test TRs, each ROI against each
-listener, and their paired difference with a block-bootstrap interval::
+the same features; the evaluation scores both on the test TRs, each ROI against the
+listeners' average time course, and their paired difference with a block-bootstrap
+interval::
 
     python benchmarks/alice_target.py [--data tests/data/alice] [--epochs 60] [--seeds 0]
 """
@@ -115,7 +116,7 @@ def main() -> None:
     for index, roi in enumerate(ROIS):
         ceiling = maps["ceiling"][index] if "ceiling" in maps else float("nan")
         print(f"{roi:<8}{maps['r_model'][index]:>15.3f}{maps['r_ridge'][index]:>10.3f}{ceiling:>10.3f}")
-    print(f"mean r over the 6 ROIs and {len(runs)} listeners: autoencoder {metrics['autoencoder']['mean_r']:.3f}, "
+    print(f"mean r over the 6 ROIs (the {len(runs)} listeners' average): autoencoder {metrics['autoencoder']['mean_r']:.3f}, "
           f"ridge {metrics['ridge']['mean_r']:.3f}")
     print(f"paired, on {comparison['on']} ({comparison['voxels']}): difference {comparison['difference']:+.3f} "
           f"(95% CI {comparison['ci95'][0]:+.3f} to {comparison['ci95'][1]:+.3f}, {comparison['bootstrap']}): "

@@ -123,6 +123,8 @@ def test_subject_pattern_expands_ids():
         (("name: t", "name: t\ntrain: {seeds: []}"), ["train.seeds", "at least 1"]),
         (("name: t", "name: t\nmodel: {temporal: transformer, lag_basis: 4}"), ["model.lag_basis", "temporal: lags"]),
         (("name: t", "name: t\nmodel: {temporal: transformer, code_rank: 10}"), ["divide by 4", "e.g. 12"]),
+        (("name: t", "name: t\nmodel: {temporal: transformer, bottleneck: 64, code_rank: 6}"),
+         ["(6: model.code_rank)", "e.g. 8"]),
         (("name: t", "name: t\nmodel: {head_rank: 4}"), ["model.head_rank (4)", "mode: per_subject"]),
     ],
 )
@@ -265,12 +267,30 @@ def test_every_input_file_is_listed_with_its_key():
 def test_keys_a_layout_reads_are_accepted_with_it():
     """The counterparts of the refusals above: each key with the layout that reads it, and
     the transformer with every default, are valid."""
-    assert parse_spec(MINIMAL + "model: {temporal: transformer}\n").model.lag_basis == 6
+    assert parse_spec(MINIMAL + "model: {temporal: transformer}\n").model.lag_basis is None  # 6 for lags
+    assert parse_spec(MINIMAL + "model: {temporal: transformer, bottleneck: 30, code_rank: 32}\n").model.code_rank == 32
     assert parse_spec(MINIMAL + "model: {temporal: lags, lag_basis: 4, code_rank: 8}\n").model.code_rank == 8
     assert parse_spec(MINIMAL + "model: {temporal: transformer, bottleneck: 512}\n").model.bottleneck == 512
     assert parse_spec(MINIMAL + "model: {bottleneck: 512, code_rank: 8}\n").model.code_rank == 8
     per_subject = MINIMAL.replace("tr: 1.5", "tr: 1.5\n  mode: per_subject", 1)
     assert parse_spec(per_subject + "model: {head_rank: 4}\n").model.head_rank == 4
+
+
+@pytest.mark.parametrize("model", ["{temporal: transformer}", "{temporal: lags, lag_basis: 4}",
+                                   "{temporal: transformer, bottleneck: 64, code_rank: 8}"])
+def test_a_validated_spec_validates_again_from_its_own_dump(model):
+    """Kedro validates the typed node parameters again from the compiled (dumped) spec,
+    and a BIDS spec is expanded through a dump: a default filled in by the first
+    validation must never be refused by the second."""
+    from giblet_kedro.spec.schema import ExperimentSpec, TrainingSettings
+
+    spec = parse_spec(MINIMAL + f"model: {model}\n")
+    again = ExperimentSpec.model_validate(spec.model_dump(mode="json"))
+    assert again.model == spec.model
+    TrainingSettings.model_validate({"model": spec.model.model_dump(mode="json"),
+                                     "loss": spec.loss.model_dump(mode="json"),
+                                     "train": spec.train.model_dump(mode="json"), "seed": 0, "experiment": "t",
+                                     "run_dir": "run"})
 
 
 def test_a_window_must_hold_a_target_after_its_context():

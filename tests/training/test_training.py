@@ -569,6 +569,17 @@ def test_each_seed_trains_in_its_own_folder_the_first_in_the_jobs(tmp_path):
     assert [(s["seed"], s["selected"]["epoch"], s["epochs_run"]) for s in history["seeds"]] == [(5, 5, 5), (2, 2, 2)]
     alone = train_seeds(dataclasses.replace(job, train={}), fake_launch)
     assert "seeds" not in alone and len(launched) == 3
+    # a seed whose run finished is read, not trained again (a later seed's failure must not
+    # retrain it); a stop on request pending makes it unfinished
+    done = tmp_path / "run" / "seed-2"
+    (done / "final.pt").write_text("weights")
+    (done / "history.json").write_text('{"epochs": [{}], "selected": {"epoch": 1}}')
+    history = train_seeds(job, fake_launch)
+    assert [seed for seed, *_ in launched[3:]] == [5]
+    assert history["seeds"][1]["selected"] == {"epoch": 1}
+    (done / "preempted.json").write_text("{}")
+    train_seeds(job, fake_launch)
+    assert [seed for seed, *_ in launched[4:]] == [5, 2]
 
 
 def test_each_seed_gets_its_own_job_file_for_torchrun(tmp_path):

@@ -448,5 +448,5 @@ def build_model(shapes: ModalityShapes, model: dict, tr: float, n_subjects: int 
     return MultimodalAutoencoder(shapes, model["bottleneck"], model["hidden"],
                                  model["dropout"] if dropout is None else dropout, model.get("rank"),
                                  temporal=model.get("temporal", "lags"), n_lags=model_context(model, tr), tr=tr,
-                                 lag_basis=int(model.get("lag_basis", 6)), n_subjects=n_subjects,
+                                 lag_basis=int(model.get("lag_basis") or 6), n_subjects=n_subjects,
                                  head_rank=int(model.get("head_rank", 0)), code_rank=model.get("code_rank"))

@@ -639,7 +639,7 @@ class ModelSpec(StrictModel):
     when left out).
 
     ``temporal``: ``lags`` (default), a learned causal filter over ``context_s`` seconds
-    of encoded stimulus, per channel pair a mix of ``lag_basis`` lag profiles initialised
+    of encoded stimulus, per channel pair a mix of ``lag_basis`` (default 6) lag profiles initialised
     from the canonical HRF and earlier and later copies of it; with the projection to
     voxels after it, each voxel learns its own lags (linear: the ridge reference's FIR
     delays are a special case). ``transformer``: attention over the same context, with a
@@ -659,21 +659,21 @@ class ModelSpec(StrictModel):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
     temporal: Literal["lags", "transformer"] = "lags"
     context_s: Annotated[float, Field(ge=1.0, le=120.0)] = 21.0
-    lag_basis: Annotated[int, Field(ge=1, le=32)] = 6
+    lag_basis: Annotated[int, Field(ge=1, le=32)] | None = None  # None: 6 (temporal: lags)
     head_rank: NonNegativeInt = 0
     code_rank: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _keys_the_layout_reads(self) -> ModelSpec:
         """A key the chosen layout would never read is a mistake, not a no-op."""
-        if self.temporal == "transformer" and "lag_basis" in self.model_fields_set:
+        if self.temporal == "transformer" and self.lag_basis is not None:
             raise ValueError("model.lag_basis is read by temporal: lags only (attention has no lag basis); "
                              "accepted: leave lag_basis out, or temporal: lags")
         if self.temporal == "transformer":
-            width = (self.code_rank or self.rank or 256) if self.bottleneck == "voxels" else self.bottleneck
+            width = self.code_rank or ((self.rank or 256) if self.bottleneck == "voxels" else self.bottleneck)
             if width % ATTENTION_HEADS:
                 raise ValueError(f"temporal: transformer attends with {ATTENTION_HEADS} heads, so its width "
-                                 f"({width}: model.{'code_rank or rank' if self.bottleneck == 'voxels' else 'bottleneck'})"
+                                 f"({width}: model.{'code_rank' if self.code_rank else 'rank' if self.bottleneck == 'voxels' else 'bottleneck'})"
                                  f" must divide by {ATTENTION_HEADS}; accepted: e.g. {width + ATTENTION_HEADS - width % ATTENTION_HEADS}")
         return self
 

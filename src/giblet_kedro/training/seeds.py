@@ -10,12 +10,14 @@ the evaluation and the in-silico prediction average the fMRI predictions of all 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from giblet_kedro.datasets.atomic import atomic_path
 from giblet_kedro.training.job import TrainJob
+from giblet_kedro.training.preemption import MARKER
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +51,30 @@ def discard_checkpoints(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+def finished(run_dir: Path) -> bool:
+    """Did the run in ``run_dir`` end (its final weights and history written, no stop on
+    request pending)?"""
+    return ((run_dir / "final.pt").exists() and (run_dir / "history.json").exists()
+            and not (run_dir / MARKER).exists())
+
+
 def train_seeds(job: TrainJob, launch: Callable[[TrainJob], dict], fresh: bool = False) -> dict:
-    """Train one model per seed of ``job.seeds`` with ``launch`` (each resumes from its
-    ``last.pt`` unless ``fresh``). Returns the first seed's history, with ``seeds``: each
-    seed's run folder, selected epoch and its validation fMRI r."""
+    """Train one model per seed of ``job.seeds`` with ``launch``: a seed whose run already
+    finished is read, not run again (so a later seed's failure or preemption never
+    retrains an earlier one); an unfinished one resumes from its ``last.pt``. ``fresh``
+    discards every seed's checkpoints first. Returns the first seed's history, with
+    ``seeds``: each seed's run folder, selected epoch and its validation fMRI r."""
     histories = {}
     for seed in job.seeds:
         member = seed_job(job, seed)
         run_dir = Path(member.run_dir)
-        if fresh and (run_dir / "last.pt").exists():
+        if fresh and ((run_dir / "last.pt").exists() or finished(run_dir)):
             log.info("--recompute: discarding the checkpoints in %s", run_dir)
             discard_checkpoints(run_dir)
+        if finished(run_dir):
+            log.info("seed %d: its run in %s already finished; reading it", seed, run_dir)
+            histories[seed] = json.loads((run_dir / "history.json").read_text())
+            continue
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "job.json").write_text(member.to_json())  # also the input of a torchrun launch
         if len(job.seeds) > 1:

@@ -22,3 +22,14 @@ def weights_kept(history: dict) -> dict:
     selected = history.get("selected") or {"epoch": epochs, "val_fmri_r": None,
                                            "reason": "no selection recorded: the last epoch"}
     return {**selected, "epochs_run": epochs}
+
+
+def weights_of(history: dict) -> dict:
+    """:func:`weights_kept`, and with ``train.seeds`` every seed's selected epoch: the
+    fMRI scores are then the seeds' ensemble, the epoch and reason the first seed's."""
+    kept = weights_kept(history)
+    if history.get("seeds"):
+        kept["seeds"] = [{"seed": entry["seed"], "selected": entry["selected"], "epochs_run": entry["epochs_run"]}
+                         for entry in history["seeds"]]
+        kept["scope"] = "epoch and reason: the first seed's model; the fMRI scores: the seeds' ensemble"
+    return kept

@@ -27,7 +27,7 @@ from giblet_kedro.fmri.partials import subject_rows
 from giblet_kedro.fmri.volume import unmask
 from giblet_kedro.spec.schema import EvaluateSpec, FmriSpec
 from giblet_kedro.training.job import TrainJob
-from giblet_kedro.training.selection import weights_kept
+from giblet_kedro.training.selection import weights_of
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def summarize_evaluation(voxel_scores: dict, reconstruction: dict, ridge_referen
                          training_history: dict, experiment: dict[str, Any]) -> dict:
     """One JSON of every evaluation figure: voxel scores, reconstruction, the ridge's fit,
     and which epoch's weights were evaluated, and why."""
-    summary = {"experiment": experiment["name"], "weights": weights_kept(training_history), **voxel_scores,
+    summary = {"experiment": experiment["name"], "weights": weights_of(training_history), **voxel_scores,
                "reconstruction": reconstruction}
     summary["ridge"] = {**voxel_scores["ridge"], **ridge_reference}
     summary["autoencoder_beats_ridge"] = voxel_scores["comparison"]["difference"] >= 0

@@ -261,6 +261,13 @@ def test_the_whole_workflow_runs_on_a_catalog_of_a_few_files(tmp_path):
     saved = catalog.load("model_test_predictions")
     assert saved["seed_fmri"].shape[0] == 2 and saved["seeds"].tolist() == [0, 1]
     assert np.abs(saved["seed_fmri"][0] - saved["seed_fmri"][1]).mean() > 1e-3
+    from giblet_kedro.evaluation.model import TrainedModel
+    from giblet_kedro.training.job import TrainJob
+
+    job = TrainJob.from_dict(catalog.load("train_job"))
+    for index, weights in enumerate((selected, second)):  # each slot is that seed's selected weights
+        np.testing.assert_allclose(saved["seed_fmri"][index], TrainedModel.load(job, weights).predict_fmri_rows(
+            saved["rows"]), atol=1e-5)
     np.testing.assert_allclose(saved["fmri"], saved["seed_fmri"].mean(0), atol=1e-6)
     assert catalog.load("voxel_scores")["seeds"]["seeds"] == [0, 1]
     measured = np.load(tmp_path / "fmri_train.npy")[saved["rows"]]

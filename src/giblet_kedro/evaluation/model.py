@@ -252,12 +252,14 @@ class TrainedModel:
         return self.stats["fmri"].standardize(fmri)
 
 
-def ensemble_fmri(models: list[TrainedModel], rows: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
-    """The seeds' ensemble (``train.seeds``) at TR rows: ``seed_fmri`` (n_models, n, V)
-    each model's predicted fMRI, ``fmri`` (n, V) their mean, model units; with ``heads``,
-    ``subjects_fmri`` (S, n, V) the mean of each model's subject heads."""
-    each = np.stack([trained.predict_fmri_rows(rows) for trained in models])
+def ensemble_fmri(first: dict[str, np.ndarray], others: list[TrainedModel], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The seeds' ensemble (``train.seeds``) at TR rows, from the first model's
+    predictions (``fmri`` (n, V); ``subjects_fmri`` (S, n, V) with heads) and the other
+    models: ``seed_fmri`` (n_models, n, V) each model's predicted fMRI, ``fmri`` their
+    mean, model units; with heads, ``subjects_fmri`` the mean of each model's heads."""
+    each = np.stack([first["fmri"], *(trained.predict_fmri_rows(rows) for trained in others)])
     out = {"seed_fmri": each, "fmri": each.mean(axis=0)}
-    if heads:
-        out["subjects_fmri"] = np.mean([trained.subject_fmri_rows(rows) for trained in models], axis=0)
+    if "subjects_fmri" in first:
+        out["subjects_fmri"] = np.mean([first["subjects_fmri"], *(trained.subject_fmri_rows(rows) for trained in others)],
+                                       axis=0)
     return out

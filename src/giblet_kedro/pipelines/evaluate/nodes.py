@@ -64,12 +64,11 @@ def predict_test(train_job: dict[str, Any], model_checkpoint: dict[str, torch.Te
     targets = trained.batch(rows)
     outputs = trained.predict_rows(rows)
     saved: dict[str, np.ndarray] = {"rows": rows, "fmri": outputs["fmri"]}
-    heads = trained.model.heads is not None
-    if heads:
+    if trained.model.heads is not None:
         saved["subjects_fmri"] = trained.subject_fmri_rows(rows)
-    if seed_checkpoints:
-        members = [trained, *(TrainedModel.load(job, weights) for weights in seed_checkpoints.values())]
-        saved |= ensemble_fmri(members, rows, heads)
+    if seed_checkpoints:  # the first model's predictions are reused, not computed again
+        others = [TrainedModel.load(job, weights) for weights in seed_checkpoints.values()]
+        saved |= ensemble_fmri(saved, others, rows)
         saved["seeds"] = np.array([job.seed, *(int(seed) for seed in seed_checkpoints)])
     for name in trained.modalities:
         saved[f"{name}_valid"] = targets[f"{name}_valid"]

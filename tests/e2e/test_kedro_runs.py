@@ -58,7 +58,7 @@ def test_caches_are_reused_and_an_override_recomputes_only_what_reads_it(demo_fe
     assert stats_file.stat().st_mtime_ns == stamp
     per_subject, = [p for p in outputs(project, "fmri_tensor/*/fmri_train.npy") if p != tensor_file]
     cross, per = np.load(tensor_file), np.load(per_subject)
-    assert per.shape == (4, *cross.shape)  # 4 subjects x 300 TRs vs 300 TRs
+    assert per.shape == (4, *cross.shape)  # 4 subjects x 600 TRs vs 600 TRs
     np.testing.assert_allclose(per.mean(0), cross, atol=1e-5)
 
     truth = np.load(next(project.glob("data/01_raw/demo/*/ground_truth.npz")))
@@ -226,9 +226,9 @@ def test_stimulus_stage_caches_per_modality(demo_features, copy_of):
     root = demo_features.root
     report, = root.glob("data/08_reporting/stimulus_alignment/*/stimulus_alignment.json")
     modalities = json.loads(report.read_text())["modalities"]
-    assert modalities["video"]["shape"] == [300, 3, 3, 36, 64]
-    assert modalities["audio"]["shape"] == [300, 2, 112] and modalities["audio"]["dtype"] == "int16"
-    assert modalities["text"]["shape"] == [300, 512] and modalities["text"]["valid_trs"] == 300
+    assert modalities["video"]["shape"] == [600, 3, 3, 36, 64]
+    assert modalities["audio"]["shape"] == [600, 2, 112] and modalities["audio"]["dtype"] == "int16"
+    assert modalities["text"]["shape"] == [600, 512] and modalities["text"]["valid_trs"] == 600
 
     # ground truth: the demo's square brightness is visible on the TR it was planted on
     green_square, planted, calm = planted_square(root)

@@ -83,7 +83,7 @@ def test_built_site_renders_the_train_pipeline_offline(demo_features, copy_of):
     assert stats["normalization_stats"]["subjects"] == ["01", "02", "03", "04"]
     assert stats["normalization_stats"]["voxels"] > 1000
     runs = json.loads(_preview(project, ids, "fmri_raw")[1])
-    assert runs["01/1"]["shape"] == [14, 16, 12, 300] and runs["01/1"]["tr_s"] == 1.5
+    assert runs["01/1"]["shape"] == [14, 16, 12, 600] and runs["01/1"]["tr_s"] == 1.5
     assert len(runs["01/1"]["affine"]) == 4
 
     server, url = serve(project)

@@ -99,3 +99,46 @@ def test_each_voxel_filters_with_its_own_lag_profile_by_numpy():
     impulse[0, 0, 0] = 1.0
     response = voxels(plain.components(impulse)).detach().numpy()[0]
     assert response[:, 0].argmax() != response[:, 1].argmax()
+
+
+def test_voxel_layer_gradients_match_autograd_of_the_plain_sum():
+    """The voxel layer's hand-written backward against autograd through the plain einsum
+    ``sum_k gain[v, k] weight[v] @ components[k] + bias``, in float64, for every input."""
+    from giblet_kedro.models.autoencoder import VoxelLayer
+
+    generator = torch.Generator().manual_seed(3)
+    layer = VoxelLayer(4, 7, 3).double()
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
+    components = torch.randn(2, 5, 3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 5, 7, generator=generator, dtype=torch.float64)
+    (layer(components) * upstream).sum().backward()
+    ours = [components.grad, *(p.grad for p in (layer.weight, layer.gain, layer.bias))]
+    leaves = [t.detach().clone().requires_grad_() for t in (components, layer.weight, layer.gain, layer.bias)]
+    c, weight, gain, bias = leaves
+    reference = torch.einsum("btkc,vc,vk->btv", c, weight, gain) + bias
+    (reference * upstream).sum().backward()
+    for got, leaf in zip(ours, leaves, strict=True):
+        torch.testing.assert_close(got, leaf.grad)
+
+
+def test_voxel_layer_keeps_no_voxel_sized_array_per_component_for_its_backward():
+    """Training memory: what autograd saves for the voxel layer's backward is its inputs
+    (components, weight, gains), not one (TRs, voxels) array per component, as the plain
+    sum's graph would (the largest share of a lab-size step's activations)."""
+    from giblet_kedro.models.autoencoder import VoxelLayer
+
+    n_trs, n_components, channels, n_voxels = 8, 6, 4, 5000
+    layer = VoxelLayer(channels, n_voxels, n_components)
+    components = torch.randn(1, n_trs, n_components, channels, requires_grad=True)
+    saved: list[int] = []
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        layer(components).sum()
+    inputs = components.numel() + layer.weight.numel() + layer.gain.numel()
+    assert sum(saved) <= inputs, f"saved {sum(saved)} values for the backward; the inputs hold {inputs}"

@@ -541,7 +541,7 @@ def test_per_subject_heads_learn_each_subjects_own_response(tmp_path):
     for subject in range(2):
         own = pearson_columns(heads[subject], measured[subject]).mean()
         flat = pearson_columns(average, measured[subject]).mean()
-        assert own > 0.8 and own > flat + 0.5, (subject, own, flat)
+        assert own > 0.7 and own > flat + 0.5, (subject, own, flat)  # a head fed both subjects: both near 0
 
 
 def test_each_seed_trains_in_its_own_folder_the_first_in_the_jobs(tmp_path):

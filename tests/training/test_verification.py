@@ -198,17 +198,24 @@ def test_sample_arithmetic_comes_from_the_split_and_the_spec():
     assert check["expected"]["distinct_samples"] == 5 * (946 - 2 * 13) and not check["pass"]
 
 
-def test_loader_batches_match_torchs_unshuffled_distributed_sampler():
+def test_loader_batches_are_the_evaluation_loaders_batches_and_count_each_window_once():
+    """The verification's model of the training's evaluation loaders: each rank's batches
+    of every ``world``-th window, by hand, and the loaders the training builds
+    (``ShardSampler``) give the same; over the ranks every window is drawn exactly once
+    (a padded ``DistributedSampler`` would repeat the first, and the validation r that
+    selects the checkpoint would count it twice)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-    from torch.utils.data.distributed import DistributedSampler
 
-    for n, world, batch in ((10, 3, 2), (7, 2, 4), (12, 1, 5)):
+    from giblet_kedro.training.ddp import ShardSampler
+
+    assert [b.tolist() for b in loader_batches(7, 2, 2)] == [[0, 2], [4, 6], [1, 3], [5]]
+    for n, world, batch in ((10, 3, 2), (7, 2, 4), (12, 1, 5), (1, 2, 2)):
         data = TensorDataset(torch.arange(n))
-        expected = [b[0].tolist() for rank in range(world)
-                    for b in DataLoader(data, batch_size=batch,
-                                        sampler=DistributedSampler(data, num_replicas=world, rank=rank, shuffle=False))]
-        assert [b.tolist() for b in loader_batches(n, world, batch)] == expected
+        built = [b[0].tolist() for rank in range(world)
+                 for b in DataLoader(data, batch_size=batch, sampler=ShardSampler(n, world, rank))]
+        assert [b.tolist() for b in loader_batches(n, world, batch)] == built
+        assert sorted(i for b in built for i in b) == list(range(n))
 
 
 def test_stats_are_checked_for_the_specs_subjects_not_the_files_own_list():

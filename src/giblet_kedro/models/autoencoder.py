@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional
+from torch.utils.checkpoint import checkpoint
 
 from giblet_kedro.models.temporal import LINEAR_TEMPORAL, build_temporal, context_trs
 
@@ -78,12 +78,34 @@ def _zero_last(layer: nn.Module) -> nn.Module:
     return layer
 
 
+def _recomputed(function, x: torch.Tensor) -> torch.Tensor:
+    """``function(x)``; when gradients are on (training), its intermediate activations are
+    recomputed in the backward pass instead of kept (activation checkpointing). For the
+    frame-sized maps of the video's convolutions: a training step holds every TR of its
+    windows at once, and these maps are most of its activations at the lab's 160x90
+    frames, for one more forward pass of a few convolutions."""
+    return checkpoint(function, x, use_reentrant=False) if torch.is_grad_enabled() else function(x)
+
+
+def _smooth_abs(x: torch.Tensor) -> torch.Tensor:
+    """|x|, smoothed at 0 (``sqrt(x^2 + 1e-3)``) so that its gradient is defined everywhere."""
+    return torch.sqrt(x * x + 1e-3)
+
+
 class VideoEncoder(nn.Module):
-    """(N, F, 3, H, W) -> (N, hidden): a strided conv stack (nonlinear features) plus a
-    linear read of the frames average-pooled to a ``LINEAR_GRID`` grid, so the features
-    contain what a linear model of the pixels sees (the ridge reference's view)."""
+    """(N, F, 3, H, W) -> (N, hidden): three reads of the frames stacked as channels, summed:
+
+    - a strided conv stack (nonlinear features);
+    - an energy read: ``ENERGY_FILTERS`` learned filters over space and the TR's frames,
+      full-wave rectified and averaged over an ``ENERGY_GRID`` of regions, then read
+      linearly. This is the complex-cell (motion-energy) model of early visual cortex:
+      local contrast and change between frames, which no linear map of pixels reaches
+      and which a stack of half-wave units has to learn in sign-paired filters;
+    - a linear read of the frames average-pooled to ``LINEAR_GRID`` (the ridge's view).
+    """
 
     LINEAR_GRID = (9, 16)
+    ENERGY_FILTERS, ENERGY_GRID = 16, (4, 4)
 
     def __init__(self, shape: tuple[int, ...], hidden: int):
         super().__init__()
@@ -94,13 +116,21 @@ class VideoEncoder(nn.Module):
             nn.Conv2d(64, 128, 4, stride=2, padding=1), nn.GELU(),
             nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten(), nn.Linear(128 * 16, hidden), nn.GELU(),
         )
+        self.energy_filters = nn.Conv2d(frames * channels, self.ENERGY_FILTERS, 5, stride=1, padding=2)
+        self.energy_read = nn.Sequential(nn.AdaptiveAvgPool2d(self.ENERGY_GRID), nn.Flatten(),
+                                         nn.Linear(self.ENERGY_FILTERS * self.ENERGY_GRID[0] * self.ENERGY_GRID[1],
+                                                   hidden))
         grid = self.LINEAR_GRID[0] * self.LINEAR_GRID[1]
         self.linear = nn.Sequential(nn.AdaptiveAvgPool2d(self.LINEAR_GRID), nn.Flatten(),
                                     nn.Linear(frames * channels * grid, hidden))
 
+    def energy(self, stacked: torch.Tensor) -> torch.Tensor:
+        """(N, hidden) the energy read of frames stacked as channels (N, F * 3, H, W)."""
+        return self.energy_read(_smooth_abs(self.energy_filters(stacked)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = x.flatten(1, 2)
-        return self.net(stacked) + self.linear(stacked)
+        return _recomputed(self.net, stacked) + _recomputed(self.energy, stacked) + self.linear(stacked)
 
 
 class VideoDecoder(nn.Module):
@@ -118,7 +148,7 @@ class VideoDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         frames, channels, height, width = self.shape
-        x = self.net(self.project(z).view(-1, 128, *self.grid))
+        x = _recomputed(self.net, self.project(z).view(-1, 128, *self.grid))
         return x[:, :, :height, :width].reshape(-1, frames, channels, height, width)
 
 
@@ -200,15 +230,48 @@ def _factorized(inputs: int, outputs: int, rank: int | None, zero_output: bool) 
     return last if rank is None else nn.Sequential(nn.Linear(inputs, rank, bias=False), last)
 
 
+class _GainedReadout(torch.autograd.Function):
+    """``y[n, v] = sum_k gain[v, k] * (weight[v] @ components[n, k]) + bias[v]`` with a
+    hand-written backward that keeps only the inputs: autograd's own graph of the same sum
+    would hold two (N, V) arrays per component (each product and each partial sum), 4 MB a
+    TR at the lab's 83,138 voxels and 6 components, the largest share of a training step's
+    activations. The backward recomputes each component's (N, V) product, one at a time.
+
+    components (N, K, C), weight (V, C), gain (V, K), bias (V,), all of one dtype -> (N, V).
+    """
+
+    @staticmethod
+    def forward(ctx, components, weight, gain, bias):
+        out = bias.expand(components.shape[0], -1).clone()
+        for k in range(components.shape[1]):
+            out.addcmul_(components[:, k] @ weight.T, gain[:, k])
+        ctx.save_for_backward(components, weight, gain)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        components, weight, gain = ctx.saved_tensors
+        grad_components = torch.empty_like(components)
+        grad_weight = torch.zeros_like(weight)
+        grad_gain = torch.empty_like(gain)
+        for k in range(components.shape[1]):
+            scaled = grad * gain[:, k]  # (N, V)
+            grad_components[:, k] = scaled @ weight
+            grad_weight.addmm_(scaled.T, components[:, k])
+            grad_gain[:, k] = (grad * (components[:, k] @ weight.T)).sum(0)
+        return grad_components, grad_weight, grad_gain, grad.sum(0)
+
+
 class VoxelLayer(nn.Module):
     """The voxel layer from the temporal module's components: each voxel weighs the
     components (one per lag-basis function) with its own gains, then reads the channels
     through its row of ``weight``. So every voxel has its own lag profile: ``y[v, t] =
     sum_k gain[v, k] * (weight[v] @ component_k[t]) + bias[v]``.
 
-    components : (B, T, K, C) -> (B, T, V). ``weight`` and ``bias`` start at zero (the
+    components : (..., K, C) -> (..., V). ``weight`` and ``bias`` start at zero (the
     training mean), the gains at one (every voxel the temporal module's sum). One
-    component at a time, so no (B, T, K, V) array is held.
+    component at a time, so no (..., K, V) array is held, in the forward pass or the
+    backward (:class:`_GainedReadout`).
     """
 
     def __init__(self, channels: int, n_voxels: int, n_components: int):
@@ -218,11 +281,10 @@ class VoxelLayer(nn.Module):
         self.gain = nn.Parameter(torch.ones(n_voxels, n_components))
 
     def forward(self, components: torch.Tensor) -> torch.Tensor:
-        weight, gain = self.weight.to(components.dtype), self.gain.to(components.dtype)
-        out = self.bias.to(components.dtype)
-        for k in range(components.shape[-2]):
-            out = out + functional.linear(components[..., k, :], weight) * gain[:, k]
-        return out
+        dtype, leading = components.dtype, components.shape[:-2]
+        out = _GainedReadout.apply(components.reshape(-1, *components.shape[-2:]), self.weight.to(dtype),
+                                   self.gain.to(dtype), self.bias.to(dtype))
+        return out.view(*leading, out.shape[-1])
 
 
 class SubjectHeads(nn.Module):

@@ -101,7 +101,23 @@ def _standardize(stats: ModalityStats, values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(stats.standardize(values))
 
 
-class TrDataset(Dataset):
+class _CachedSamples(Dataset):
+    """What both readers share: the job's caches (memory-mapped on first read), the
+    dataset mode and the statistics; in ``per_subject`` one sample per subject of each
+    row or window (sample ``i`` is subject ``i // n``)."""
+
+    def __init__(self, paths: ArrayPaths, mode: str, stats: dict[str, ModalityStats], audio_is_codes: bool):
+        self.paths, self.mode, self.stats, self.audio_is_codes = paths, mode, stats, audio_is_codes
+        fmri = np.load(paths.fmri, mmap_mode="r")
+        self.n_rows = fmri.shape[-2]
+        self.n_subjects = fmri.shape[0] if mode == "per_subject" else 1
+        self.arrays = CacheArrays(paths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
+
+
+class TrDataset(_CachedSamples):
     """The targets of the given TR rows.
 
     ``cross_subject``: one sample per TR (fMRI (n_trs, V)). ``per_subject``: one sample per
@@ -115,17 +131,11 @@ class TrDataset(Dataset):
 
     def __init__(self, paths: ArrayPaths, rows: np.ndarray, mode: str, stats: dict[str, ModalityStats],
                  audio_is_codes: bool):
-        self.paths, self.rows, self.mode = paths, np.asarray(rows, dtype=np.int64), mode
-        self.stats, self.audio_is_codes = stats, audio_is_codes
-        fmri = np.load(paths.fmri, mmap_mode="r")
-        self.n_subjects = fmri.shape[0] if mode == "per_subject" else 1
-        self.arrays = CacheArrays(paths)
+        super().__init__(paths, mode, stats, audio_is_codes)
+        self.rows = np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.rows) * self.n_subjects
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {key: value[0] for key, value in self.__getitems__([index]).items()}
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """A whole batch with one vectorized read per array."""
@@ -172,7 +182,7 @@ def model_inputs(arrays: CacheArrays, paths: ArrayPaths, stats: dict[str, Modali
     return out
 
 
-class WindowDataset(Dataset):
+class WindowDataset(_CachedSamples):
     """Training windows: (subject, window) pairs, ``windows`` from :func:`plan_windows`.
 
     Each item, for a window of ``window_trs`` TRs (left-padded when clipped at a run's
@@ -186,19 +196,12 @@ class WindowDataset(Dataset):
 
     def __init__(self, paths: ArrayPaths, windows: np.ndarray, mode: str, stats: dict[str, ModalityStats],
                  audio_is_codes: bool, run_starts: np.ndarray, n_lags: int, window_trs: int):
-        self.paths, self.windows, self.mode = paths, np.asarray(windows, dtype=np.int64), mode
-        self.stats, self.audio_is_codes = stats, audio_is_codes
+        super().__init__(paths, mode, stats, audio_is_codes)
+        self.windows = np.asarray(windows, dtype=np.int64)
         self.run_starts, self.n_lags, self.window_trs = np.asarray(run_starts, dtype=np.int64), n_lags, window_trs
-        fmri = np.load(paths.fmri, mmap_mode="r")
-        self.n_rows = fmri.shape[-2]
-        self.n_subjects = fmri.shape[0] if mode == "per_subject" else 1
-        self.arrays = CacheArrays(paths)
 
     def __len__(self) -> int:
         return len(self.windows) * self.n_subjects
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {key: value[0] for key, value in self.__getitems__([index]).items()}
 
     def window_rows(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows (n, window_trs), target (n, window_trs) bool) of windows (n, 3): rows end at

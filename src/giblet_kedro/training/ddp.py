@@ -5,8 +5,11 @@
   terminated and the job fails with that rank's error. Under ``torchrun`` (several
   nodes) :func:`main` joins through ``env://`` instead.
 - GPUs: NCCL, bf16 autocast with fp32 master weights. CPU: gloo, fp32.
-- ``DistributedSampler`` (shuffled per epoch, ``drop_last=False``: it pads ranks to equal
-  length), AdamW, per-step linear warmup then cosine decay, gradient clipping.
+- Training draws with ``DistributedSampler`` (shuffled per epoch, ``drop_last=False``: it
+  pads ranks to equal length); the evaluations (the initial losses, each epoch's
+  validation) shard with :class:`ShardSampler` instead, so that every window counts once
+  whatever the number of ranks. AdamW, per-step linear warmup then cosine decay, gradient
+  clipping.
 - Epoch metrics are all-reduced, so every rank takes the same early-stopping decision
   (the lab decided per rank; ranks disagreed and hung).
 - Rank 0 alone writes, atomically: ``last.pt`` (everything needed to resume) every
@@ -41,7 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -72,6 +75,23 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: what a torchrun rank exits with after a requ
 
 
 # ------------------------------------------------------------------------ helpers
+class ShardSampler(Sampler[int]):
+    """Rank ``rank``'s share of ``n`` samples, ``rank, rank + world, ...``, in order and
+    without padding: over the ranks every sample is drawn exactly once, so sums that are
+    all-reduced afterwards (losses, correlation sums) are those of one process. (A
+    ``DistributedSampler`` repeats samples to give every rank as many, and the repeated
+    windows would count twice in the validation r that selects the checkpoint.)"""
+
+    def __init__(self, n: int, world: int, rank: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def _seed_everything(seed: int, epoch: int, rank: int) -> None:
     value = (seed * 1_000_003 + epoch * 1_009 + rank) % (2**31)
     random.seed(value)
@@ -196,7 +216,9 @@ class CorrelationSums:
 
 def _evaluate(model, loader, job: TrainJob, stats, device, autocast, correlate: bool = False) -> dict[str, float]:
     """Mean of each loss component (and the weighted total) over a loader, all ranks;
-    with ``correlate``, also ``fmri_r``: the mean voxel r of the predicted fMRI."""
+    with ``correlate``, also ``fmri_r``: the mean voxel r of the predicted fMRI. ``model``
+    is the bare module, not its DDP wrapper: with :class:`ShardSampler` ranks can hold
+    different numbers of batches, and no forward pass may wait on another rank."""
     model.eval()
     sums = LossSums()
     correlations = CorrelationSums(job.n_subjects, job.shapes.n_voxels, device) if correlate else None
@@ -312,10 +334,8 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=job.seed, drop_last=False)
     batched = {"batch_size": settings["batch_size"], "collate_fn": identity_collate, "num_workers": 0}
     loader = DataLoader(train_set, sampler=sampler, **batched)
-    val_loader = DataLoader(val_set, sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False),
-                            **batched)
-    initial_loader = DataLoader(train_set, **batched,
-                                sampler=DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=False))
+    val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), world, rank), **batched)
+    initial_loader = DataLoader(train_set, sampler=ShardSampler(len(train_set), world, rank), **batched)
 
     torch.manual_seed(job.seed)  # identical initial weights on every rank
     module = build_model(job.shapes, job.model, job.tr, job.n_subjects).to(device)
@@ -371,7 +391,7 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
             log.info("resuming from %s at epoch %d%s", run_dir / "last.pt", start_epoch + 1,
                      f", step {resume_step + 1}" if resume_step else "")
     elif history["initial"] is None:
-        history["initial"] = _evaluate(model, initial_loader, job, stats, device, autocast)
+        history["initial"] = _evaluate(module, initial_loader, job, stats, device, autocast)
 
     weights = job.loss["weights"]
     patience = settings.get("early_stop_patience")
@@ -439,7 +459,7 @@ def _train(rank: int, world: int, job: TrainJob) -> bool:
             history["epoch1_drawn"] = _gather_drawn(drawn, world)
         train_means, count = sums.means(weights, device)
         if len(val_set):
-            val_means = _evaluate(model, val_loader, job, stats, device, autocast, correlate=True)
+            val_means = _evaluate(module, val_loader, job, stats, device, autocast, correlate=True)
             score = val_means.pop("fmri_r")
         else:  # nothing to select on: the latest epoch is kept
             val_means, score = train_means, float(epoch)

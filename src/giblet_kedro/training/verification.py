@@ -60,13 +60,11 @@ def expected_batches_per_epoch(n_samples: int, world_size: int, batch_size: int)
 
 
 def loader_batches(n_samples: int, world_size: int, batch_size: int) -> list[np.ndarray]:
-    """Dataset indices of every batch of an unshuffled ``DistributedSampler`` loader, all
-    ranks: the index list padded by repeating its start to a multiple of the world size,
-    rank ``r`` taking every ``world``-th index from ``r``."""
-    per_rank = math.ceil(n_samples / world_size)
-    order = np.arange(per_rank * world_size) % max(n_samples, 1)
+    """Dataset indices of every batch of the training's evaluation loaders (the initial
+    losses, the validation), all ranks: ``training.ddp.ShardSampler``, rank ``r`` taking
+    every ``world``-th index from ``r``, no padding, the last batch of a rank partial."""
     return [rank_indices[start:start + batch_size]
-            for rank_indices in (order[rank::world_size] for rank in range(world_size))
+            for rank_indices in (np.arange(rank, n_samples, world_size) for rank in range(world_size))
             for start in range(0, len(rank_indices), batch_size)]
 
 

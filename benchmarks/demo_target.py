@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from giblet_kedro.demo.generate import REGIONS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmri_bench  # noqa: E402  (same folder: timing a child process)
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_GAIN = 0.03
-REGIONS = {1: "visual", 2: "auditory", 3: "language"}
 
 
 def throwaway_project(root: Path) -> Path:

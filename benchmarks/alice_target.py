@@ -14,8 +14,8 @@ word's embedding is a fixed random code of its tokens), averaged over each TR. T
 fMRI is the listeners' average (``cross_subject``), the last 15% of TRs the test block.
 One ``kedro run --pipelines=evaluate`` trains the autoencoder and fits the ridge on
 the same features; the evaluation scores both on the test TRs, each ROI against the
-listeners' average time course, and their paired difference with a block-bootstrap
-interval::
+listeners' average time course, and their paired difference with a delete-a-block
+jackknife interval::
 
     python benchmarks/alice_target.py [--data tests/data/alice] [--epochs 60] [--seeds 0]
 """
@@ -119,7 +119,7 @@ def main() -> None:
     print(f"mean r over the 6 ROIs (the {len(runs)} listeners' average): autoencoder {metrics['autoencoder']['mean_r']:.3f}, "
           f"ridge {metrics['ridge']['mean_r']:.3f}")
     print(f"paired, on {comparison['on']} ({comparison['voxels']}): difference {comparison['difference']:+.3f} "
-          f"(95% CI {comparison['ci95'][0]:+.3f} to {comparison['ci95'][1]:+.3f}, {comparison['bootstrap']}): "
+          f"(95% CI {comparison['ci95'][0]:+.3f} to {comparison['ci95'][1]:+.3f}, {comparison['interval']}): "
           f"{comparison['verdict']}")
     if "seeds" in metrics:
         seeds = metrics["seeds"]

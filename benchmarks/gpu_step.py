@@ -7,8 +7,9 @@ synthetic standardized windows of the lab's shapes (83,138 voxels; TR 1.5 s, 21 
 context; video 3 frames of 3x90x160; EnCodec 3 kbps codes, 4 codebooks x 112 frames;
 CLIP 512), AdamW, bf16 autocast on CUDA (fp32 master weights), DDP over NCCL when
 started under ``torchrun`` (gloo on CPU). Prints the median step time after warm-up and
-the peak GPU memory of rank 0, per step of ``--batch`` windows of ``--window`` TRs per
-GPU (the first ``context - 1`` TRs of a window are context only).
+the peak GPU memory of rank 0 (and its peak RSS), per step of ``--batch`` windows of
+``--window`` TRs per GPU (the first ``context - 1`` TRs of a window are context only:
+encoded and filtered, never decoded, as in training).
 
     PYTHONPATH=src python benchmarks/gpu_step.py [--batch 1] [--window 64] [--steps 20] [--device cuda]
     PYTHONPATH=src torchrun --nproc-per-node 8 benchmarks/gpu_step.py --batch 1
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -63,11 +65,12 @@ def batch(shapes: ModalityShapes, size: int, window: int, context: int, device: 
             **{f"{name}_valid": counted for name in ("fmri", "video", "audio", "text")}}
 
 
-def flat(data: dict, outputs: dict) -> tuple[dict, dict]:
-    """(B, T, ...) -> (B * T, ...) for the per-TR losses."""
+def flat(data: dict, outputs: dict, first: int = 0) -> tuple[dict, dict]:
+    """(B, T, ...) -> (B * T', ...) for the per-TR losses: the targets from TR ``first``
+    on, where the outputs (decoded after the window's context) start."""
     names = ("fmri", "video", "audio", "text")
-    targets = {name: data[name].reshape(-1, *data[name].shape[2:]) for name in names}
-    targets |= {f"{name}_valid": data[f"{name}_valid"].reshape(-1) for name in names}
+    targets = {name: data[name][:, first:].reshape(-1, *data[name].shape[2:]) for name in names}
+    targets |= {f"{name}_valid": data[f"{name}_valid"][:, first:].reshape(-1) for name in names}
     return {name: outputs[name].reshape(-1, *outputs[name].shape[2:]) for name in names}, targets
 
 
@@ -97,7 +100,7 @@ def main() -> None:
     module = build_model(shapes, DEFAULT_MODEL, LAB["tr"]).to(device)
     context = module.n_lags
     model = module if not distributed else torch.nn.parallel.DistributedDataParallel(
-        module, device_ids=[device.index] if cuda else None)
+        module, device_ids=[device.index] if cuda else None, gradient_as_bucket_view=True)  # as training
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=1e-5)
     stats = torch_stats(unit_stats(shapes), device)
     generator = torch.Generator().manual_seed(rank)
@@ -107,10 +110,12 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)  # the step's order is training's (training/ddp.py)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            outputs = model(data["inputs"])
-        loss = weighted_total(modality_losses(*flat(data, outputs), stats, "variance", True), {"fmri": 2.0})
-        optimizer.zero_grad(set_to_none=True)
+            outputs = model(data["inputs"], first=context - 1)  # the context is read, not decoded
+        loss = weighted_total(modality_losses(*flat(data, outputs, context - 1), stats, "variance", True),
+                              {"fmri": 2.0})
+        del outputs
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
@@ -125,6 +130,7 @@ def main() -> None:
               "parameters_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 1),
               "step_s_median": round(statistics.median(times), 4), "step_s_max": round(max(times), 4),
               "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if cuda else None,
+              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),  # Linux: KiB
               "loss": round(float(loss.detach()), 4), "torch": torch.__version__}
     if rank == 0:
         print(json.dumps(result))

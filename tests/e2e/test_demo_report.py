@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as student_t
 
 from tests.conftest import REPO
 from tests.e2e.conftest import CI_DELAYS, CI_RANDOM_REGIONS
@@ -128,19 +129,15 @@ def test_the_ridge_comparison_is_the_paired_difference_with_a_block_bootstrap_in
     n = len(model["rows"])
     assert comparison["difference"] == pytest.approx(difference(np.arange(n)), abs=1e-5)
     assert comparison["autoencoder_mean_r"] > 0.7 * comparison["ridge_mean_r"]
-    # circular blocks of evaluate.min_shift_trs = 5 TRs, another random stream than the
-    # evaluation's; the bounds agree within a tenth of the width (Monte Carlo error is
-    # about 0.03 of it; resampling single TRs, which ignores the autocorrelation, moves
-    # the bounds by 0.2 of it on this run)
-    rng, block = np.random.default_rng(12345), 5
-    boot = []
-    for _ in range(4000):
-        starts = rng.integers(0, n, size=-(-n // block))
-        boot.append(difference(((starts[:, None] + np.arange(block)) % n).ravel()[:n]))
-    low, high = np.percentile(boot, [2.5, 97.5])
-    width = high - low
-    assert abs(comparison["ci95"][0] - low) < 0.1 * width and abs(comparison["ci95"][1] - high) < 0.1 * width, \
-        (comparison["ci95"], (low, high))
+    # the delete-a-block jackknife by hand: the 90 test TRs (one stretch) in 6 blocks of
+    # 15 (at least evaluate.block_s = 20 s, 14 TRs, each), t with 5 degrees of freedom
+    blocks = np.array_split(np.arange(n), n // 14)
+    assert len(blocks) == 6
+    left_out = np.array([difference(np.setdiff1d(np.arange(n), block)) for block in blocks])
+    se = np.sqrt(5 / 6 * ((left_out - left_out.mean()) ** 2).sum())
+    half = student_t.ppf(0.975, 5) * se
+    np.testing.assert_allclose(comparison["ci95"], [comparison["difference"] - half, comparison["difference"] + half],
+                               atol=1e-5)
     verdict = "better" if comparison["ci95"][0] > 0 else "worse" if comparison["ci95"][1] < 0 else "no different"
     assert comparison["verdict"] == verdict
 

@@ -91,17 +91,34 @@ def test_block_bootstrap_of_a_mean_by_hand(rng):
     assert boot.std() == pytest.approx(values.std() / np.sqrt(40), rel=0.25)  # iid values: the usual SE
 
 
-def test_block_bootstrap_difference_is_centred_on_the_true_gap(rng):
-    n_trs, n_voxels = 80, 30
-    signal = ar1(rng, (n_trs, n_voxels))
-    measured = (signal + ar1(rng, (n_trs, n_voxels)))[None]
-    same = metrics.block_bootstrap_difference(signal, signal, measured, np.ones(n_voxels, bool), 5, 200, rng)
-    np.testing.assert_array_equal(same, 0.0)
-    worse = signal + 2 * ar1(rng, (n_trs, n_voxels))
-    gap = metrics.pearson_columns(signal, measured[0]).mean() - metrics.pearson_columns(worse, measured[0]).mean()
-    boot = metrics.block_bootstrap_difference(signal, worse, measured, np.ones(n_voxels, bool), 5, 300, rng)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    assert low < gap < high and low > 0
+def test_jackknife_blocks_never_span_two_stretches_of_rows():
+    rows = np.r_[10:40, 100:112, 200:235]  # three runs' test blocks: 30, 12 and 35 TRs
+    blocks = metrics.contiguous_blocks(rows, 14)
+    assert [len(b) for b in blocks] == [15, 15, 12, 18, 17]  # 30 // 14 = 2 blocks; 12 < 14: one; 35 // 14 = 2
+    assert all(np.all(np.diff(rows[b]) == 1) for b in blocks)  # each within one stretch
+    np.testing.assert_array_equal(np.concatenate(blocks), np.arange(len(rows)))
+    assert [len(b) for b in metrics.contiguous_blocks(np.arange(20), 14)] == [10, 10]  # at least 2 blocks
+    assert metrics.block_trs(20.0, 1.5) == 14 and metrics.block_trs(15.0, 1.5) == 10 and metrics.block_trs(20.0, 2.0) == 10
+
+
+def test_the_jackknife_difference_by_hand_with_scipy(rng):
+    n, n_voxels = 40, 6
+    signal = ar1(rng, (n, n_voxels))
+    measured = np.stack([signal + ar1(rng, (n, n_voxels)) for _ in range(2)])
+    a, b = signal + 0.5 * ar1(rng, (n, n_voxels)), signal + 1.5 * ar1(rng, (n, n_voxels))
+    voxels = np.array([True, True, False, True, True, True])
+    blocks = [np.arange(0, 10), np.arange(10, 25), np.arange(25, 40)]
+
+    def difference(keep):
+        def mean_r(p):
+            return np.mean([[pearsonr(p[keep, v], m[keep, v]).statistic for v in np.flatnonzero(voxels)]
+                            for m in measured])
+        return mean_r(a) - mean_r(b)
+
+    left_out = [difference(np.setdiff1d(np.arange(n), block)) for block in blocks]
+    expected_se = np.sqrt(2 / 3 * np.sum((np.array(left_out) - np.mean(left_out)) ** 2))
+    got, se = metrics.jackknife_difference(a, b, measured, voxels, blocks)
+    assert got == pytest.approx(difference(np.arange(n)), abs=1e-10) and se == pytest.approx(expected_se, abs=1e-10)
 
 
 def test_reconstruction_metrics_by_hand():

@@ -94,6 +94,22 @@ def test_subject_heads_start_as_the_average_brain_and_add_a_residual_per_subject
     torch.testing.assert_close(out["fmri"][1], out["average"][1] + 1.0)
 
 
+def test_decoding_from_a_windows_first_target_keeps_the_context_it_reads():
+    """Training decodes only the TRs after a window's context: each output equals the
+    same TR's output of the whole window, so the context still reaches it (cutting the
+    window before the temporal module would change every one)."""
+    shapes = ModalityShapes(None, None, False, (8,), n_voxels=20)
+    model = _trained_like(MultimodalAutoencoder(shapes, "voxels", 16, 0.0, rank=8, n_lags=4)).eval()
+    x = torch.randn(2, 10, 8)
+    with torch.no_grad():
+        whole, tail = model({"text": x}), model({"text": x}, first=3)
+        cut = model({"text": x[:, 3:]})
+    for name in whole:
+        assert tail[name].shape[1] == 7
+        torch.testing.assert_close(tail[name], whole[name][:, 3:])
+    assert not torch.allclose(cut["fmri"], whole["fmri"][:, 3:], atol=1e-4)
+
+
 def test_the_latent_layout_keeps_an_fmri_head_factorized_when_asked():
     shapes = ModalityShapes(video=None, audio=None, audio_is_codes=False, text=(512,), n_voxels=50)
     full = MultimodalAutoencoder(shapes, 16, 32, 0.0, n_lags=3)

@@ -18,6 +18,7 @@ from giblet_kedro.training.ddp import TrainingFailed, launch, load_checkpoint
 from giblet_kedro.training.job import ArrayPaths, TrainJob
 from giblet_kedro.training.losses import (
     ModalityStats,
+    code_cross_entropy,
     code_stats,
     continuous_stats,
     modality_losses,
@@ -124,6 +125,22 @@ def test_codes_score_cross_entropy_over_each_codebooks_marginal_entropy(rng):
     uniform = modality_losses({"audio": torch.zeros(20, 2, 1024, 6)}, batch, torch_stats({"audio": stats}),
                               "variance", True)["audio"]
     assert float(uniform) == pytest.approx(np.mean([math.log(1024) / h for h in entropies]), rel=1e-5)
+
+
+def test_the_code_cross_entropy_and_its_hand_written_gradient_match_torchs(rng):
+    """Values and gradients against torch's cross_entropy, in float64, over more samples
+    than one piece of the chunked computation (8), with a gradient that differs per code."""
+    logits = torch.from_numpy(rng.standard_normal((11, 2, 50, 7))).requires_grad_()
+    codes = torch.from_numpy(rng.integers(0, 50, size=(11, 2, 7)))
+    reference = torch.nn.functional.cross_entropy(logits.transpose(1, 2), codes, reduction="none")
+    mine = code_cross_entropy(logits, codes)
+    torch.testing.assert_close(mine, reference)
+    weights = torch.from_numpy(rng.standard_normal((11, 2, 7)))
+    (got,) = torch.autograd.grad(mine, logits, weights, retain_graph=True)
+    (expected,) = torch.autograd.grad(reference, logits, weights)
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(RuntimeError, match="runs once"):  # its gradient was scaled in place: no silent second pass
+        torch.autograd.grad(mine, logits, weights)
 
 
 # ------------------------------------------------------------------ batch arithmetic

@@ -81,25 +81,47 @@ def block_bootstrap_means(values: np.ndarray, block: int, n_boot: int, rng: np.r
     return np.array([values[bootstrap_rows(len(values), block, rng)].mean() for _ in range(n_boot)])
 
 
-def block_bootstrap_difference(prediction_a: np.ndarray, prediction_b: np.ndarray, measured: np.ndarray,
-                               voxels: np.ndarray, block: int, n_boot: int,
-                               rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) resampled differences of mean r (a minus b) over ``voxels``.
+def block_trs(seconds: float, tr: float) -> int:
+    """TRs in a block of at least ``seconds`` (s) at this TR (s)."""
+    if tr <= 0:
+        raise ValueError(f"a block of {seconds} s needs the TR in seconds, got {tr}")
+    return max(1, int(np.ceil(seconds / tr - 1e-9)))
 
-    Test TRs are resampled in contiguous blocks of ``block`` TRs with replacement (a
-    circular-block bootstrap keeps the autocorrelation within blocks); both predictions
-    see the same resampled TRs.
 
-    prediction_a, prediction_b : (n_trs, n_voxels); measured : (n_subjects, n_trs, n_voxels).
+def contiguous_blocks(rows: np.ndarray, block: int) -> list[np.ndarray]:
+    """Positions into ``rows`` (sorted TR rows) of the blocks a delete-a-block jackknife
+    leaves out: each stretch of consecutive rows (a run's test block) is cut into as many
+    blocks of at least ``block`` rows as it holds (one, if it is shorter), of near-equal
+    lengths, so no block spans two stretches. Fewer than 2 blocks in all: the rows are cut
+    in 2."""
+    rows = np.asarray(rows)
+    positions = np.arange(len(rows))
+    blocks = []
+    for stretch in np.split(positions, np.flatnonzero(np.diff(rows) != 1) + 1):
+        if stretch.size:
+            blocks += np.array_split(stretch, max(1, stretch.size // block))
+    return blocks if len(blocks) >= 2 else np.array_split(positions, 2)
+
+
+def jackknife_difference(prediction_a: np.ndarray, prediction_b: np.ndarray, measured: np.ndarray,
+                         voxels: np.ndarray, blocks: list[np.ndarray]) -> tuple[float, float]:
+    """The difference of mean r (a minus b) over ``voxels`` on all rows, and its
+    delete-a-block jackknife standard error: ``sqrt((K - 1) / K * sum_k (d_k - mean d)^2)``
+    over the K differences with block k left out. Blocks longer than the autocorrelation
+    leave each replicate's errors nearly independent of the left-out block's.
+
+    prediction_a, prediction_b : (n, V); measured : (S, n, V); voxels : (V,) bool; blocks:
+    positions 0..n-1 (:func:`contiguous_blocks`).
     """
+    def difference(keep: np.ndarray) -> float:
+        a = np.mean([pearson_columns(prediction_a[keep][:, voxels], m[keep][:, voxels]) for m in measured], axis=0)
+        b = np.mean([pearson_columns(prediction_b[keep][:, voxels], m[keep][:, voxels]) for m in measured], axis=0)
+        return float(a.mean() - b.mean())
+
     n = prediction_a.shape[0]
-    differences = np.empty(n_boot)
-    for k in range(n_boot):
-        rows = bootstrap_rows(n, block, rng)
-        a = np.mean([pearson_columns(prediction_a[rows][:, voxels], m[rows][:, voxels]) for m in measured], axis=0)
-        b = np.mean([pearson_columns(prediction_b[rows][:, voxels], m[rows][:, voxels]) for m in measured], axis=0)
-        differences[k] = a.mean() - b.mean()
-    return differences
+    left_out = np.array([difference(np.setdiff1d(np.arange(n), block)) for block in blocks])
+    k = len(blocks)
+    return difference(np.arange(n)), float(np.sqrt((k - 1) / k * ((left_out - left_out.mean()) ** 2).sum()))
 
 
 def fdr_significant(p_values: np.ndarray, q: float) -> np.ndarray:

@@ -78,13 +78,20 @@ def _zero_last(layer: nn.Module) -> nn.Module:
     return layer
 
 
+RECOMPUTED_TRS = 16  # TRs per recomputed piece: the backward holds one piece's maps at a time
+
+
 def _recomputed(function, x: torch.Tensor) -> torch.Tensor:
-    """``function(x)``; when gradients are on (training), its intermediate activations are
-    recomputed in the backward pass instead of kept (activation checkpointing). For the
-    frame-sized maps of the video's convolutions: a training step holds every TR of its
-    windows at once, and these maps are most of its activations at the lab's 160x90
-    frames, for one more forward pass of a few convolutions."""
-    return checkpoint(function, x, use_reentrant=False) if torch.is_grad_enabled() else function(x)
+    """``function(x)`` of a batch of TRs (N, ...); when gradients are on (training), its
+    intermediate activations are recomputed in the backward pass instead of kept
+    (activation checkpointing), ``RECOMPUTED_TRS`` TRs at a time. For the frame-sized maps
+    of the video's convolutions: a training step holds every TR of its windows at once,
+    and these maps are most of its activations at the lab's 160x90 frames, for one more
+    forward pass of a few convolutions. Recomputed in pieces, the backward pass holds one
+    piece's maps and their gradients, not those of every TR."""
+    if not torch.is_grad_enabled():
+        return function(x)
+    return torch.cat([checkpoint(function, piece, use_reentrant=False) for piece in x.split(RECOMPUTED_TRS)])
 
 
 def _smooth_abs(x: torch.Tensor) -> torch.Tensor:
@@ -486,11 +493,13 @@ class MultimodalAutoencoder(nn.Module):
         return {name: value.reshape(*leading, *value.shape[1:]) for name, value in outputs.items()}
 
     def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor | None = None,
-                subjects: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Every output for windows of inputs (B, T, *sample). With subject heads and
-        ``subjects`` (B,), ``fmri`` is each window's subject's prediction and ``average``
-        the shared average brain."""
-        components = self.components_from_encoded(self.encode_windows(inputs), present)
+                subjects: torch.Tensor | None = None, first: int = 0) -> dict[str, torch.Tensor]:
+        """Every output (B, T - first, ...) for windows of inputs (B, T, *sample): the
+        temporal module reads the whole window, the voxel layer, heads and decoders only
+        its TRs from ``first`` on (in training, the first ``n_lags - 1`` TRs of a window
+        are context, never a target). With subject heads and ``subjects`` (B,), ``fmri``
+        is each window's subject's prediction and ``average`` the shared average brain."""
+        components = self.components_from_encoded(self.encode_windows(inputs), present)[:, first:]
         outputs = self.decode(self._bottleneck(components))
         if self.heads is not None and subjects is not None:
             outputs["average"] = outputs["fmri"]

@@ -808,12 +808,15 @@ class EvaluateSpec(StrictModel):
     or circular ``shift``s (at most ``n_test - 2 min_shift_trs + 1`` distinct values).
     ``min_shift_trs``: the shortest circular shift, wherever one is used (inter-subject
     reliability, the stimulus check). Voxels are significant at false-discovery rate
-    ``fdr`` (Benjamini-Hochberg).
+    ``fdr`` (Benjamini-Hochberg). ``block_s``: the shortest block of test TRs (s) that the
+    autoencoder-vs-ridge interval leaves out at a time (at least 15 s, longer than the
+    BOLD autocorrelation).
     """
 
     null: Literal["phase", "shift"] = "phase"
     null_draws: Annotated[int, Field(ge=19, le=100_000)] = 1000
     min_shift_trs: PositiveInt = 5
+    block_s: Annotated[float, Field(ge=15.0)] = 20.0
     fdr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     ridge: RidgeSpec = RidgeSpec()
 

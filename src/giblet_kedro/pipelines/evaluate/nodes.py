@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import t as student_t
 
 from giblet_kedro.evaluation import metrics, nulls
 from giblet_kedro.evaluation.agreement import agreement_arrays
@@ -168,9 +169,10 @@ def score_voxels(model_test_predictions: dict[str, np.ndarray], ridge_test_predi
         scores["seeds"] = metrics.seed_spread(model_test_predictions["seed_fmri"], measured, voxels,
                                               np.asarray(model_test_predictions["seeds"]).tolist())
     scores["comparison"] = compare_models(model_test_predictions["fmri"], ridge_test_predictions["fmri"], measured,
-                                          voxels, evaluate, rng,
+                                          voxels, metrics.contiguous_blocks(rows, metrics.block_trs(evaluate.block_s,
+                                                                                                   job.tr)),
                                           "reliable voxels" if reliable is not None and reliable.any()
-                                          else "all voxels")
+                                          else "all voxels", scores.get("seeds"))
     maps = {"r_model": model.observed, "p_model": model.p, "r_ridge": ridge.observed, "p_ridge": ridge.p,
             "significant": metrics.fdr_significant(model.p, evaluate.fdr),
             "mask": fmri_norm_stats["mask"], "affine": fmri_norm_stats["affine"]}
@@ -203,21 +205,28 @@ def summarize_evaluation(voxel_scores: dict, reconstruction: dict, ridge_referen
 
 
 def compare_models(model: np.ndarray, ridge: np.ndarray, measured: np.ndarray, voxels: np.ndarray,
-                   evaluate: EvaluateSpec, rng: np.random.Generator, on: str, n_boot: int = 1000) -> dict[str, Any]:
-    """Autoencoder against ridge: difference of mean r over ``voxels``, with a 95% circular-
-    block bootstrap interval over test TRs (blocks of ``min_shift_trs``). The verdict is
+                   blocks: list[np.ndarray], on: str, seeds: dict | None = None) -> dict[str, Any]:
+    """Autoencoder against ridge: the difference of mean r over ``voxels``, with a 95%
+    interval ``difference +- t(K - 1) * se``: ``se`` the delete-a-block jackknife's over
+    the K ``blocks`` of test TRs (:func:`metrics.jackknife_difference`), widened by the
+    seeds' spread when the autoencoder is an ensemble of S > 1 models (``seeds``: the
+    models' SD of mean r, so ``se^2 + SD^2 / S``; the ridge has no seed). The verdict is
     ``better`` or ``worse`` when the interval excludes 0, else ``no different``: with a
     few dozen test TRs, small differences are noise, and the report says so."""
     def mean_r(prediction: np.ndarray) -> float:
         return float(np.mean([metrics.pearson_columns(prediction[:, voxels], m[:, voxels]).mean() for m in measured]))
 
-    difference = mean_r(model) - mean_r(ridge)
-    boot = metrics.block_bootstrap_difference(model, ridge, measured, voxels, max(evaluate.min_shift_trs, 1), n_boot,
-                                              rng)
-    low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    difference, standard_error = metrics.jackknife_difference(model, ridge, measured, voxels, blocks)
+    interval = (f"delete-a-block jackknife over {len(blocks)} blocks of "
+                f"{min(len(b) for b in blocks)}-{max(len(b) for b in blocks)} test TRs, t({len(blocks) - 1})")
+    if seeds is not None and len(seeds["seeds"]) > 1:
+        standard_error = float(np.hypot(standard_error, seeds["sd"] / np.sqrt(len(seeds["seeds"]))))
+        interval += f", with the spread of {len(seeds['seeds'])} seeds"
+    half = float(student_t.ppf(0.975, len(blocks) - 1)) * standard_error
+    low, high = difference - half, difference + half
     verdict = "better" if low > 0 else "worse" if high < 0 else "no different"
     return {"on": on, "voxels": int(voxels.sum()), "autoencoder_mean_r": mean_r(model), "ridge_mean_r": mean_r(ridge),
-            "difference": difference, "ci95": [low, high], "bootstrap": f"{n_boot} circular-block resamples of test TRs",
+            "difference": difference, "standard_error": standard_error, "ci95": [low, high], "interval": interval,
             "verdict": verdict}
 
 

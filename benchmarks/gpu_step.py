@@ -130,7 +130,7 @@ def main() -> None:
               "parameters_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 1),
               "step_s_median": round(statistics.median(times), 4), "step_s_max": round(max(times), 4),
               "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if cuda else None,
-              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),  # Linux: KiB
+              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),  # KiB -> GiB
               "loss": round(float(loss.detach()), 4), "torch": torch.__version__}
     if rank == 0:
         print(json.dumps(result))

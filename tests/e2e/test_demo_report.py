@@ -107,9 +107,9 @@ def test_held_out_r_reaches_half_the_ceiling_and_the_r_map_holds_each_voxels_r(d
     assert not np.asarray(image.dataobj)[~stats["mask"]].any()
 
 
-def test_the_ridge_comparison_is_the_paired_difference_with_a_block_bootstrap_interval(demo_report):
+def test_the_ridge_comparison_is_the_paired_difference_with_a_block_jackknife_interval(demo_report):
     """The difference of mean r (autoencoder minus ridge) over the reliable voxels, and its
-    interval from a circular-block bootstrap of test TRs, recomputed here with numpy."""
+    interval from a delete-a-block jackknife of test TRs, recomputed here with numpy."""
     root = demo_report.root
     metrics = _json(root, "data/07_model_output/evaluate/*/evaluation_metrics.json")
     maps = _npz(root, "data/07_model_output/evaluate/*/evaluation_maps.npz")
@@ -132,7 +132,7 @@ def test_the_ridge_comparison_is_the_paired_difference_with_a_block_bootstrap_in
     # the delete-a-block jackknife by hand: the 90 test TRs (one stretch) in 6 blocks of
     # 15 (at least evaluate.block_s = 20 s, 14 TRs, each), t with 5 degrees of freedom
     blocks = np.array_split(np.arange(n), n // 14)
-    assert len(blocks) == 6
+    assert comparison["blocks"] == len(blocks) == 6 and np.all(np.diff(model["rows"]) == 1)
     left_out = np.array([difference(np.setdiff1d(np.arange(n), block)) for block in blocks])
     se = np.sqrt(5 / 6 * ((left_out - left_out.mean()) ** 2).sum())
     half = student_t.ppf(0.975, 5) * se

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from giblet_kedro.fmri.moments import RunningMoments
 
@@ -246,6 +247,7 @@ class _CodeCrossEntropy(torch.autograd.Function):
         return nats
 
     @staticmethod
+    @once_differentiable  # the gradient's own gradient is not formed: a double backward raises
     def backward(ctx, grad):
         if getattr(ctx, "done", False):
             raise RuntimeError("the code cross-entropy's backward pass runs once (its gradient is scaled in place)")

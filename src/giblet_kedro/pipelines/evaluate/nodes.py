@@ -120,7 +120,7 @@ def score_voxels(model_test_predictions: dict[str, np.ndarray], ridge_test_predi
                  ) -> tuple[dict, nib.Nifti1Image, dict[str, np.ndarray]]:
     """Per-voxel r of the autoencoder and of the ridge on the test rows, each voxel
     against its own null (``evaluate.null``), the noise ceiling, the reliable voxels
-    (chosen on val rows), and the comparison of the two models with a bootstrap interval.
+    (chosen on val rows), and the comparison of the two models with a jackknife interval.
 
     Returns the scores (JSON), the autoencoder's r map (NIfTI) and the per-voxel arrays.
     """
@@ -226,8 +226,8 @@ def compare_models(model: np.ndarray, ridge: np.ndarray, measured: np.ndarray, v
     low, high = difference - half, difference + half
     verdict = "better" if low > 0 else "worse" if high < 0 else "no different"
     return {"on": on, "voxels": int(voxels.sum()), "autoencoder_mean_r": mean_r(model), "ridge_mean_r": mean_r(ridge),
-            "difference": difference, "standard_error": standard_error, "ci95": [low, high], "interval": interval,
-            "verdict": verdict}
+            "difference": difference, "standard_error": standard_error, "ci95": [low, high], "blocks": len(blocks),
+            "interval": interval, "verdict": verdict}
 
 
 def _r_summary(test: nulls.VoxelTest, fdr: float, ceiling: np.ndarray | None,

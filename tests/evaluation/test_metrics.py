@@ -101,7 +101,7 @@ def test_jackknife_blocks_never_span_two_stretches_of_rows():
     assert metrics.block_trs(20.0, 1.5) == 14 and metrics.block_trs(15.0, 1.5) == 10 and metrics.block_trs(20.0, 2.0) == 10
 
 
-def test_the_jackknife_difference_by_hand_with_scipy(rng):
+def test_mean_r_and_the_jackknife_standard_error_by_hand_with_scipy(rng):
     n, n_voxels = 40, 6
     signal = ar1(rng, (n, n_voxels))
     measured = np.stack([signal + ar1(rng, (n, n_voxels)) for _ in range(2)])
@@ -117,8 +117,11 @@ def test_the_jackknife_difference_by_hand_with_scipy(rng):
 
     left_out = [difference(np.setdiff1d(np.arange(n), block)) for block in blocks]
     expected_se = np.sqrt(2 / 3 * np.sum((np.array(left_out) - np.mean(left_out)) ** 2))
-    got, se = metrics.jackknife_difference(a, b, measured, voxels, blocks)
-    assert got == pytest.approx(difference(np.arange(n)), abs=1e-10) and se == pytest.approx(expected_se, abs=1e-10)
+    def mine(keep):
+        return metrics.mean_r(a, measured, voxels, keep) - metrics.mean_r(b, measured, voxels, keep)
+
+    assert mine(np.arange(n)) == pytest.approx(difference(np.arange(n)), abs=1e-10)
+    assert metrics.jackknife_se(mine, n, blocks) == pytest.approx(expected_se, abs=1e-10)
 
 
 def test_reconstruction_metrics_by_hand():

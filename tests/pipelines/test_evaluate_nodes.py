@@ -134,7 +134,7 @@ def _test_set(rng, stretches: int, n: int = 90, n_voxels: int = 40):
 def test_the_comparison_interval_covers_with_ar09_errors_where_a_5_tr_bootstrap_does_not(stretches):
     """Over 400 simulated test sets of 90 TRs at TR 1.5 s (one block, or three runs' blocks
     of 30), the 95% interval of the autoencoder-vs-ridge comparison (blocks of at least
-    20 s) covers the expected difference at least 93% of the time. The circular-block
+    20 s) covers the expected difference 93-99% of the time. The circular-block
     bootstrap over 5-TR blocks that it replaces covers under 90% of the same sets."""
     rng = np.random.default_rng(7)
     voxels = np.ones(40, dtype=bool)
@@ -150,7 +150,7 @@ def test_the_comparison_interval_covers_with_ar09_errors_where_a_5_tr_bootstrap_
         blocks = metrics.contiguous_blocks(rows, metrics.block_trs(EvaluateSpec().block_s, 1.5))
         low, high = compare_models(a, b, measured, voxels, blocks, "all voxels")["ci95"]
         covered.append(low <= expected <= high)
-    assert np.mean(covered) >= 0.93, np.mean(covered)
+    assert 0.93 <= np.mean(covered) <= 0.99, np.mean(covered)  # neither too narrow nor needlessly wide
     if stretches == 1:  # the interval it replaces, on the same kind of data
         old = []
         for _ in range(150):

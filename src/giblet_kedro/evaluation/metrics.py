@@ -46,6 +46,15 @@ def leave_one_out_isc(data: np.ndarray) -> np.ndarray:
     return np.stack([pearson_columns((total - subject) / (len(data) - 1), subject) for subject in data])
 
 
+def mean_r(prediction: np.ndarray, measured: np.ndarray, voxels: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """Mean r over ``voxels`` of a prediction (n, V) with each subject's measurement
+    (S, n, V), averaged over subjects; on ``rows`` (positions 0..n-1, or a boolean mask)
+    only, if given."""
+    if rows is not None:
+        prediction, measured = prediction[rows], measured[:, rows]
+    return float(np.mean([pearson_columns(prediction[:, voxels], m[:, voxels]).mean() for m in measured]))
+
+
 def seed_spread(seed_fmri: np.ndarray, measured: np.ndarray, voxels: np.ndarray, seeds: list[int]) -> dict:
     """How much the seeds' models differ, and what averaging them gains: each model's
     mean r over ``voxels`` (averaged over subjects), their mean, sample SD, min and max,
@@ -54,11 +63,8 @@ def seed_spread(seed_fmri: np.ndarray, measured: np.ndarray, voxels: np.ndarray,
     seed_fmri : (n_seeds, n, V) each model's prediction. measured : (S, n, V).
     voxels : (V,) bool, the voxels scored (the reliable ones).
     """
-    def mean_r(prediction: np.ndarray) -> float:
-        return float(np.mean([pearson_columns(prediction[:, voxels], m[:, voxels]).mean() for m in measured]))
-
-    each = [mean_r(prediction) for prediction in seed_fmri]
-    ensemble = mean_r(seed_fmri.mean(axis=0))
+    each = [mean_r(prediction, measured, voxels) for prediction in seed_fmri]
+    ensemble = mean_r(seed_fmri.mean(axis=0), measured, voxels)
     return {"seeds": [int(s) for s in seeds], "voxels": int(voxels.sum()), "each_mean_r": each,
             "mean": float(np.mean(each)), "sd": float(np.std(each, ddof=1)) if len(each) > 1 else 0.0,
             "min": float(np.min(each)), "max": float(np.max(each)), "ensemble_mean_r": ensemble,
@@ -103,25 +109,14 @@ def contiguous_blocks(rows: np.ndarray, block: int) -> list[np.ndarray]:
     return blocks if len(blocks) >= 2 else np.array_split(positions, 2)
 
 
-def jackknife_difference(prediction_a: np.ndarray, prediction_b: np.ndarray, measured: np.ndarray,
-                         voxels: np.ndarray, blocks: list[np.ndarray]) -> tuple[float, float]:
-    """The difference of mean r (a minus b) over ``voxels`` on all rows, and its
-    delete-a-block jackknife standard error: ``sqrt((K - 1) / K * sum_k (d_k - mean d)^2)``
-    over the K differences with block k left out. Blocks longer than the autocorrelation
-    leave each replicate's errors nearly independent of the left-out block's.
-
-    prediction_a, prediction_b : (n, V); measured : (S, n, V); voxels : (V,) bool; blocks:
-    positions 0..n-1 (:func:`contiguous_blocks`).
-    """
-    def difference(keep: np.ndarray) -> float:
-        a = np.mean([pearson_columns(prediction_a[keep][:, voxels], m[keep][:, voxels]) for m in measured], axis=0)
-        b = np.mean([pearson_columns(prediction_b[keep][:, voxels], m[keep][:, voxels]) for m in measured], axis=0)
-        return float(a.mean() - b.mean())
-
-    n = prediction_a.shape[0]
-    left_out = np.array([difference(np.setdiff1d(np.arange(n), block)) for block in blocks])
+def jackknife_se(statistic, n: int, blocks: list[np.ndarray]) -> float:
+    """The delete-a-block jackknife standard error of ``statistic`` (positions 0..n-1 ->
+    float): ``sqrt((K - 1) / K * sum_k (s_k - mean s)^2)`` over the K values with block k
+    left out (:func:`contiguous_blocks`). Blocks longer than the autocorrelation leave each
+    replicate's errors nearly independent of the left-out block's."""
+    left_out = np.array([statistic(np.setdiff1d(np.arange(n), block)) for block in blocks])
     k = len(blocks)
-    return difference(np.arange(n)), float(np.sqrt((k - 1) / k * ((left_out - left_out.mean()) ** 2).sum()))
+    return float(np.sqrt((k - 1) / k * ((left_out - left_out.mean()) ** 2).sum()))
 
 
 def fdr_significant(p_values: np.ndarray, q: float) -> np.ndarray:

@@ -208,15 +208,16 @@ def compare_models(model: np.ndarray, ridge: np.ndarray, measured: np.ndarray, v
                    blocks: list[np.ndarray], on: str, seeds: dict | None = None) -> dict[str, Any]:
     """Autoencoder against ridge: the difference of mean r over ``voxels``, with a 95%
     interval ``difference +- t(K - 1) * se``: ``se`` the delete-a-block jackknife's over
-    the K ``blocks`` of test TRs (:func:`metrics.jackknife_difference`), widened by the
+    the K ``blocks`` of test TRs (:func:`metrics.jackknife_se`), widened by the
     seeds' spread when the autoencoder is an ensemble of S > 1 models (``seeds``: the
     models' SD of mean r, so ``se^2 + SD^2 / S``; the ridge has no seed). The verdict is
     ``better`` or ``worse`` when the interval excludes 0, else ``no different``: with a
     few dozen test TRs, small differences are noise, and the report says so."""
-    def mean_r(prediction: np.ndarray) -> float:
-        return float(np.mean([metrics.pearson_columns(prediction[:, voxels], m[:, voxels]).mean() for m in measured]))
-
-    difference, standard_error = metrics.jackknife_difference(model, ridge, measured, voxels, blocks)
+    model_r, ridge_r = metrics.mean_r(model, measured, voxels), metrics.mean_r(ridge, measured, voxels)
+    difference = model_r - ridge_r
+    standard_error = metrics.jackknife_se(
+        lambda rows: metrics.mean_r(model, measured, voxels, rows) - metrics.mean_r(ridge, measured, voxels, rows),
+        len(model), blocks)
     interval = (f"delete-a-block jackknife over {len(blocks)} blocks of "
                 f"{min(len(b) for b in blocks)}-{max(len(b) for b in blocks)} test TRs, t({len(blocks) - 1})")
     if seeds is not None and len(seeds["seeds"]) > 1:
@@ -225,7 +226,7 @@ def compare_models(model: np.ndarray, ridge: np.ndarray, measured: np.ndarray, v
     half = float(student_t.ppf(0.975, len(blocks) - 1)) * standard_error
     low, high = difference - half, difference + half
     verdict = "better" if low > 0 else "worse" if high < 0 else "no different"
-    return {"on": on, "voxels": int(voxels.sum()), "autoencoder_mean_r": mean_r(model), "ridge_mean_r": mean_r(ridge),
+    return {"on": on, "voxels": int(voxels.sum()), "autoencoder_mean_r": model_r, "ridge_mean_r": ridge_r,
             "difference": difference, "standard_error": standard_error, "ci95": [low, high], "blocks": len(blocks),
             "interval": interval, "verdict": verdict}
 
@@ -274,14 +275,13 @@ def by_subject(predictions: dict[str, np.ndarray], measured: np.ndarray, ids: li
 def _by_run(split: pd.DataFrame, rows: np.ndarray, model: np.ndarray, ridge: np.ndarray,
             measured: np.ndarray) -> dict[str, dict[str, float]]:
     runs = split.set_index("tr").loc[rows, "run"].astype(str).to_numpy()
+    every_voxel = np.ones(model.shape[1], dtype=bool)
     out = {}
     for run in dict.fromkeys(runs):
         keep = runs == run
         if keep.sum() < 3:
             continue
         out[run] = {"test_trs": int(keep.sum()),
-                    "autoencoder_mean_r": float(np.mean([metrics.pearson_columns(model[keep], m[keep]).mean()
-                                                         for m in measured])),
-                    "ridge_mean_r": float(np.mean([metrics.pearson_columns(ridge[keep], m[keep]).mean()
-                                                   for m in measured]))}
+                    "autoencoder_mean_r": metrics.mean_r(model, measured, every_voxel, keep),
+                    "ridge_mean_r": metrics.mean_r(ridge, measured, every_voxel, keep)}
     return out
